@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what torchkit's build, tests, examples and benchmarks need on Debian 12 / Ubuntu,
+# skipping what is already there. Safe to run again.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build git python3 ccache
+  libtorch-dev libfmt-dev doctest-dev nlohmann-json3-dev libbenchmark-dev
+  libopencv-dev
+)
+if [ "${TORCHKIT_GOLDEN:-0}" = 1 ]; then
+  packages+=(python3-torch)   # only to regenerate the golden files in tests/golden
+fi
+
+missing=()
+for package in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$package")
+  fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: everything is installed"
+  exit 0
+fi
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+  sudo=(sudo)
+fi
+echo "install-deps: installing ${missing[*]}"
+"${sudo[@]}" apt-get update
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
