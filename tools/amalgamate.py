@@ -71,18 +71,28 @@ def amalgamate() -> str:
     return "".join(out)
 
 
-def section_of(text: str, header: str) -> str:
-    begin, end = BEGIN_MARK.format(header), END_MARK.format(header)
-    if begin not in text:
-        return ""
-    return text[text.index(begin) : text.index(end) if end in text else len(text)]
+def own_sections(text: str) -> dict[str, list[str]]:
+    """Each inlined header's own lines (without the headers nested in it), by header name."""
+    sections: dict[str, list[str]] = {}
+    stack: list[str] = []
+    for line in text.splitlines():
+        begin = re.fullmatch(r"// ---- begin (\S+) ----", line)
+        end = re.fullmatch(r"// ---- end (\S+) ----", line)
+        if begin:
+            stack.append(begin.group(1))
+            sections.setdefault(stack[-1], [])
+        elif end and stack:
+            stack.pop()
+        elif stack:
+            sections[stack[-1]].append(line)
+    return sections
 
 
 def stale_headers(current: str, expected: str) -> list[str]:
     """Names the headers whose inlined text differs between the two versions."""
-    headers = re.findall(r"^// ---- begin (\S+) ----$", expected, flags=re.MULTILINE)
-    headers += [h for h in re.findall(r"^// ---- begin (\S+) ----$", current, flags=re.MULTILINE) if h not in headers]
-    return [h for h in headers if section_of(current, h) != section_of(expected, h)]
+    now, wanted = own_sections(current), own_sections(expected)
+    names = list(wanted) + [name for name in now if name not in wanted]
+    return [name for name in names if now.get(name) != wanted.get(name)]
 
 
 def main() -> int:
