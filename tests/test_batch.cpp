@@ -1,0 +1,275 @@
+// Tests for batch.hpp: to_batch, from_batch, image_to_batch, images_to_batch.
+#include <torchkit/batch.hpp>
+
+#include "test_support.hpp"
+
+#include <string>
+#include <vector>
+
+using torchkit::ImageOptions;
+using torchkit::test::load_golden;
+using torchkit::test::message_of;
+using torchkit::test::tensor_from_json;
+
+namespace {
+
+std::vector<int64_t> shape_of(const nlohmann::json& json) { return json.get<std::vector<int64_t>>(); }
+
+/// The golden case's image (and, for crop cases, the crop as a view of it) and options.
+struct GoldenImage {
+  at::Tensor full;
+  at::Tensor image;
+  ImageOptions options;
+};
+
+GoldenImage golden_image(const nlohmann::json& c) {
+  GoldenImage result;
+  const auto dtype = c["dtype"] == "uint8" ? at::kByte : at::kFloat;
+  result.full = tensor_from_json(c["image"], shape_of(c["shape"])).to(dtype);
+  result.image = result.full;
+  if (!c["crop"].is_null()) {
+    const auto crop = c["crop"].get<std::vector<int64_t>>();
+    result.image = result.full.slice(0, crop[0], crop[1]).slice(1, crop[2], crop[3]);
+  }
+  result.options.scale = c["scale"].get<double>();
+  result.options.mean = c["mean"].get<std::vector<double>>();
+  result.options.std = c["std"].get<std::vector<double>>();
+  result.options.bgr_to_rgb = c["bgr_to_rgb"].get<bool>();
+  return result;
+}
+
+/// A test image with every value distinct enough to catch a swapped channel or row.
+at::Tensor random_image(int64_t height, int64_t width, int64_t channels, at::ScalarType dtype) {
+  if (dtype == at::kByte) {
+    return torch::randint(0, 256, {height, width, channels}, torch::kByte);
+  }
+  return torch::rand({height, width, channels}) * 255;
+}
+
+}  // namespace
+
+TEST_CASE("to_batch and from_batch are views that add and remove the batch dimension") {
+  const auto image = torch::rand({3, 4, 5});
+  const auto batch = torchkit::to_batch(image);
+  CHECK(batch.sizes() == at::IntArrayRef{1, 3, 4, 5});
+  CHECK(batch.data_ptr() == image.data_ptr());  // no copy
+  batch.mul_(2);                                // a view: writes reach the sample
+  CHECK(torch::equal(batch[0], image));
+
+  const auto back = torchkit::from_batch(batch);
+  CHECK(back.sizes() == image.sizes());
+  CHECK(back.data_ptr() == image.data_ptr());
+  CHECK(torch::equal(back, image));
+
+  // The tip's [h, w, c] image: to_batch == unsqueeze(0) == view(1, *size).
+  const auto hwc = torch::randint(0, 256, {6, 7, 3}, torch::kByte);
+  CHECK(torch::equal(torchkit::to_batch(hwc), hwc.view({1, 6, 7, 3})));
+  CHECK(torchkit::to_batch(hwc).sizes() == at::IntArrayRef{1, 6, 7, 3});
+  // A scalar becomes a batch of one value.
+  CHECK(torchkit::to_batch(torch::tensor(2.0)).sizes() == at::IntArrayRef{1});
+  CHECK(torchkit::from_batch(torch::ones({1})).dim() == 0);
+}
+
+TEST_CASE("from_batch refuses anything but a batch of one") {
+  const auto two = torch::zeros({2, 3, 4, 4});
+  const auto message = message_of<torchkit::Error>([&] { (void)torchkit::from_batch(two); });
+  CHECK(message.find("2 samples") != std::string::npos);
+  CHECK(message.find("[2, 3, 4, 4]") != std::string::npos);
+  CHECK(message.find("expected exactly 1") != std::string::npos);
+  CHECK_THROWS_AS((void)torchkit::from_batch(torch::zeros({0, 3})), torchkit::Error);
+  CHECK_THROWS_WITH_AS((void)torchkit::from_batch(torch::tensor(1.0)), doctest::Contains("0-dim"), torchkit::Error);
+  CHECK_THROWS_WITH_AS((void)torchkit::from_batch(at::Tensor()), doctest::Contains("undefined"), torchkit::Error);
+  CHECK_THROWS_WITH_AS((void)torchkit::to_batch(at::Tensor()), doctest::Contains("undefined"), torchkit::Error);
+}
+
+TEST_CASE("image_to_batch matches the Python permute/float/normalise computation") {
+  const auto golden = load_golden("batch.json");
+  REQUIRE(golden["cases"].size() >= 10);
+  for (const auto& c : golden["cases"]) {
+    const std::string name = c["name"];
+    CAPTURE(name);
+    const GoldenImage input = golden_image(c);
+    const auto expected = tensor_from_json(c["expected"], shape_of(c["expected_shape"]));
+
+    const auto batch = torchkit::image_to_batch(input.image, input.options);
+    CHECK((batch.scalar_type() == at::kFloat));
+    CHECK(batch.is_contiguous());
+    CHECK(batch.sizes() == expected.sizes());
+    CHECK(torch::allclose(batch.to(at::kDouble), expected, /*rtol=*/1e-5, /*atol=*/1e-5));
+
+    // Double output is computed in double.
+    ImageOptions double_options = input.options;
+    double_options.dtype = at::kDouble;
+    const auto expected_double = tensor_from_json(c["expected_double"], shape_of(c["expected_shape"]));
+    const auto batch_double = torchkit::image_to_batch(input.image, double_options);
+    CHECK((batch_double.scalar_type() == at::kDouble));
+    CHECK(torch::allclose(batch_double, expected_double, /*rtol=*/1e-12, /*atol=*/1e-12));
+
+    // Half and bfloat16: the float result rounded once, exactly as .to() rounds it.
+    for (const auto dtype : {at::kHalf, at::kBFloat16}) {
+      ImageOptions narrow = input.options;
+      narrow.dtype = dtype;
+      const auto narrow_batch = torchkit::image_to_batch(input.image, narrow);
+      CHECK((narrow_batch.scalar_type() == dtype));
+      CHECK(torch::equal(narrow_batch, batch.to(dtype)));
+    }
+  }
+}
+
+TEST_CASE("image_to_batch reads a crop in place and agrees with the contiguous copy") {
+  const auto full = random_image(50, 70, 3, at::kByte);
+  const auto crop = full.slice(0, 7, 41).slice(1, 3, 66);  // a view with the full image's strides
+  REQUIRE(!crop.is_contiguous());
+  const ImageOptions options{.bgr_to_rgb = true, .mean = {0.485, 0.456, 0.406}, .std = {0.229, 0.224, 0.225}};
+  const auto from_view = torchkit::image_to_batch(crop, options);
+  CHECK(torch::equal(from_view, torchkit::image_to_batch(crop.contiguous(), options)));
+  CHECK(from_view.sizes() == at::IntArrayRef{1, 3, 34, 63});
+  // The crop was not modified and is still a view of the full image.
+  CHECK(crop.data_ptr() == static_cast<uint8_t*>(full.data_ptr()) + 7 * 70 * 3 + 3 * 3);
+}
+
+TEST_CASE("image_to_batch agrees with the ATen-operations path for every layout and type") {
+  torch::manual_seed(11);
+  // The CUDA path (and the autograd path) compute with ATen operations; on the CPU they are an
+  // independent second implementation of the fused pass.
+  for (const auto input_dtype : {at::kByte, at::kFloat}) {
+    for (const int64_t channels : {1, 3, 4}) {
+      for (const bool bgr : {false, true}) {
+        const auto full = random_image(23, 45, channels, input_dtype);
+        ImageOptions options{.bgr_to_rgb = bgr, .scale = 1.0 / 255, .mean = {0.25}, .std = {0.5}};
+        if (channels > 1) {
+          options.mean.assign({0.1, 0.2, 0.3, 0.4});
+          options.mean.resize(static_cast<std::size_t>(channels));
+          options.std.assign({0.9, 0.8, 0.7, 0.6});
+          options.std.resize(static_cast<std::size_t>(channels));
+        }
+        // Packed rows, a crop, a transposed image (pixel stride != C) and a channel-last copy
+        // whose channels are not adjacent (channel stride != 1).
+        const std::vector<at::Tensor> layouts = {
+            full, full.slice(0, 2, 20).slice(1, 5, 40), full.transpose(0, 1),
+            full.permute({2, 0, 1}).contiguous().permute({1, 2, 0})};
+        for (std::size_t layout = 0; layout < layouts.size(); ++layout) {
+          const std::string input_type = c10::toString(input_dtype);
+          CAPTURE(input_type);
+          CAPTURE(channels);
+          CAPTURE(bgr);
+          CAPTURE(layout);
+          const at::Tensor& image = layouts[layout];
+          const auto transform = torchkit::detail::image_transform_of("test", channels, options);
+          for (const auto dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
+            options.dtype = dtype;
+            const auto fused = torchkit::image_to_batch(image, options);
+            const auto reference = torchkit::detail::images_to_batch_with_aten_ops(
+                std::span<const at::Tensor>(&image, 1), transform, options, at::kCPU);
+            CHECK((fused.scalar_type() == dtype));
+            CHECK(fused.sizes() == reference.sizes());
+            CHECK(torch::allclose(fused.to(at::kDouble), reference.to(at::kDouble), 1e-6, 1e-6));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("image_to_batch: mean and std accept one value for every channel") {
+  const auto image = random_image(4, 5, 3, at::kByte);
+  const auto one = torchkit::image_to_batch(image, {.mean = {0.5}, .std = {0.25}});
+  const auto three = torchkit::image_to_batch(image, {.mean = {0.5, 0.5, 0.5}, .std = {0.25, 0.25, 0.25}});
+  CHECK(torch::equal(one, three));
+  // Defaults: ToTensor() alone.
+  const auto plain = torchkit::image_to_batch(image);
+  CHECK(torch::allclose(plain, image.permute({2, 0, 1}).unsqueeze(0).to(at::kFloat) / 255, 1e-6, 1e-7));
+}
+
+TEST_CASE("image_to_batch gives the same result on several threads") {
+  const int previous = at::get_num_threads();
+  const auto image = random_image(300, 257, 3, at::kByte);
+  const ImageOptions options{.bgr_to_rgb = true, .mean = {0.4}, .std = {0.3}};
+  at::set_num_threads(1);
+  const auto single = torchkit::image_to_batch(image, options);
+  const std::vector<at::Tensor> images{image, image.flip(0), image};
+  const auto single_batch = torchkit::images_to_batch(images, options);
+  at::set_num_threads(2);
+  CHECK(torch::equal(torchkit::image_to_batch(image, options), single));
+  CHECK(torch::equal(torchkit::images_to_batch(images, options), single_batch));
+  at::set_num_threads(previous);
+}
+
+TEST_CASE("images_to_batch stacks images of one size, each normalised as image_to_batch does") {
+  const auto a = random_image(9, 17, 3, at::kByte);
+  const auto b = random_image(9, 17, 3, at::kFloat);
+  const auto c = random_image(12, 20, 3, at::kByte).slice(0, 1, 10).slice(1, 2, 19);
+  const ImageOptions options{.bgr_to_rgb = true, .mean = {0.485, 0.456, 0.406}, .std = {0.229, 0.224, 0.225}};
+  const std::vector<at::Tensor> images{a, b, c};
+  const auto batch = torchkit::images_to_batch(images, options);
+  CHECK(batch.sizes() == at::IntArrayRef{3, 3, 9, 17});
+  CHECK(batch.is_contiguous());
+  CHECK(torch::equal(batch, torch::cat({torchkit::image_to_batch(a, options), torchkit::image_to_batch(b, options),
+                                        torchkit::image_to_batch(c, options)})));
+  // The braced-list overload.
+  CHECK(torch::equal(torchkit::images_to_batch({a, b}, options), batch.slice(0, 0, 2)));
+  // A batch of one is image_to_batch.
+  CHECK(torch::equal(torchkit::images_to_batch({a}, options), torchkit::image_to_batch(a, options)));
+}
+
+TEST_CASE("images_to_batch rejects an empty list and images of different sizes") {
+  const std::vector<at::Tensor> none;
+  CHECK_THROWS_WITH_AS((void)torchkit::images_to_batch(none), doctest::Contains("no images"), torchkit::Error);
+  const auto a = torch::zeros({4, 5, 3}, torch::kByte);
+  const auto b = torch::zeros({4, 6, 3}, torch::kByte);
+  const std::vector<at::Tensor> mixed{a, a, b};
+  const auto message = message_of<torchkit::Error>([&] { (void)torchkit::images_to_batch(mixed); });
+  CHECK(message.find("image 2") != std::string::npos);
+  CHECK(message.find("[4, 6, 3]") != std::string::npos);
+  CHECK(message.find("[4, 5, 3]") != std::string::npos);
+  // A bad image further down the list is named by its position.
+  const std::vector<at::Tensor> bad_channels{a, torch::zeros({4, 5, 2}, torch::kByte)};
+  CHECK_THROWS_WITH_AS((void)torchkit::images_to_batch(bad_channels), doctest::Contains("image 1 has 2 channels"),
+                       torchkit::Error);
+}
+
+TEST_CASE("image_to_batch keeps autograd for float images that require grad") {
+  const auto image = (torch::rand({3, 4, 3}) * 255).requires_grad_();
+  const auto batch = torchkit::image_to_batch(image, {.bgr_to_rgb = true, .std = {0.5, 0.25, 2.0}});
+  REQUIRE(batch.requires_grad());
+  batch.sum().backward();
+  // d(out)/d(pixel) = scale / std of the output channel the pixel goes to (B -> 2, G -> 1, R -> 0).
+  const auto expected = torch::tensor({1.0 / 255 / 2.0, 1.0 / 255 / 0.25, 1.0 / 255 / 0.5}).to(at::kFloat);
+  CHECK(torch::allclose(image.grad(), expected.expand({3, 4, 3}), 1e-6, 1e-9));
+  // Under NoGradGuard the fused pass runs and nothing is tracked.
+  torch::NoGradGuard no_grad;
+  CHECK_FALSE(torchkit::image_to_batch(image).requires_grad());
+}
+
+TEST_CASE("image_to_batch rejects bad images and options, naming the value") {
+  const auto image = torch::zeros({4, 5, 3}, torch::kByte);
+  const auto throws = [](const at::Tensor& input, const ImageOptions& options, const std::string& part) {
+    CAPTURE(part);
+    const auto message = message_of<torchkit::Error>([&] { (void)torchkit::image_to_batch(input, options); });
+    CHECK(message.find(part) != std::string::npos);
+    CHECK(message.rfind("image_to_batch:", 0) == 0);
+  };
+  throws(at::Tensor(), {}, "undefined");
+  throws(torch::zeros({0, 5, 3}, torch::kByte), {}, "empty (shape [0, 5, 3])");
+  throws(torch::zeros({4, 0, 3}, torch::kByte), {}, "[4, 0, 3]");
+  throws(torch::zeros({4, 5, 2}, torch::kByte), {}, "2 channels");
+  throws(torch::zeros({4, 5, 5}, torch::kByte), {}, "5 channels");
+  throws(torch::zeros({4, 5}, torch::kByte), {}, "shape [4, 5] (2 dimensions)");
+  throws(torch::zeros({1, 4, 5, 3}, torch::kByte), {}, "(4 dimensions)");
+  throws(torch::zeros({4, 5, 3}, torch::kDouble), {}, "dtype Double");
+  throws(torch::zeros({4, 5, 3}, torch::kInt), {}, "dtype Int");
+  throws(image, {.mean = {0.1, 0.2}}, "mean has 2 values");
+  throws(image, {.std = {1, 2, 3, 4}}, "std has 4 values");
+  throws(image, {.std = {0.5, 0.0, 0.5}}, "std[1] is 0");
+  throws(image, {.std = {0.0}}, "std[0] is 0");
+  throws(image, {.std = {std::nan("")}}, "std[0] is nan");
+  throws(image, {.mean = {1.0, INFINITY, 0}}, "mean[1] is inf");
+  throws(image, {.scale = std::nan("")}, "scale is nan");
+  throws(image, {.dtype = at::kInt}, "output dtype Int");
+  // A 4-channel image accepts 4 values, not 3.
+  throws(torch::zeros({2, 2, 4}, torch::kByte), {.mean = {0.1, 0.2, 0.3}}, "mean has 3 values");
+  // A CUDA batch without CUDA is an Error, not a crash.
+  if (!torch::cuda::is_available()) {
+    throws(image, {.device = c10::Device(c10::kCUDA, 0)}, "cuda:0");
+  }
+}
