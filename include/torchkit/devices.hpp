@@ -63,8 +63,8 @@ struct DeviceEntry {
                    expected);
     const std::size_t space = text.find_first_of(" \t\r\n\v\f");
     TORCHKIT_CHECK(space == std::string_view::npos,
-                   "{}: malformed device spec \"{}\": entry {} (\"{}\") contains white space; CUDA does not "
-                   "skip it, write the entries without spaces (\"0,1\")",
+                   "{}: malformed device spec \"{}\": entry {} (\"{}\") contains white space; write the "
+                   "entries without spaces (\"0,1\")",
                    caller, spec, index, text);
     DeviceEntry entry{std::string(text), std::nullopt};
     if (text.starts_with("GPU-") || text.starts_with("MIG-")) {
