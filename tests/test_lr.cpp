@@ -1,0 +1,809 @@
+// Tests for lr.hpp: every scheduler against PyTorch's own sequences (tests/golden/lr.json,
+// written by lr_golden.py with torch 1.13), save/load resumption, and bad input.
+#include <torchkit/lr.hpp>
+
+#include "test_support.hpp"
+
+#include <cmath>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+
+namespace lr = torchkit::lr;
+using nlohmann::json;
+using torchkit::test::message_of;
+
+namespace {
+
+// The functions lr_golden.py names, written identically.
+lr::LrLambda lambda_named(const std::string& name) {
+  if (name == "exp095") {
+    return [](int64_t epoch) { return std::pow(0.95, static_cast<double>(epoch)); };
+  }
+  if (name == "halve_every_30") {
+    return [](int64_t epoch) { return std::pow(0.5, static_cast<double>(epoch / 30)); };
+  }
+  if (name == "inv_sqrt") {
+    return [](int64_t epoch) { return 1.0 / std::sqrt(static_cast<double>(epoch + 1)); };
+  }
+  if (name == "warmup_10") {
+    return [](int64_t epoch) { return std::min(1.0, static_cast<double>(epoch + 1) / 10); };
+  }
+  if (name == "const098") {
+    return [](int64_t) { return 0.98; };
+  }
+  if (name == "alternate") {
+    return [](int64_t epoch) { return epoch % 2 != 0 ? 0.9 : 1.05; };
+  }
+  throw std::runtime_error("unknown lambda " + name);
+}
+
+std::function<double(double)> scale_fn_named(const std::string& name) {
+  if (name == "inverse_cycle") {
+    return [](double x) { return 1 / (1 + 0.5 * x); };
+  }
+  if (name == "slow_decay") {
+    return [](double x) { return std::pow(0.999, x); };
+  }
+  throw std::runtime_error("unknown scale_fn " + name);
+}
+
+// An optimizer with one parameter group per lr in the spec, as lr_golden.py builds it.
+struct Setup {
+  std::vector<at::Tensor> params;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+};
+
+template <class Optimizer, class Options>
+Setup make_with(const std::vector<double>& lrs, const Options& defaults) {
+  Setup setup;
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  for (const double lr : lrs) {
+    setup.params.push_back(torch::zeros({2}, torch::requires_grad()));
+    auto options = std::make_unique<Options>(defaults);
+    options->lr(lr);
+    groups.emplace_back(std::vector<at::Tensor>{setup.params.back()}, std::move(options));
+  }
+  setup.optimizer = std::make_unique<Optimizer>(groups, defaults);
+  return setup;
+}
+
+Setup make_optimizer(const json& spec) {
+  const auto lrs = spec.at("lrs").get<std::vector<double>>();
+  const auto type = spec.at("type").get<std::string>();
+  if (type == "sgd") {
+    return make_with<torch::optim::SGD>(lrs, torch::optim::SGDOptions(lrs[0]).momentum(spec.value("momentum", 0.9)));
+  }
+  if (type == "rmsprop") {
+    return make_with<torch::optim::RMSprop>(lrs,
+                                            torch::optim::RMSpropOptions(lrs[0]).momentum(spec.value("momentum", 0.5)));
+  }
+  if (type == "adam") {
+    return make_with<torch::optim::Adam>(lrs, torch::optim::AdamOptions(lrs[0]).betas({0.9, 0.999}));
+  }
+  if (type == "adamw") {
+    return make_with<torch::optim::AdamW>(lrs, torch::optim::AdamWOptions(lrs[0]).betas({0.9, 0.99}));
+  }
+  if (type == "adagrad") {
+    return make_with<torch::optim::Adagrad>(lrs, torch::optim::AdagradOptions(lrs[0]));
+  }
+  throw std::runtime_error("unknown optimizer " + type);
+}
+
+lr::GroupValues group_values(const json& value) {
+  if (value.is_array()) {
+    return value.get<std::vector<double>>();
+  }
+  return value.get<double>();
+}
+
+// Sets `field` from args[key] when the golden case gives it, so that the C++ defaults are the
+// ones checked against Python's everywhere else.
+template <class T>
+void set_if(const json& args, const char* key, T& field) {
+  if (args.contains(key)) {
+    if constexpr (std::is_same_v<T, lr::GroupValues>) {
+      field = group_values(args.at(key));
+    } else if constexpr (std::is_same_v<T, std::optional<int64_t>>) {
+      field = args.at(key).get<int64_t>();
+    } else if constexpr (std::is_same_v<T, std::optional<double>>) {
+      field = args.at(key).get<double>();
+    } else {
+      field = args.at(key).get<T>();
+    }
+  }
+}
+
+lr::ReduceLROnPlateauOptions plateau_options(const json& args) {
+  lr::ReduceLROnPlateauOptions options;
+  set_if(args, "mode", options.mode);
+  set_if(args, "factor", options.factor);
+  set_if(args, "patience", options.patience);
+  set_if(args, "threshold", options.threshold);
+  set_if(args, "threshold_mode", options.threshold_mode);
+  set_if(args, "cooldown", options.cooldown);
+  set_if(args, "min_lr", options.min_lr);
+  set_if(args, "eps", options.eps);
+  return options;
+}
+
+std::shared_ptr<lr::Scheduler> make_scheduler(torch::optim::Optimizer& optimizer, const json& spec) {
+  const auto type = spec.at("type").get<std::string>();
+  const json args = spec.value("args", json::object());
+  if (type == "SequentialLR" || type == "ChainedScheduler") {
+    std::vector<lr::AnyScheduler> inner;
+    for (const auto& child : spec.at("schedulers")) {
+      inner.emplace_back(make_scheduler(optimizer, child));
+    }
+    if (type == "SequentialLR") {
+      return std::make_shared<lr::SequentialLR>(optimizer, std::move(inner),
+                                                spec.at("milestones").get<std::vector<int64_t>>());
+    }
+    return std::make_shared<lr::ChainedScheduler>(std::move(inner));
+  }
+  if (type == "StepLR") {
+    lr::StepLROptions options;
+    set_if(args, "step_size", options.step_size);
+    set_if(args, "gamma", options.gamma);
+    return std::make_shared<lr::StepLR>(optimizer, options);
+  }
+  if (type == "MultiStepLR") {
+    lr::MultiStepLROptions options;
+    set_if(args, "milestones", options.milestones);
+    set_if(args, "gamma", options.gamma);
+    return std::make_shared<lr::MultiStepLR>(optimizer, options);
+  }
+  if (type == "ConstantLR") {
+    lr::ConstantLROptions options;
+    set_if(args, "factor", options.factor);
+    set_if(args, "total_iters", options.total_iters);
+    return std::make_shared<lr::ConstantLR>(optimizer, options);
+  }
+  if (type == "LinearLR") {
+    lr::LinearLROptions options;
+    set_if(args, "start_factor", options.start_factor);
+    set_if(args, "end_factor", options.end_factor);
+    set_if(args, "total_iters", options.total_iters);
+    return std::make_shared<lr::LinearLR>(optimizer, options);
+  }
+  if (type == "ExponentialLR") {
+    lr::ExponentialLROptions options;
+    set_if(args, "gamma", options.gamma);
+    return std::make_shared<lr::ExponentialLR>(optimizer, options);
+  }
+  if (type == "PolynomialLR") {
+    lr::PolynomialLROptions options;
+    set_if(args, "total_iters", options.total_iters);
+    set_if(args, "power", options.power);
+    return std::make_shared<lr::PolynomialLR>(optimizer, options);
+  }
+  if (type == "CosineAnnealingLR") {
+    lr::CosineAnnealingLROptions options;
+    set_if(args, "T_max", options.T_max);
+    set_if(args, "eta_min", options.eta_min);
+    return std::make_shared<lr::CosineAnnealingLR>(optimizer, options);
+  }
+  if (type == "CosineAnnealingWarmRestarts") {
+    lr::CosineAnnealingWarmRestartsOptions options;
+    set_if(args, "T_0", options.T_0);
+    set_if(args, "T_mult", options.T_mult);
+    set_if(args, "eta_min", options.eta_min);
+    return std::make_shared<lr::CosineAnnealingWarmRestarts>(optimizer, options);
+  }
+  if (type == "LambdaLR" || type == "MultiplicativeLR") {
+    const json& names = args.at("lr_lambda");
+    if (names.is_array()) {
+      std::vector<lr::LrLambda> lambdas;
+      for (const auto& name : names) {
+        lambdas.push_back(lambda_named(name.get<std::string>()));
+      }
+      if (type == "LambdaLR") {
+        return std::make_shared<lr::LambdaLR>(optimizer, std::move(lambdas));
+      }
+      return std::make_shared<lr::MultiplicativeLR>(optimizer, std::move(lambdas));
+    }
+    if (type == "LambdaLR") {
+      return std::make_shared<lr::LambdaLR>(optimizer, lambda_named(names.get<std::string>()));
+    }
+    return std::make_shared<lr::MultiplicativeLR>(optimizer, lambda_named(names.get<std::string>()));
+  }
+  if (type == "OneCycleLR") {
+    lr::OneCycleLROptions options;
+    set_if(args, "max_lr", options.max_lr);
+    set_if(args, "total_steps", options.total_steps);
+    set_if(args, "epochs", options.epochs);
+    set_if(args, "steps_per_epoch", options.steps_per_epoch);
+    set_if(args, "pct_start", options.pct_start);
+    set_if(args, "anneal_strategy", options.anneal_strategy);
+    set_if(args, "cycle_momentum", options.cycle_momentum);
+    set_if(args, "base_momentum", options.base_momentum);
+    set_if(args, "max_momentum", options.max_momentum);
+    set_if(args, "div_factor", options.div_factor);
+    set_if(args, "final_div_factor", options.final_div_factor);
+    set_if(args, "three_phase", options.three_phase);
+    return std::make_shared<lr::OneCycleLR>(optimizer, options);
+  }
+  if (type == "CyclicLR") {
+    lr::CyclicLROptions options;
+    set_if(args, "base_lr", options.base_lr);
+    set_if(args, "max_lr", options.max_lr);
+    set_if(args, "step_size_up", options.step_size_up);
+    set_if(args, "step_size_down", options.step_size_down);
+    set_if(args, "mode", options.mode);
+    set_if(args, "gamma", options.gamma);
+    if (args.contains("scale_fn")) {
+      options.scale_fn = scale_fn_named(args.at("scale_fn").get<std::string>());
+    }
+    set_if(args, "scale_mode", options.scale_mode);
+    set_if(args, "cycle_momentum", options.cycle_momentum);
+    set_if(args, "base_momentum", options.base_momentum);
+    set_if(args, "max_momentum", options.max_momentum);
+    return std::make_shared<lr::CyclicLR>(optimizer, options);
+  }
+  throw std::runtime_error("unknown scheduler " + type);
+}
+
+std::vector<double> lrs_of(const torch::optim::Optimizer& optimizer) {
+  std::vector<double> lrs;
+  for (const auto& group : optimizer.param_groups()) {
+    lrs.push_back(group.options().get_lr());
+  }
+  return lrs;
+}
+
+std::vector<double> momentums_of(const torch::optim::Optimizer& optimizer) {
+  std::vector<double> values;
+  for (const auto& group : optimizer.param_groups()) {
+    const auto& options = group.options();
+    if (const auto* sgd = dynamic_cast<const torch::optim::SGDOptions*>(&options)) {
+      values.push_back(sgd->momentum());
+    } else if (const auto* rmsprop = dynamic_cast<const torch::optim::RMSpropOptions*>(&options)) {
+      values.push_back(rmsprop->momentum());
+    } else if (const auto* adam = dynamic_cast<const torch::optim::AdamOptions*>(&options)) {
+      values.push_back(std::get<0>(adam->betas()));
+    } else if (const auto* adamw = dynamic_cast<const torch::optim::AdamWOptions*>(&options)) {
+      values.push_back(std::get<0>(adamw->betas()));
+    }
+  }
+  return values;
+}
+
+bool close(double actual, double expected) {
+  return actual == expected || std::abs(actual - expected) <= 1e-12 * std::max(std::abs(actual), std::abs(expected));
+}
+
+// The number of values that differ from the golden row by more than 1e-12 relative.
+int mismatches(const std::vector<double>& actual, const json& expected) {
+  if (actual.size() != expected.size()) {
+    return 1000;
+  }
+  int count = 0;
+  for (std::size_t index = 0; index < actual.size(); ++index) {
+    count += close(actual[index], expected[index].get<double>()) ? 0 : 1;
+  }
+  return count;
+}
+
+std::string show(const std::vector<double>& values) {
+  return fmt::format("[{}]", fmt::join(values, ", "));
+}
+
+// Checks the optimizer against golden row `step` (lrs, last_lr, momentums).
+void check_row(const json& golden, std::size_t step, const torch::optim::Optimizer& optimizer,
+               const std::vector<double>& last_lr) {
+  const json& expected = golden.at("lrs").at(step);
+  const auto lrs = lrs_of(optimizer);
+  INFO("step ", step, ": lrs ", show(lrs), " expected ", expected.dump());
+  CHECK(mismatches(lrs, expected) == 0);
+  CHECK(mismatches(last_lr, golden.contains("last_lr") ? golden.at("last_lr").at(step) : expected) == 0);
+  if (golden.contains("momentums")) {
+    const auto momentums = momentums_of(optimizer);
+    INFO("momentums ", show(momentums), " expected ", golden.at("momentums").at(step).dump());
+    CHECK(mismatches(momentums, golden.at("momentums").at(step)) == 0);
+  }
+}
+
+bool is_plateau(const json& golden) { return golden.at("scheduler").at("type") == "ReduceLROnPlateau"; }
+
+// Runs a golden case from step `from` (exclusive) to its end, checking every step.
+void continue_case(const json& golden, torch::optim::Optimizer& optimizer, lr::Scheduler& scheduler,
+                   std::size_t from) {
+  const std::size_t steps = golden.contains("step_epochs") ? golden.at("step_epochs").size()
+                                                           : golden.at("steps").get<std::size_t>();
+  for (std::size_t step = from + 1; step <= steps; ++step) {
+    if (golden.contains("step_epochs") && !golden.at("step_epochs").at(step - 1).is_null()) {
+      dynamic_cast<lr::CosineAnnealingWarmRestarts&>(scheduler).step(golden.at("step_epochs").at(step - 1).get<double>());
+    } else {
+      scheduler.step();
+    }
+    check_row(golden, step, optimizer, scheduler.last_lr());
+    CHECK(scheduler.last_lr() == lrs_of(optimizer));
+  }
+}
+
+void continue_plateau(const json& golden, torch::optim::Optimizer& optimizer, lr::ReduceLROnPlateau& scheduler,
+                      std::size_t from) {
+  const auto& metrics = golden.at("metrics");
+  for (std::size_t step = from + 1; step <= metrics.size(); ++step) {
+    scheduler.step(metrics.at(step - 1).get<double>());
+    check_row(golden, step, optimizer, scheduler.last_lr());
+    CHECK(scheduler.last_epoch() == static_cast<int64_t>(step));
+  }
+}
+
+const json& golden() {
+  static const json data = torchkit::test::load_golden("lr.json");
+  return data;
+}
+
+std::string python_message(const json& error) {
+  auto message = error.at("message").get<std::string>();
+  if (!message.empty() && message.back() == '.') {
+    message.pop_back();  // torchkit appends the offending value after Python's sentence
+  }
+  return message;
+}
+
+}  // namespace
+
+TEST_CASE("every scheduler reproduces PyTorch's sequence, per group, momentum included") {
+  std::set<std::string> types;
+  for (const auto& case_ : golden().at("cases")) {
+    const auto name = case_.at("name").get<std::string>();
+    INFO("case: ", name);
+    types.insert(case_.at("scheduler").at("type").get<std::string>());
+    for (const auto& child : case_.at("scheduler").value("schedulers", json::array())) {
+      types.insert(child.at("type").get<std::string>());
+    }
+    auto setup = make_optimizer(case_.at("optimizer"));
+    if (is_plateau(case_)) {
+      lr::ReduceLROnPlateau scheduler(*setup.optimizer, plateau_options(case_.at("scheduler").at("args")));
+      check_row(case_, 0, *setup.optimizer, scheduler.last_lr());
+      continue_plateau(case_, *setup.optimizer, scheduler, 0);
+      continue;
+    }
+    auto scheduler = make_scheduler(*setup.optimizer, case_.at("scheduler"));
+    check_row(case_, 0, *setup.optimizer, scheduler->last_lr());
+    continue_case(case_, *setup.optimizer, *scheduler, 0);
+  }
+  CHECK(types == std::set<std::string>{"StepLR", "MultiStepLR", "ExponentialLR", "ConstantLR", "LinearLR",
+                                       "PolynomialLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts",
+                                       "LambdaLR", "MultiplicativeLR", "OneCycleLR", "CyclicLR", "SequentialLR",
+                                       "ChainedScheduler", "ReduceLROnPlateau"});
+  CHECK(golden().at("cases").size() >= 60);
+}
+
+TEST_CASE("a run stopped at step k and resumed from archives continues exactly") {
+  for (const auto& case_ : golden().at("cases")) {
+    const auto name = case_.at("name").get<std::string>();
+    for (const std::size_t stop : {std::size_t{0}, std::size_t{1}, std::size_t{73}}) {
+      INFO("case: ", name, ", stopped after ", stop, " steps");
+      std::stringstream checkpoint;
+      {
+        auto setup = make_optimizer(case_.at("optimizer"));
+        torch::serialize::OutputArchive archive;
+        if (is_plateau(case_)) {
+          lr::ReduceLROnPlateau scheduler(*setup.optimizer, plateau_options(case_.at("scheduler").at("args")));
+          for (std::size_t step = 0; step < stop; ++step) {
+            scheduler.step(case_.at("metrics").at(step).get<double>());
+          }
+          setup.optimizer->save(archive);
+          scheduler.save(archive);
+        } else {
+          auto scheduler = make_scheduler(*setup.optimizer, case_.at("scheduler"));
+          for (std::size_t step = 0; step < stop; ++step) {
+            if (case_.contains("step_epochs") && !case_.at("step_epochs").at(step).is_null()) {
+              dynamic_cast<lr::CosineAnnealingWarmRestarts&>(*scheduler).step(
+                  case_.at("step_epochs").at(step).get<double>());
+            } else {
+              scheduler->step();
+            }
+          }
+          setup.optimizer->save(archive);
+          scheduler->save(archive);
+        }
+        archive.save_to(checkpoint);
+      }  // the first run's optimizer and schedulers are gone
+      auto setup = make_optimizer(case_.at("optimizer"));
+      torch::serialize::InputArchive archive;
+      archive.load_from(checkpoint);
+      if (is_plateau(case_)) {
+        lr::ReduceLROnPlateau scheduler(*setup.optimizer, plateau_options(case_.at("scheduler").at("args")));
+        setup.optimizer->load(archive);
+        scheduler.load(archive);
+        CHECK(scheduler.last_epoch() == static_cast<int64_t>(stop));
+        continue_plateau(case_, *setup.optimizer, scheduler, stop);
+      } else {
+        auto scheduler = make_scheduler(*setup.optimizer, case_.at("scheduler"));
+        setup.optimizer->load(archive);
+        scheduler->load(archive);
+        check_row(case_, stop, *setup.optimizer, scheduler->last_lr());
+        continue_case(case_, *setup.optimizer, *scheduler, stop);
+      }
+    }
+  }
+}
+
+TEST_CASE("Python's errors, with Python's wording, and the optimizer left as it was") {
+  for (const auto& error : golden().at("errors")) {
+    const json& spec = error.at("scheduler");
+    INFO("scheduler: ", spec.dump(), "\nPython: ", error.at("message").get<std::string>());
+    auto setup = make_optimizer(error.at("optimizer"));
+    auto& optimizer = *setup.optimizer;
+    const auto lrs_before = lrs_of(optimizer);
+    const auto momentums_before = momentums_of(optimizer);
+    std::string message;
+    if (spec.at("type") == "ReduceLROnPlateau") {
+      message = message_of<torchkit::Error>(
+          [&] { lr::ReduceLROnPlateau scheduler(optimizer, plateau_options(spec.at("args"))); });
+    } else if (spec.contains("other_optimizer_at")) {
+      auto other = make_optimizer(error.at("optimizer"));
+      const auto first = std::make_shared<lr::StepLR>(optimizer, 3);
+      const auto second = std::make_shared<lr::ExponentialLR>(*other.optimizer, 0.9);
+      const auto lrs_with_schedulers = lrs_of(optimizer);
+      message = message_of<torchkit::Error>([&] {
+        if (spec.at("type") == "SequentialLR") {
+          lr::SequentialLR scheduler(optimizer, {first, second}, {3});
+        } else {
+          lr::ChainedScheduler scheduler({first, second});
+        }
+      });
+      CHECK(lrs_of(optimizer) == lrs_with_schedulers);
+    } else if (error.contains("step_epoch")) {
+      lr::CosineAnnealingWarmRestarts scheduler(optimizer, {.T_0 = 5});
+      const auto lrs_constructed = lrs_of(optimizer);
+      message = message_of<torchkit::Error>([&] { scheduler.step(error.at("step_epoch").get<double>()); });
+      CHECK(lrs_of(optimizer) == lrs_constructed);
+      CHECK(scheduler.last_epoch() == 0);
+    } else if (error.at("steps").get<int>() > 0) {
+      auto scheduler = make_scheduler(optimizer, spec);
+      const int steps = error.at("steps").get<int>();
+      for (int step = 0; step < steps - 1; ++step) {
+        scheduler->step();
+      }
+      // The failing step changes nothing: not the lrs, the momentum, nor the epoch.
+      const auto lrs_last = lrs_of(optimizer);
+      const auto momentums_last = momentums_of(optimizer);
+      const auto epoch_last = scheduler->last_epoch();
+      message = message_of<torchkit::Error>([&] { scheduler->step(); });
+      CHECK(lrs_of(optimizer) == lrs_last);
+      CHECK(momentums_of(optimizer) == momentums_last);
+      CHECK(scheduler->last_epoch() == epoch_last);
+      CHECK(scheduler->last_lr() == lrs_last);
+      // ... again and again.
+      CHECK_THROWS_AS(scheduler->step(), torchkit::Error);
+      CHECK(scheduler->last_epoch() == epoch_last);
+    } else {
+      message = message_of<torchkit::Error>([&] { (void)make_scheduler(optimizer, spec); });
+    }
+    INFO("torchkit: ", message);
+    CHECK(message.find(python_message(error)) != std::string::npos);
+    if (!spec.contains("other_optimizer_at") && error.at("steps").get<int>() == 0 && !error.contains("step_epoch") &&
+        spec.at("type") != "SequentialLR") {
+      CHECK(lrs_of(optimizer) == lrs_before);
+      CHECK(momentums_of(optimizer) == momentums_before);
+    }
+  }
+  CHECK(golden().at("errors").size() >= 30);
+}
+
+TEST_CASE("bad arguments Python lets through (or crashes on later) throw Error naming the value") {
+  auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.025}}});
+  auto& optimizer = *setup.optimizer;
+  const auto lrs_before = lrs_of(optimizer);
+  const auto momentums_before = momentums_of(optimizer);
+  struct Bad {
+    std::function<void()> construct;
+    std::vector<std::string> parts;
+  };
+  const std::vector<Bad> bad{
+      {[&] { lr::StepLR s(optimizer, 0); }, {"StepLR", "step_size", "positive", "got 0"}},
+      {[&] { lr::StepLR s(optimizer, -3, 0.5); }, {"StepLR", "step_size", "got -3"}},
+      {[&] { lr::StepLR s(optimizer, lr::StepLROptions{}); }, {"StepLR", "step_size is required"}},
+      {[&] { lr::StepLR s(optimizer, 5, -0.1); }, {"StepLR", "gamma", "got -0.1"}},
+      {[&] { lr::MultiStepLR s(optimizer, {30, 10}); }, {"MultiStepLR", "increasing", "10", "[30, 10]"}},
+      {[&] { lr::MultiStepLR s(optimizer, {-1, 10}); }, {"MultiStepLR", ">= 0", "-1", "[-1, 10]"}},
+      {[&] { lr::MultiStepLR s(optimizer, {5, 10}, std::nan("")); }, {"MultiStepLR", "gamma", "nan"}},
+      {[&] { lr::ConstantLR s(optimizer, 0.0); }, {"ConstantLR", "factor=0"}},
+      {[&] { lr::ConstantLR s(optimizer, 0.5, 0); }, {"ConstantLR", "total_iters", "got 0"}},
+      {[&] { lr::LinearLR s(optimizer, 0.0); }, {"LinearLR", "start_factor=0"}},
+      {[&] { lr::LinearLR s(optimizer, {.total_iters = -2}); }, {"LinearLR", "total_iters", "got -2"}},
+      {[&] { lr::ExponentialLR s(optimizer, lr::ExponentialLROptions{}); }, {"ExponentialLR", "gamma is required"}},
+      {[&] { lr::ExponentialLR s(optimizer, -0.9); }, {"ExponentialLR", "gamma", "got -0.9"}},
+      {[&] { lr::PolynomialLR s(optimizer, 0); }, {"PolynomialLR", "total_iters", "got 0"}},
+      {[&] { lr::PolynomialLR s(optimizer, {.power = -1.0}); }, {"PolynomialLR", "power", "got -1"}},
+      {[&] { lr::CosineAnnealingLR s(optimizer, 0); }, {"CosineAnnealingLR", "T_max", "got 0"}},
+      {[&] { lr::CosineAnnealingLR s(optimizer, {.T_max = -10}); }, {"CosineAnnealingLR", "T_max", "got -10"}},
+      {[&] { lr::CosineAnnealingLR s(optimizer, lr::CosineAnnealingLROptions{}); }, {"T_max is required"}},
+      {[&] { lr::CosineAnnealingLR s(optimizer, 10, -1e-3); }, {"CosineAnnealingLR", "eta_min", "got -0.001"}},
+      {[&] { lr::CosineAnnealingWarmRestarts s(optimizer, lr::CosineAnnealingWarmRestartsOptions{}); },
+       {"T_0 is required"}},
+      {[&] { lr::LambdaLR s(optimizer, lr::LrLambda{}); }, {"LambdaLR", "lr_lambda is empty"}},
+      {[&] { lr::MultiplicativeLR s(optimizer, std::vector<lr::LrLambda>{lambda_named("exp095"), {}}); },
+       {"MultiplicativeLR", "lr_lambda[1] is empty"}},
+      {[&] { lr::OneCycleLR s(optimizer, lr::OneCycleLROptions{.total_steps = 10}); }, {"OneCycleLR", "max_lr is required"}},
+      {[&] { lr::OneCycleLR s(optimizer, {.max_lr = 0.1, .epochs = 3}); },
+       {"OneCycleLR", "Expected positive integer steps_per_epoch, but got None"}},
+      {[&] { lr::OneCycleLR s(optimizer, {.max_lr = 0.1, .total_steps = 10, .div_factor = 0}); },
+       {"OneCycleLR", "div_factor", "got 0"}},
+      {[&] { lr::OneCycleLR s(optimizer, {.max_lr = {0.1, -0.2}, .total_steps = 10}); },
+       {"OneCycleLR", "max_lr", "-0.2", "param group 1"}},
+      {[&] { lr::CyclicLR s(optimizer, 0.01, 0.1, 0); }, {"CyclicLR", "step_size_up", "got 0"}},
+      {[&] { lr::CyclicLR s(optimizer, {.base_lr = 0.01, .max_lr = 0.1, .step_size_down = -4}); },
+       {"CyclicLR", "step_size_down", "got -4"}},
+      {[&] { lr::CyclicLR s(optimizer, {.max_lr = 0.1}); }, {"CyclicLR", "base_lr is required"}},
+      {[&] {
+         lr::CyclicLR s(optimizer, {.base_lr = 0.01, .max_lr = 0.1, .scale_fn = [](double) { return 1.0; },
+                                    .scale_mode = "epochs"});
+       },
+       {"CyclicLR", "scale_mode", "'epochs'"}},
+      {[&] { lr::ReduceLROnPlateau s(optimizer, {.factor = -0.5}); }, {"ReduceLROnPlateau", "factor=-0.5"}},
+      {[&] { lr::ReduceLROnPlateau s(optimizer, {.patience = -1}); }, {"ReduceLROnPlateau", "patience", "got -1"}},
+      {[&] { lr::ReduceLROnPlateau s(optimizer, {.cooldown = -2}); }, {"ReduceLROnPlateau", "cooldown", "got -2"}},
+      {[&] { lr::ReduceLROnPlateau s(optimizer, {.min_lr = {0.1, -1.0}}); }, {"ReduceLROnPlateau", "min_lr", "-1"}},
+      {[&] { lr::SequentialLR s(optimizer, {}, {}); }, {"SequentialLR", "at least one scheduler"}},
+      {[&] { lr::ChainedScheduler s({}); }, {"ChainedScheduler", "at least one scheduler"}},
+      {[&] { lr::ChainedScheduler s({std::shared_ptr<lr::StepLR>{}}); }, {"null"}},
+  };
+  for (std::size_t index = 0; index < bad.size(); ++index) {
+    INFO("bad input #", index);
+    const auto message = message_of<torchkit::Error>(bad[index].construct);
+    for (const auto& part : bad[index].parts) {
+      INFO("message: ", message, "\nexpected to contain: ", part);
+      CHECK(message.find(part) != std::string::npos);
+    }
+    CHECK(lrs_of(optimizer) == lrs_before);
+    CHECK(momentums_of(optimizer) == momentums_before);
+  }
+}
+
+TEST_CASE("an optimizer with no parameter groups, or groups added later") {
+  torch::optim::SGD empty(std::vector<torch::optim::OptimizerParamGroup>{}, torch::optim::SGDOptions(0.1));
+  REQUIRE(empty.param_groups().empty());
+  for (const auto& make : std::vector<std::function<void()>>{
+           [&] { lr::StepLR s(empty, 10); }, [&] { lr::CosineAnnealingLR s(empty, 10); },
+           [&] { lr::OneCycleLR s(empty, 0.1, 10); }, [&] { lr::CyclicLR s(empty, 0.01, 0.1); },
+           [&] { lr::LambdaLR s(empty, lambda_named("exp095")); }, [&] { lr::ReduceLROnPlateau s(empty); }}) {
+    const auto message = message_of<torchkit::Error>(make);
+    CHECK(message.find("no parameter groups") != std::string::npos);
+  }
+
+  auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1}}});
+  lr::StepLR scheduler(*setup.optimizer, 2);
+  lr::ReduceLROnPlateau plateau(*setup.optimizer);
+  setup.optimizer->add_param_group(torch::optim::OptimizerParamGroup({torch::zeros({1}, torch::requires_grad())}));
+  const auto message = message_of<torchkit::Error>([&] { scheduler.step(); });
+  CHECK(message.find("2 parameter groups, but had 1") != std::string::npos);
+  CHECK(scheduler.last_epoch() == 0);
+  CHECK_THROWS_AS(plateau.step(1.0), torchkit::Error);
+}
+
+TEST_CASE("options whose lr cannot be read are an Error, not a crash") {
+  struct NoLrOptions : torch::optim::OptimizerCloneableOptions<NoLrOptions> {};
+  struct NoLrOptimizer : torch::optim::Optimizer {
+    explicit NoLrOptimizer(std::vector<at::Tensor> params)
+        : Optimizer({torch::optim::OptimizerParamGroup(std::move(params))}, std::make_unique<NoLrOptions>()) {}
+    at::Tensor step(LossClosure) override { return {}; }
+    void save(torch::serialize::OutputArchive&) const override {}
+    void load(torch::serialize::InputArchive&) override {}
+  };
+  NoLrOptimizer optimizer({torch::zeros({1}, torch::requires_grad())});
+  const auto message = message_of<torchkit::Error>([&] { lr::StepLR s(optimizer, 3); });
+  CHECK(message.find("param group 0") != std::string::npos);
+  CHECK(message.find("get_lr") != std::string::npos);
+}
+
+TEST_CASE("the tip's positional form and the designated-initializer form agree") {
+  auto a = make_optimizer({{"type", "adam"}, {"lrs", {0.001, 0.01}}});
+  auto b = make_optimizer({{"type", "adam"}, {"lrs", {0.001, 0.01}}});
+  lr::StepLR positional(*a.optimizer, 10, 0.1);
+  lr::StepLR designated(*b.optimizer, {.step_size = 10, .gamma = 0.1});
+  for (int epoch = 0; epoch < 35; ++epoch) {
+    CHECK(positional.last_lr() == designated.last_lr());
+    positional.step();
+    designated.step();
+  }
+  CHECK(positional.last_epoch() == 35);
+  CHECK(close(positional.last_lr()[0], 0.001 * 0.1 * 0.1 * 0.1));
+  CHECK(positional.options().step_size == 10);
+  CHECK(positional.base_lrs() == std::vector<double>{0.001, 0.01});
+  CHECK(&positional.optimizer() == a.optimizer.get());
+
+  auto c = make_optimizer({{"type", "sgd"}, {"lrs", {0.1}}});
+  lr::CosineAnnealingLR cosine(*c.optimizer, {.T_max = 100, .eta_min = 1e-5});
+  CHECK(cosine.options().T_max == 100);
+  for (int epoch = 0; epoch < 100; ++epoch) {
+    cosine.step();
+  }
+  CHECK(close(cosine.last_lr()[0], 1e-5));
+  CHECK(cosine.type_name() == "CosineAnnealingLR");
+}
+
+TEST_CASE("schedulers of one optimizer share each group's initial lr, as Python's initial_lr") {
+  auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.02}}});
+  auto& optimizer = *setup.optimizer;
+  {
+    lr::ConstantLR constant(optimizer, {.factor = 0.5, .total_iters = 3});
+    CHECK(lrs_of(optimizer) == std::vector<double>{0.05, 0.01});
+    // The second scheduler's base is the recorded initial lr, not the lr ConstantLR has set.
+    lr::CosineAnnealingLR cosine(optimizer, 10);
+    CHECK(cosine.base_lrs() == std::vector<double>{0.1, 0.02});
+    // A second optimizer is independent.
+    auto other = make_optimizer({{"type", "sgd"}, {"lrs", {0.3, 0.3}}});
+    lr::StepLR step(*other.optimizer, 2);
+    CHECK(step.base_lrs() == std::vector<double>{0.3, 0.3});
+  }
+  // Once no scheduler of the optimizer is left, a new one records the lr it finds.
+  lr::ExponentialLR exponential(optimizer, 0.9);
+  CHECK(exponential.base_lrs() == std::vector<double>{0.05, 0.01});
+}
+
+TEST_CASE("composites take schedulers moved in or shared, and step the shared ones") {
+  auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {1.0}}});
+  auto& optimizer = *setup.optimizer;
+  auto exponential = std::make_shared<lr::ExponentialLR>(optimizer, 0.9);
+  lr::ConstantLR constant(optimizer, {.factor = 0.1, .total_iters = 2});
+  lr::ChainedScheduler chained({std::move(constant), exponential});
+  // ExponentialLR was created first (lr 1), then ConstantLR (lr 0.1); each step applies both.
+  CHECK(close(chained.last_lr()[0], 0.1));
+  chained.step();
+  CHECK(close(chained.last_lr()[0], 0.09));
+  CHECK(exponential->last_epoch() == 1);
+  chained.step();
+  chained.step();
+  CHECK(close(chained.last_lr()[0], 0.729));
+  CHECK(exponential->last_epoch() == 3);
+  CHECK(chained.last_epoch() == 3);
+  CHECK(chained.schedulers().size() == 2);
+  CHECK(chained.schedulers()[1] == exponential);
+
+  // A composite cannot be restarted at a milestone.
+  auto inner = std::make_shared<lr::ChainedScheduler>(std::vector<lr::AnyScheduler>{lr::StepLR(optimizer, 5)});
+  const auto message = message_of<torchkit::Error>(
+      [&] { lr::SequentialLR s(optimizer, {lr::StepLR(optimizer, 3), inner}, {3}); });
+  CHECK(message.find("index 1 is a ChainedScheduler") != std::string::npos);
+  const auto unsorted = message_of<torchkit::Error>([&] {
+    lr::SequentialLR s(optimizer, {lr::StepLR(optimizer, 3), lr::StepLR(optimizer, 3), lr::StepLR(optimizer, 3)},
+                       {10, 4});
+  });
+  CHECK(unsorted.find("milestones must be increasing") != std::string::npos);
+  CHECK(unsorted.find("[10, 4]") != std::string::npos);
+}
+
+TEST_CASE("the warm-up + cosine schedule of the example") {
+  auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1}}});
+  auto& optimizer = *setup.optimizer;
+  lr::SequentialLR schedule(optimizer,
+                            {lr::LinearLR(optimizer, {.start_factor = 0.1, .total_iters = 5}),
+                             lr::CosineAnnealingLR(optimizer, {.T_max = 45})},
+                            {5});
+  std::vector<double> lrs{schedule.last_lr()[0]};
+  for (int epoch = 1; epoch <= 50; ++epoch) {
+    schedule.step();
+    lrs.push_back(schedule.last_lr()[0]);
+  }
+  CHECK(close(lrs[0], 0.01));
+  CHECK(close(lrs[1], 0.028));
+  CHECK(close(lrs[5], 0.1));  // the milestone: cosine starts at its closed form, the initial lr
+  for (int epoch = 6; epoch <= 50; ++epoch) {
+    const double closed_form = 0.1 * (1 + std::cos(std::numbers::pi * (epoch - 5) / 45)) / 2;
+    CHECK(std::abs(lrs[epoch] - closed_form) <= 1e-12 * 0.1);
+  }
+  CHECK(schedule.last_epoch() == 50);
+  CHECK(schedule.milestones() == std::vector<int64_t>{5});
+}
+
+TEST_CASE("CyclicLR cycles Adam's beta1 as it cycles SGD's momentum (torch 2.x), keeping beta2") {
+  const json* sgd_case = nullptr;
+  for (const auto& case_ : golden().at("cases")) {
+    if (case_.at("name") == "CyclicLR triangular2 lists") {
+      sgd_case = &case_;
+    }
+  }
+  REQUIRE(sgd_case != nullptr);
+  auto setup = make_optimizer({{"type", "adam"}, {"lrs", {0.5, 0.5}}});
+  auto scheduler = make_scheduler(*setup.optimizer, sgd_case->at("scheduler"));
+  for (std::size_t step = 0; step <= 200; ++step) {
+    INFO("step ", step);
+    CHECK(mismatches(lrs_of(*setup.optimizer), sgd_case->at("lrs").at(step)) == 0);
+    CHECK(mismatches(momentums_of(*setup.optimizer), sgd_case->at("momentums").at(step)) == 0);
+    for (const auto& group : setup.optimizer->param_groups()) {
+      CHECK(std::get<1>(static_cast<const torch::optim::AdamOptions&>(group.options()).betas()) == 0.999);
+    }
+    scheduler->step();
+  }
+  // Adagrad has neither: Python's error.
+  auto adagrad = make_optimizer({{"type", "adagrad"}, {"lrs", {0.1}}});
+  CHECK_THROWS_WITH_AS(lr::CyclicLR(*adagrad.optimizer, 0.01, 0.1),
+                       doctest::Contains("optimizer must support momentum with `cycle_momentum` option enabled"),
+                       torchkit::Error);
+  lr::CyclicLR without(*adagrad.optimizer, {.base_lr = 0.01, .max_lr = 0.1, .cycle_momentum = false});
+  CHECK(without.last_lr() == std::vector<double>{0.01});
+}
+
+TEST_CASE("OneCycleLR: Python's step limit, with epochs and steps_per_epoch") {
+  auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1}}});
+  lr::OneCycleLR scheduler(*setup.optimizer, {.max_lr = 0.1, .epochs = 3, .steps_per_epoch = 4});
+  CHECK(scheduler.total_steps() == 12);
+  CHECK(close(scheduler.last_lr()[0], 0.1 / 25));
+  for (int step = 0; step < 12; ++step) {
+    scheduler.step();  // Python allows total_steps steps after construction
+  }
+  CHECK_THROWS_WITH_AS(scheduler.step(),
+                       doctest::Contains("Tried to step 14 times. The specified number of total steps is 12"),
+                       torchkit::Error);
+  // pct_start = 1 leaves the last phase without steps: Python divides by zero there.
+  auto other = make_optimizer({{"type", "sgd"}, {"lrs", {0.1}}});
+  lr::OneCycleLR full(*other.optimizer, {.max_lr = 0.1, .total_steps = 5, .pct_start = 1.0});
+  for (int step = 0; step < 4; ++step) {
+    full.step();
+  }
+  CHECK(close(full.last_lr()[0], 0.1));
+  CHECK_THROWS_WITH_AS(full.step(), doctest::Contains("division by zero"), torchkit::Error);
+  CHECK(full.last_epoch() == 4);
+}
+
+TEST_CASE("ReduceLROnPlateau takes a one-element tensor metric") {
+  auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.01}}});
+  lr::ReduceLROnPlateau scheduler(*setup.optimizer, {.patience = 0});
+  scheduler.step(torch::tensor(1.0));
+  CHECK(scheduler.best() == 1.0);
+  scheduler.step(torch::tensor({2.0}));
+  CHECK(close(scheduler.last_lr()[0], 0.01));
+  CHECK(scheduler.num_bad_epochs() == 0);
+  CHECK_THROWS_WITH_AS(scheduler.step(torch::ones({2})), doctest::Contains("one-element tensor, got shape [2]"),
+                       torchkit::Error);
+  CHECK(scheduler.last_epoch() == 2);
+  CHECK(scheduler.to_string().find("ReduceLROnPlateau(mode='min', factor=0.1, patience=0") == 0);
+}
+
+TEST_CASE("load refuses another scheduler's state or another group count, changing nothing") {
+  auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.01}}});
+  lr::StepLR step(*setup.optimizer, 3);
+  step.step();
+  torch::serialize::OutputArchive out;
+  step.save(out);
+  std::stringstream stream;
+  out.save_to(stream);
+
+  auto other = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.01}}});
+  lr::ExponentialLR exponential(*other.optimizer, 0.5);
+  exponential.step();
+  torch::serialize::InputArchive in;
+  in.load_from(stream);
+  const auto message = message_of<torchkit::Error>([&] { exponential.load(in); });
+  CHECK(message.find("StepLR, not of a ExponentialLR") != std::string::npos);
+  CHECK(exponential.last_epoch() == 1);
+  CHECK(lrs_of(*other.optimizer) == std::vector<double>{0.05, 0.005});
+
+  auto three = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.01, 0.001}}});
+  lr::StepLR step3(*three.optimizer, 7);
+  const auto groups = message_of<torchkit::Error>([&] { step3.load(in); });
+  CHECK(groups.find("saved for 2 parameter groups, the optimizer has 3") != std::string::npos);
+  CHECK(step3.last_epoch() == 0);
+  CHECK(step3.options().step_size == 7);
+
+  // Python's load_state_dict restores the hyperparameters too.
+  auto same = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.01}}});
+  lr::StepLR step_other(*same.optimizer, 50, 0.9);
+  step_other.load(in);
+  CHECK(step_other.options().step_size == 3);
+  CHECK(step_other.options().gamma == 0.1);
+  CHECK(step_other.last_epoch() == 1);
+
+  torch::serialize::InputArchive empty;
+  CHECK_THROWS_WITH_AS(step_other.load(empty), doctest::Contains("no 'lr_scheduler'"), torchkit::Error);
+}
+
+TEST_CASE("to_string and operator<<") {
+  auto setup = make_optimizer({{"type", "adam"}, {"lrs", {0.001, 0.01}}});
+  lr::StepLR scheduler(*setup.optimizer, 10, 0.1);
+  std::ostringstream stream;
+  stream << scheduler;
+  CHECK(stream.str() == "StepLR(step_size=10, gamma=0.1) last_epoch=0 last_lr=[0.001, 0.01]");
+  CHECK(scheduler.to_string() == stream.str());
+  lr::SequentialLR sequential(*setup.optimizer, {lr::LinearLR(*setup.optimizer), lr::ExponentialLR(*setup.optimizer, 0.5)},
+                              {5});
+  CHECK(sequential.to_string().find("SequentialLR(schedulers=[LinearLR(start_factor=") == 0);
+}
