@@ -1,6 +1,405 @@
 #pragma once
 /// @file param_groups.hpp
-/// tip 9  ParamGroupBuilder (not written yet).
+/// Tip 9: per-layer learning rates. `ParamGroupBuilder` splits a model's parameters into
+/// optimizer parameter groups by name (torchkit::NamePattern: exact name, module path, glob,
+/// torchkit::regex), each with its own `lr` / `weight_decay`, everything else inherited from the
+/// optimizer's default options — Python's
+/// `optim.Adam([{"params": conv1, "lr": 0.01}, {"params": conv2, "lr": 0.001}], weight_decay=1e-3)`.
 
 #include <torchkit/concepts.hpp>
+#include <torchkit/detail/name_pattern.hpp>
 #include <torchkit/error.hpp>
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace torchkit {
+
+/// A group's own settings. Options left unset inherit the optimizer's defaults (the tip's
+/// "global" settings outside the list); every other option (betas, eps, momentum, ...) always
+/// comes from the defaults.
+///
+///     builder.add({"*convolution1*"}, {.lr = 0.01, .name = "conv1"});
+struct GroupOptions {
+  // The `{}` initialisers let `{.lr = 0.01}` compile without -Wmissing-field-initializers warnings.
+  std::optional<double> lr{}, weight_decay{};
+  std::string name{};  ///< shown by describe() and group_names(); defaults to the group's patterns
+};
+
+/// Builds optimizer parameter groups by parameter name.
+///
+/// - `add(patterns, options)` declares a group; a parameter joins the FIRST group (in the order
+///   given) one of whose patterns matches it.
+/// - `rest(options)` declares the group that collects every parameter no other group claims.
+/// - `no_weight_decay(patterns)` (e.g. `{"*.bias", "*norm*.weight"}`): every group is split in
+///   two consecutive optimizer groups, as common Python recipes do: first the parameters with
+///   the group's weight decay, then the matching ones with weight decay 0 (same lr). Both parts
+///   are always emitted (one may be empty), so the optimizer group of user group `i` is `2 i`
+///   and `2 i + 1`; without no_weight_decay it is `i`.
+/// - Frozen parameters (`requires_grad == false`, read at build time) are left out, as the tip's
+///   `filter(lambda p: p.requires_grad, ...)`; `include_frozen()` keeps them. A group whose every
+///   match is frozen is emitted empty.
+/// - A tied tensor appears once, and a pattern matches it under any of its names.
+///
+/// Every check runs in `build()` (and `describe()`, `group_names()`), which throw Error when a
+/// pattern is empty or matches no parameter (listing the closest names), when a parameter is
+/// claimed by no group and no `rest()` was given (naming it), when a group gets nothing because
+/// earlier groups claimed all its matches, when an lr or weight decay is negative or not finite,
+/// when `rest()` was given twice, when there are no groups, or when nothing is left to optimize.
+///
+/// The builder reads the model's parameter list when constructed; keep it alive only as long
+/// as that list does not change.
+///
+///     torchkit::ParamGroupBuilder builder(net);
+///     builder.add({"*convolution1*"}, {.lr = 0.01}).add({"*convolution2*"}, {.lr = 0.001}).rest();
+///     const auto defaults = torch::optim::AdamOptions(1e-3).weight_decay(1e-3);
+///     torch::optim::Adam optimizer(builder.build(defaults), defaults);
+///     std::cout << builder.describe(defaults);
+class ParamGroupBuilder {
+ public:
+  /// Reads `model`'s parameters (a module, module holder or shared_ptr to a module).
+  template <ModuleLike M>
+  explicit ParamGroupBuilder(const M& model) : parameters_(detail::parameter_table(model)) {}
+
+  /// Adds a group of the parameters that `patterns` select (and no earlier group claimed).
+  ParamGroupBuilder& add(const std::vector<std::string>& patterns, GroupOptions options = {}) {
+    return add_group(detail::to_patterns(patterns), std::move(options));
+  }
+  /// Adds a group of the parameters that `patterns` select (and no earlier group claimed).
+  ParamGroupBuilder& add(std::initializer_list<NamePattern> patterns, GroupOptions options = {}) {
+    return add_group(std::vector<NamePattern>(patterns), std::move(options));
+  }
+  /// Adds a group of the parameters that a range of patterns selects.
+  template <NamePatternRange R>
+  ParamGroupBuilder& add(R&& patterns, GroupOptions options = {}) {
+    return add_group(detail::collect_patterns(std::forward<R>(patterns)), std::move(options));
+  }
+
+  /// Adds the group that collects every parameter no `add()` group claims. Without it, such a
+  /// parameter is an error in build().
+  ParamGroupBuilder& rest(GroupOptions options = {}) {
+    groups_.push_back(Group{{}, std::move(options), /*is_rest=*/true});
+    return *this;
+  }
+
+  /// Gives the parameters that `patterns` select weight decay 0 (e.g. biases and norm weights),
+  /// splitting every group in two (see the class comment). May be called more than once.
+  ParamGroupBuilder& no_weight_decay(const std::vector<std::string>& patterns) {
+    return add_no_weight_decay(detail::to_patterns(patterns));
+  }
+  /// Gives the parameters that `patterns` select weight decay 0.
+  ParamGroupBuilder& no_weight_decay(std::initializer_list<NamePattern> patterns) {
+    return add_no_weight_decay(std::vector<NamePattern>(patterns));
+  }
+  /// Gives the parameters that a range of patterns selects weight decay 0.
+  template <NamePatternRange R>
+  ParamGroupBuilder& no_weight_decay(R&& patterns) {
+    return add_no_weight_decay(detail::collect_patterns(std::forward<R>(patterns)));
+  }
+
+  /// Whether frozen parameters (`requires_grad == false`) go into the groups too (default: no).
+  ParamGroupBuilder& include_frozen(bool include = true) noexcept {
+    include_frozen_ = include;
+    return *this;
+  }
+
+  /// The parameter groups for a LibTorch optimizer whose options have `lr` and `weight_decay`
+  /// (SGD, Adam, AdamW, RMSprop, Adagrad). Each group's options are a copy of `defaults` with
+  /// the group's lr / weight decay set where the group gives them. Pass the same `defaults` to
+  /// the optimizer.
+  ///
+  /// @throws Error see the class comment; nothing is built then.
+  ///
+  ///     torch::optim::SGD optimizer(builder.build(torch::optim::SGDOptions(0.1)), torch::optim::SGDOptions(0.1));
+  template <OptimizerOptions O>
+  [[nodiscard]] std::vector<torch::optim::OptimizerParamGroup> build(const O& defaults) const {
+    check_value("ParamGroupBuilder::build", "the defaults' lr", static_cast<double>(defaults.lr()));
+    check_value("ParamGroupBuilder::build", "the defaults' weight_decay", static_cast<double>(defaults.weight_decay()));
+    const auto planned = plan("ParamGroupBuilder::build");
+    std::vector<torch::optim::OptimizerParamGroup> result;
+    result.reserve(planned.groups.size());
+    for (const auto& group : planned.groups) {
+      auto options = std::make_unique<O>(defaults);
+      if (group.lr) {
+        options->lr(*group.lr);
+      }
+      if (group.weight_decay) {
+        options->weight_decay(*group.weight_decay);
+      }
+      std::vector<at::Tensor> tensors;
+      tensors.reserve(group.members.size());
+      for (const std::size_t member : group.members) {
+        tensors.push_back(parameters_[member].tensor);
+      }
+      result.emplace_back(std::move(tensors), std::unique_ptr<torch::optim::OptimizerOptions>(std::move(options)));
+    }
+    return result;
+  }
+
+  /// The names of the optimizer groups build() makes, in its order (for logging per group).
+  [[nodiscard]] std::vector<std::string> group_names() const {
+    std::vector<std::string> names;
+    for (const auto& group : plan("ParamGroupBuilder::group_names").groups) {
+      names.push_back(group.name);
+    }
+    return names;
+  }
+
+  /// A printable table of the optimizer groups build() makes: each group's options (unset ones
+  /// shown as `default`), then its parameters with their shapes; then the frozen parameters left
+  /// out. Throws as build().
+  [[nodiscard]] std::string describe() const { return describe_with("ParamGroupBuilder::describe", std::nullopt); }
+
+  /// As describe(), with the values the groups inherit from `defaults` filled in.
+  ///
+  ///     std::cout << builder.describe(torch::optim::AdamOptions(1e-3).weight_decay(1e-3));
+  template <OptimizerOptions O>
+  [[nodiscard]] std::string describe(const O& defaults) const {
+    check_value("ParamGroupBuilder::describe", "the defaults' lr", static_cast<double>(defaults.lr()));
+    check_value("ParamGroupBuilder::describe", "the defaults' weight_decay",
+                static_cast<double>(defaults.weight_decay()));
+    return describe_with("ParamGroupBuilder::describe",
+                         std::pair<double, double>{static_cast<double>(defaults.lr()),
+                                                   static_cast<double>(defaults.weight_decay())});
+  }
+
+ private:
+  struct Group {
+    std::vector<NamePattern> patterns;  // empty for rest()
+    GroupOptions options;
+    bool is_rest = false;
+  };
+
+  struct PlannedGroup {
+    std::string name;
+    std::vector<std::size_t> members;  // indices into parameters_
+    std::optional<double> lr, weight_decay;
+    bool weight_decay_from_no_weight_decay = false;
+  };
+
+  struct Plan {
+    std::vector<PlannedGroup> groups;
+    std::vector<std::size_t> left_out;  // frozen parameters not in any group
+  };
+
+  ParamGroupBuilder& add_group(std::vector<NamePattern> patterns, GroupOptions options) {
+    groups_.push_back(Group{std::move(patterns), std::move(options), /*is_rest=*/false});
+    return *this;
+  }
+
+  ParamGroupBuilder& add_no_weight_decay(std::vector<NamePattern> patterns) {
+    no_weight_decay_.push_back(std::move(patterns));
+    return *this;
+  }
+
+  static void check_value(std::string_view context, std::string_view what, double value) {
+    TORCHKIT_CHECK(std::isfinite(value) && value >= 0, "{}: {} is {}; expected a finite value >= 0", context, what,
+                   value);
+  }
+
+  [[nodiscard]] std::string display_name(std::size_t index) const {
+    const Group& group = groups_[index];
+    if (!group.options.name.empty()) {
+      return group.options.name;
+    }
+    if (group.is_rest) {
+      return "rest";
+    }
+    std::string name;
+    for (const auto& pattern : group.patterns) {
+      name += (name.empty() ? "" : ", ") + pattern.to_string();
+    }
+    return name;
+  }
+
+  [[nodiscard]] std::string list_names(const std::vector<std::size_t>& indices, std::size_t limit = 5) const {
+    std::string text;
+    for (std::size_t i = 0; i < std::min(limit, indices.size()); ++i) {
+      text += fmt::format("{}\"{}\"", i == 0 ? "" : ", ", parameters_[indices[i]].name);
+    }
+    if (indices.size() > limit) {
+      text += fmt::format(" and {} more", indices.size() - limit);
+    }
+    return text;
+  }
+
+  /// Checks everything and decides which parameter goes where. Changes nothing.
+  [[nodiscard]] Plan plan(std::string_view context) const {
+    constexpr std::size_t none = static_cast<std::size_t>(-1);
+    TORCHKIT_CHECK(!groups_.empty(),
+                   "{}: no groups were declared; call add({{patterns}}, options) for each group and/or rest(options)",
+                   context);
+    const std::size_t count = parameters_.size();
+
+    // Options, patterns, matches.
+    std::size_t rest_index = none;
+    std::vector<std::vector<bool>> matched(groups_.size());
+    for (std::size_t g = 0; g < groups_.size(); ++g) {
+      const Group& group = groups_[g];
+      const std::string where = fmt::format("group {} ({})", g, display_name(g));
+      if (group.options.lr) {
+        check_value(context, fmt::format("the lr of {}", where), *group.options.lr);
+      }
+      if (group.options.weight_decay) {
+        check_value(context, fmt::format("the weight_decay of {}", where), *group.options.weight_decay);
+      }
+      if (group.is_rest) {
+        TORCHKIT_CHECK(rest_index == none,
+                       "{}: rest() was given twice (groups {} and {}); one group collects the parameters no other "
+                       "group claims",
+                       context, rest_index, g);
+        rest_index = g;
+        continue;
+      }
+      matched[g] = detail::select(fmt::format("{}: {}", context, where), group.patterns, parameters_);
+    }
+    std::vector<bool> no_decay(count, false);
+    for (const auto& patterns : no_weight_decay_) {
+      const auto selected = detail::select(fmt::format("{}: no_weight_decay", context), patterns, parameters_);
+      for (std::size_t i = 0; i < count; ++i) {
+        no_decay[i] = no_decay[i] || selected[i];
+      }
+    }
+
+    // Assignment: the first matching group wins; rest() takes the others.
+    Plan result;
+    std::vector<std::size_t> owner(count, none);
+    std::vector<std::size_t> unclaimed;
+    std::size_t assigned = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+      if (!include_frozen_ && !parameters_[i].tensor.requires_grad()) {
+        result.left_out.push_back(i);
+        continue;
+      }
+      for (std::size_t g = 0; g < groups_.size() && owner[i] == none; ++g) {
+        if (!groups_[g].is_rest && matched[g][i]) {
+          owner[i] = g;
+        }
+      }
+      if (owner[i] == none) {
+        owner[i] = rest_index;
+      }
+      if (owner[i] == none) {
+        unclaimed.push_back(i);
+      } else {
+        ++assigned;
+      }
+    }
+    TORCHKIT_CHECK(unclaimed.empty(),
+                   "{}: {} {}parameter(s) belong to no group: {}; add a group that matches them, or call rest(options) "
+                   "to collect the parameters no group claims",
+                   context, unclaimed.size(), include_frozen_ ? "" : "trainable ", list_names(unclaimed));
+    for (std::size_t g = 0; g < groups_.size(); ++g) {
+      if (groups_[g].is_rest) {
+        continue;
+      }
+      std::vector<std::size_t> taken_earlier;
+      bool owns_any = false;
+      for (std::size_t i = 0; i < count; ++i) {
+        owns_any = owns_any || owner[i] == g;
+        if (matched[g][i] && owner[i] != none && owner[i] != g) {
+          taken_earlier.push_back(i);
+        }
+      }
+      TORCHKIT_CHECK(owns_any || taken_earlier.empty(),
+                     "{}: group {} ({}) gets no parameter: every parameter it matches ({}) was claimed by an earlier "
+                     "group, and a parameter joins the first group that matches it; reorder the groups or narrow "
+                     "the earlier patterns",
+                     context, g, display_name(g), list_names(taken_earlier));
+    }
+    TORCHKIT_CHECK(assigned > 0,
+                   "{}: nothing to optimize: all {} parameters are frozen (requires_grad == false); unfreeze some, "
+                   "or call include_frozen() to put frozen parameters into the groups",
+                   context, count);
+
+    // The optimizer groups, in the order given; each split in two when no_weight_decay was used.
+    const bool split = !no_weight_decay_.empty();
+    for (std::size_t g = 0; g < groups_.size(); ++g) {
+      PlannedGroup decay{display_name(g), {}, groups_[g].options.lr, groups_[g].options.weight_decay, false};
+      PlannedGroup without_decay{display_name(g) + " (no weight decay)", {}, groups_[g].options.lr, 0.0, true};
+      for (std::size_t i = 0; i < count; ++i) {
+        if (owner[i] == g) {
+          (split && no_decay[i] ? without_decay : decay).members.push_back(i);
+        }
+      }
+      result.groups.push_back(std::move(decay));
+      if (split) {
+        result.groups.push_back(std::move(without_decay));
+      }
+    }
+    return result;
+  }
+
+  [[nodiscard]] std::string describe_with(std::string_view context,
+                                          std::optional<std::pair<double, double>> defaults) const {
+    const Plan planned = plan(context);
+    const auto value = [&](const std::optional<double>& own, bool forced, bool is_lr) -> std::string {
+      if (own) {
+        return forced ? fmt::format("{} (no_weight_decay)", *own) : fmt::format("{}", *own);
+      }
+      if (!defaults) {
+        return "default";
+      }
+      return fmt::format("{} (default)", is_lr ? defaults->first : defaults->second);
+    };
+    std::size_t width = 0;
+    std::size_t total = 0;
+    int64_t elements = 0;
+    for (const auto& group : planned.groups) {
+      for (const std::size_t member : group.members) {
+        width = std::max(width, parameters_[member].name.size());
+        elements += parameters_[member].tensor.numel();
+        ++total;
+      }
+    }
+    std::string text = fmt::format("{} optimizer group{}, {} parameter{} ({} elements){}\n", planned.groups.size(),
+                                   planned.groups.size() == 1 ? "" : "s", total, total == 1 ? "" : "s", elements,
+                                   include_frozen_ ? ", frozen parameters included" : "");
+    for (std::size_t index = 0; index < planned.groups.size(); ++index) {
+      const PlannedGroup& group = planned.groups[index];
+      int64_t group_elements = 0;
+      for (const std::size_t member : group.members) {
+        group_elements += parameters_[member].tensor.numel();
+      }
+      text += fmt::format("group {}: {}  lr={}  weight_decay={}  {} parameter{} ({} elements)\n", index, group.name,
+                          value(group.lr, false, true),
+                          value(group.weight_decay, group.weight_decay_from_no_weight_decay, false),
+                          group.members.size(), group.members.size() == 1 ? "" : "s", group_elements);
+      for (const std::size_t member : group.members) {
+        std::string shape;
+        for (const int64_t size : parameters_[member].tensor.sizes()) {
+          shape += fmt::format("{}{}", shape.empty() ? "" : ", ", size);
+        }
+        text += fmt::format("    {:<{}}  [{}]\n", parameters_[member].name, width, shape);
+      }
+    }
+    if (!planned.left_out.empty()) {
+      text += fmt::format("left out (frozen): {}\n", list_names(planned.left_out, planned.left_out.size()));
+    }
+    return text;
+  }
+
+  std::vector<detail::ParameterEntry> parameters_;
+  std::vector<Group> groups_;
+  std::vector<std::vector<NamePattern>> no_weight_decay_;
+  bool include_frozen_ = false;
+};
+
+}  // namespace torchkit

@@ -1,0 +1,485 @@
+// Tests for param_groups.hpp (tip 9).
+#include <torchkit/param_groups.hpp>
+#include <torchkit/freeze.hpp>
+
+#include "test_support.hpp"
+#include "vgg_tip_network.hpp"
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <map>
+
+namespace {
+
+using torchkit::test::message_of;
+using torchkit::test::parameter_named;
+
+/// Whether `build` accepts these options (checked without compiling the call).
+template <class O>
+concept BuildableWith = requires(const torchkit::ParamGroupBuilder& builder, const O& options) { builder.build(options); };
+
+/// Optimizer options with weight decay but no learning rate.
+struct NoLearningRateOptions : torch::optim::OptimizerOptions {
+  [[nodiscard]] double weight_decay() const { return 0.0; }
+  NoLearningRateOptions& weight_decay(double /*value*/) { return *this; }
+};
+
+/// Two modules sharing one weight.
+struct TiedLinear : torch::nn::Module {
+  explicit TiedLinear(const at::Tensor& shared_weight) {
+    weight = register_parameter("weight", shared_weight);
+    bias = register_parameter("bias", torch::zeros({shared_weight.size(0)}));
+  }
+  at::Tensor weight, bias;
+};
+struct TiedModel : torch::nn::Module {
+  TiedModel() {
+    encoder = register_module("encoder", torch::nn::Linear(4, 4));
+    decoder = register_module("decoder", std::make_shared<TiedLinear>(encoder->weight));
+  }
+  torch::nn::Linear encoder{nullptr};
+  std::shared_ptr<TiedLinear> decoder;
+};
+
+/// The tensors of an optimizer group, compared by identity with `expected` (names in `net`).
+void check_members(const torch::optim::OptimizerParamGroup& group, const torch::nn::Module& net,
+                   const std::vector<std::string>& expected) {
+  REQUIRE(group.params().size() == expected.size());
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    CHECK_MESSAGE(group.params()[i].is_same(parameter_named(net, expected[i])), expected[i]);
+  }
+}
+
+template <class O>
+const O& options_of(const torch::optim::OptimizerParamGroup& group) {
+  return dynamic_cast<const O&>(const_cast<torch::optim::OptimizerParamGroup&>(group).options());
+}
+
+/// Every parameter's value and gradient, by name.
+struct Snapshot {
+  std::map<std::string, at::Tensor> values, grads;
+};
+Snapshot snapshot(const torch::nn::Module& net) {
+  Snapshot result;
+  for (const auto& item : net.named_parameters()) {
+    result.values[item.key()] = item.value().detach().clone();
+    if (item.value().grad().defined()) {
+      result.grads[item.key()] = item.value().grad().detach().clone();
+    }
+  }
+  return result;
+}
+
+at::Tensor golden_parameter(const nlohmann::json& values, const at::Tensor& like) {
+  return torch::tensor(values.get<std::vector<double>>(), torch::kDouble).reshape(like.sizes());
+}
+
+// The first step of each optimizer, by hand (default betas/alpha/eps, no momentum), for one
+// parameter p with gradient g in a group with learning rate lr and weight decay wd.
+at::Tensor sgd_first_step(const at::Tensor& p, const at::Tensor& g, double lr, double wd) {
+  return p - lr * (g + wd * p);
+}
+at::Tensor adam_first_step(const at::Tensor& p, const at::Tensor& g, double lr, double wd) {
+  const double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  const auto decayed = g + wd * p;
+  const auto m = (1 - beta1) * decayed;
+  const auto v = (1 - beta2) * decayed * decayed;
+  return p - (lr / (1 - beta1)) * m / (v.sqrt() / std::sqrt(1 - beta2) + eps);
+}
+at::Tensor adamw_first_step(const at::Tensor& p, const at::Tensor& g, double lr, double wd) {
+  const double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  const auto m = (1 - beta1) * g;
+  const auto v = (1 - beta2) * g * g;
+  return p * (1 - lr * wd) - (lr / (1 - beta1)) * m / (v.sqrt() / std::sqrt(1 - beta2) + eps);
+}
+at::Tensor rmsprop_first_step(const at::Tensor& p, const at::Tensor& g, double lr, double wd) {
+  const double alpha = 0.99, eps = 1e-8;
+  const auto decayed = g + wd * p;
+  const auto square_average = (1 - alpha) * decayed * decayed;
+  return p - lr * decayed / (square_average.sqrt() + eps);
+}
+at::Tensor adagrad_first_step(const at::Tensor& p, const at::Tensor& g, double lr, double wd) {
+  const double eps = 1e-10;
+  const auto decayed = g + wd * p;
+  const auto sum = decayed * decayed;
+  return p - lr * decayed / (sum.sqrt() + eps);
+}
+
+/// Builds three groups on the tip's network with its first layer frozen, takes one optimizer
+/// step, and compares every parameter with the hand-computed update of the group it belongs to
+/// (decided here from the names, independently of torchkit's matching).
+template <class Optimizer, class Options>
+void check_first_step(const Options& defaults,
+                      const std::function<at::Tensor(const at::Tensor&, const at::Tensor&, double, double)>& update) {
+  auto net = torchkit::test::deterministic_network();
+  (void)torchkit::freeze(net, {"cnn.VGG_16.convolution1_1"});
+
+  torchkit::ParamGroupBuilder builder(net);
+  builder.add({"*convolution1*"}, {.lr = 0.01})
+      .add({"cnn.VGG_16.convolution2_1"}, {.lr = 0.003, .weight_decay = 0.02})
+      .rest({.weight_decay = 0.0});
+  auto groups = builder.build(defaults);
+  REQUIRE(groups.size() == 3);
+  check_members(groups[0], *net, {"cnn.VGG_16.convolution1_2.weight", "cnn.VGG_16.convolution1_2.bias"});
+  check_members(groups[1], *net, {"cnn.VGG_16.convolution2_1.weight", "cnn.VGG_16.convolution2_1.bias"});
+  check_members(groups[2], *net, {"cnn.VGG_16.convolution2_2.weight", "cnn.VGG_16.convolution2_2.bias"});
+  CHECK(options_of<Options>(groups[0]).lr() == 0.01);
+  CHECK(options_of<Options>(groups[0]).weight_decay() == defaults.weight_decay());
+  CHECK(options_of<Options>(groups[1]).lr() == 0.003);
+  CHECK(options_of<Options>(groups[1]).weight_decay() == 0.02);
+  CHECK(options_of<Options>(groups[2]).lr() == defaults.lr());
+  CHECK(options_of<Options>(groups[2]).weight_decay() == 0.0);
+
+  Optimizer optimizer(std::move(groups), defaults);
+  optimizer.zero_grad();
+  net->forward(torchkit::test::deterministic_input()).pow(2).mean().backward();
+  const Snapshot before = snapshot(*net);
+  optimizer.step();
+
+  for (const auto& item : net->named_parameters()) {
+    const std::string& name = item.key();
+    const at::Tensor& p0 = before.values.at(name);
+    if (name.starts_with("cnn.VGG_16.convolution1_1.")) {
+      CHECK_MESSAGE(torch::equal(item.value(), p0), name);  // frozen: bit-identical
+      CHECK_MESSAGE(before.grads.count(name) == 0, name);
+      continue;
+    }
+    double lr = defaults.lr();
+    double wd = defaults.weight_decay();
+    if (name.starts_with("cnn.VGG_16.convolution1_2.")) {
+      lr = 0.01;
+    } else if (name.starts_with("cnn.VGG_16.convolution2_1.")) {
+      lr = 0.003;
+      wd = 0.02;
+    } else {
+      wd = 0.0;
+    }
+    const auto expected = update(p0, before.grads.at(name), lr, wd);
+    CHECK_MESSAGE(!torch::equal(item.value(), p0), name);
+    CHECK_MESSAGE(torch::allclose(item.value(), expected, 1e-12, 1e-15), name);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("tip 9: two groups with their own lr; weight_decay and every other option from the defaults") {
+  auto net = torchkit::test::deterministic_network();
+  torchkit::ParamGroupBuilder builder(net);
+  builder.add({"*convolution1*"}, {.lr = 0.01}).add({"*convolution2*"}, {.lr = 0.001});
+
+  const auto defaults = torch::optim::AdamOptions(1e-3).weight_decay(1e-3).betas({0.8, 0.88}).eps(1e-6).amsgrad(true);
+  const auto groups = builder.build(defaults);
+  REQUIRE(groups.size() == 2);
+  check_members(groups[0], *net,
+                {"cnn.VGG_16.convolution1_1.weight", "cnn.VGG_16.convolution1_1.bias", "cnn.VGG_16.convolution1_2.weight",
+                 "cnn.VGG_16.convolution1_2.bias"});
+  check_members(groups[1], *net,
+                {"cnn.VGG_16.convolution2_1.weight", "cnn.VGG_16.convolution2_1.bias", "cnn.VGG_16.convolution2_2.weight",
+                 "cnn.VGG_16.convolution2_2.bias"});
+  const double lrs[] = {0.01, 0.001};
+  for (std::size_t i = 0; i < groups.size(); ++i) {
+    const auto& options = options_of<torch::optim::AdamOptions>(groups[i]);
+    CHECK(options.lr() == lrs[i]);
+    CHECK(options.weight_decay() == 1e-3);
+    CHECK(std::get<0>(options.betas()) == 0.8);
+    CHECK(std::get<1>(options.betas()) == 0.88);
+    CHECK(options.eps() == 1e-6);
+    CHECK(options.amsgrad());
+  }
+  CHECK(builder.group_names() == std::vector<std::string>{"\"*convolution1*\"", "\"*convolution2*\""});
+}
+
+TEST_CASE("tip 9: two Adam steps with the tip's groups match Python") {
+  const auto golden = torchkit::test::load_golden("param_groups.json").at("tip9_adam_two_steps");
+  auto net = torchkit::test::deterministic_network();
+  torchkit::ParamGroupBuilder builder(net);
+  builder.add({"*convolution1*"}, {.lr = 0.01}).add({"*convolution2*"}, {.lr = 0.001}).rest();
+  const auto defaults = torch::optim::AdamOptions(1e-3).weight_decay(1e-3);
+  torch::optim::Adam optimizer(builder.build(defaults), defaults);
+  REQUIRE(optimizer.param_groups().size() == 3);  // the rest() group is there, empty
+  CHECK(optimizer.param_groups()[2].params().empty());
+
+  const auto input = torchkit::test::deterministic_input();
+  for (int step = 0; step < 2; ++step) {
+    optimizer.zero_grad();
+    net->forward(input).pow(2).mean().backward();
+    optimizer.step();
+  }
+  for (const auto& item : net->named_parameters()) {
+    CHECK_MESSAGE(torch::allclose(item.value(), golden_parameter(golden.at(item.key()), item.value()), 1e-10, 1e-12),
+                  item.key());
+  }
+}
+
+TEST_CASE("one step of SGD, Adam, AdamW, RMSprop and Adagrad equals the hand-computed update of each group") {
+  SUBCASE("SGD") {
+    check_first_step<torch::optim::SGD>(torch::optim::SGDOptions(0.002).weight_decay(0.001), sgd_first_step);
+  }
+  SUBCASE("Adam") {
+    check_first_step<torch::optim::Adam>(torch::optim::AdamOptions(0.002).weight_decay(0.001), adam_first_step);
+  }
+  SUBCASE("AdamW") {
+    check_first_step<torch::optim::AdamW>(torch::optim::AdamWOptions(0.002).weight_decay(0.001), adamw_first_step);
+  }
+  SUBCASE("RMSprop") {
+    check_first_step<torch::optim::RMSprop>(torch::optim::RMSpropOptions(0.002).weight_decay(0.001), rmsprop_first_step);
+  }
+  SUBCASE("Adagrad") {
+    check_first_step<torch::optim::Adagrad>(torch::optim::AdagradOptions(0.002).weight_decay(0.001), adagrad_first_step);
+  }
+}
+
+TEST_CASE("build is constrained to options with lr and weight_decay") {
+  static_assert(BuildableWith<torch::optim::SGDOptions>);
+  static_assert(BuildableWith<torch::optim::AdamOptions>);
+  static_assert(BuildableWith<torch::optim::AdamWOptions>);
+  static_assert(BuildableWith<torch::optim::RMSpropOptions>);
+  static_assert(BuildableWith<torch::optim::AdagradOptions>);
+  static_assert(!BuildableWith<torch::optim::LBFGSOptions>);  // has lr, no weight_decay
+  static_assert(!BuildableWith<NoLearningRateOptions>);
+  static_assert(!BuildableWith<double>);
+  NoLearningRateOptions options;  // the type itself is usable; build just refuses it
+  CHECK(options.weight_decay() == 0.0);
+}
+
+TEST_CASE("no_weight_decay splits every group into a decay part and a no-decay part, matching Python") {
+  const auto golden = torchkit::test::load_golden("param_groups.json").at("no_weight_decay_adamw_two_steps");
+  auto net = torchkit::test::deterministic_network();
+  torchkit::ParamGroupBuilder builder(net);
+  builder.add({"*convolution1*"}, {.lr = 0.01, .name = "conv1"})
+      .add({"*convolution2*"}, {.lr = 0.001, .name = "conv2"})
+      .no_weight_decay({"*.bias"});
+  const auto defaults = torch::optim::AdamWOptions(1e-3).weight_decay(0.05);
+  auto groups = builder.build(defaults);
+  REQUIRE(groups.size() == 4);
+  check_members(groups[0], *net, {"cnn.VGG_16.convolution1_1.weight", "cnn.VGG_16.convolution1_2.weight"});
+  check_members(groups[1], *net, {"cnn.VGG_16.convolution1_1.bias", "cnn.VGG_16.convolution1_2.bias"});
+  check_members(groups[2], *net, {"cnn.VGG_16.convolution2_1.weight", "cnn.VGG_16.convolution2_2.weight"});
+  check_members(groups[3], *net, {"cnn.VGG_16.convolution2_1.bias", "cnn.VGG_16.convolution2_2.bias"});
+  const double lrs[] = {0.01, 0.01, 0.001, 0.001};
+  const double decays[] = {0.05, 0.0, 0.05, 0.0};
+  for (std::size_t i = 0; i < 4; ++i) {
+    CHECK(options_of<torch::optim::AdamWOptions>(groups[i]).lr() == lrs[i]);
+    CHECK(options_of<torch::optim::AdamWOptions>(groups[i]).weight_decay() == decays[i]);
+  }
+  CHECK(builder.group_names() ==
+        std::vector<std::string>{"conv1", "conv1 (no weight decay)", "conv2", "conv2 (no weight decay)"});
+
+  torch::optim::AdamW optimizer(std::move(groups), defaults);
+  const auto input = torchkit::test::deterministic_input();
+  for (int step = 0; step < 2; ++step) {
+    optimizer.zero_grad();
+    net->forward(input).pow(2).mean().backward();
+    optimizer.step();
+  }
+  for (const auto& item : net->named_parameters()) {
+    CHECK_MESSAGE(torch::allclose(item.value(), golden_parameter(golden.at(item.key()), item.value()), 1e-10, 1e-12),
+                  item.key());
+  }
+}
+
+TEST_CASE("no_weight_decay gives weight decay 0 even where the group sets one: one SGD step by hand") {
+  auto net = torchkit::test::deterministic_network();
+  torchkit::ParamGroupBuilder builder(net);
+  builder.add({"cnn.VGG_16.convolution1_1"}, {.lr = 0.1, .weight_decay = 0.5})
+      .rest({.lr = 0.05})
+      .no_weight_decay({"*.bias"})
+      .no_weight_decay({torchkit::regex(".*2_2\\.weight")});
+  const auto defaults = torch::optim::SGDOptions(0.01).weight_decay(0.2);
+  torch::optim::SGD optimizer(builder.build(defaults), defaults);
+  REQUIRE(optimizer.param_groups().size() == 4);
+
+  optimizer.zero_grad();
+  net->forward(torchkit::test::deterministic_input()).pow(2).mean().backward();
+  const Snapshot before = snapshot(*net);
+  optimizer.step();
+  for (const auto& item : net->named_parameters()) {
+    const std::string& name = item.key();
+    const bool first = name.starts_with("cnn.VGG_16.convolution1_1.");
+    const bool no_decay = name.ends_with(".bias") || name == "cnn.VGG_16.convolution2_2.weight";
+    const double lr = first ? 0.1 : 0.05;
+    const double wd = no_decay ? 0.0 : (first ? 0.5 : 0.2);
+    const auto expected = sgd_first_step(before.values.at(name), before.grads.at(name), lr, wd);
+    CHECK_MESSAGE(torch::allclose(item.value(), expected, 1e-12, 1e-15), name);
+  }
+}
+
+TEST_CASE("the first matching group wins; rest() collects the others where it was declared") {
+  auto net = torchkit::test::deterministic_network();
+  {
+    torchkit::ParamGroupBuilder builder(net);
+    builder.add({"*.weight"}, {.lr = 0.1}).add({"cnn.VGG_16.convolution1_1"}, {.lr = 0.2}).rest({.lr = 0.3});
+    const auto groups = builder.build(torch::optim::SGDOptions(0.01));
+    REQUIRE(groups.size() == 3);
+    check_members(groups[0], *net,
+                  {"cnn.VGG_16.convolution1_1.weight", "cnn.VGG_16.convolution1_2.weight",
+                   "cnn.VGG_16.convolution2_1.weight", "cnn.VGG_16.convolution2_2.weight"});
+    check_members(groups[1], *net, {"cnn.VGG_16.convolution1_1.bias"});
+    check_members(groups[2], *net,
+                  {"cnn.VGG_16.convolution1_2.bias", "cnn.VGG_16.convolution2_1.bias", "cnn.VGG_16.convolution2_2.bias"});
+    CHECK(options_of<torch::optim::SGDOptions>(groups[2]).lr() == 0.3);
+  }
+  {
+    torchkit::ParamGroupBuilder builder(net);
+    builder.rest({.lr = 0.5, .name = "backbone"}).add({"*convolution2_2*"}, {.lr = 0.1});
+    const auto groups = builder.build(torch::optim::SGDOptions(0.01));
+    REQUIRE(groups.size() == 2);
+    CHECK(groups[0].params().size() == 6);
+    check_members(groups[1], *net, {"cnn.VGG_16.convolution2_2.weight", "cnn.VGG_16.convolution2_2.bias"});
+    CHECK(builder.group_names() == std::vector<std::string>{"backbone", "\"*convolution2_2*\""});
+  }
+}
+
+TEST_CASE("frozen parameters are left out unless include_frozen(); a group of frozen matches stays, empty") {
+  auto net = torchkit::test::deterministic_network();
+  (void)torchkit::freeze(net, {"cnn.VGG_16.convolution1_1"});
+  torchkit::ParamGroupBuilder builder(net);
+  builder.add({"cnn.VGG_16.convolution1_1"}, {.lr = 0.1}).add({"*convolution1*"}, {.lr = 0.2}).rest();
+  auto groups = builder.build(torch::optim::AdamOptions(0.01));
+  REQUIRE(groups.size() == 3);
+  CHECK(groups[0].params().empty());
+  check_members(groups[1], *net, {"cnn.VGG_16.convolution1_2.weight", "cnn.VGG_16.convolution1_2.bias"});
+  CHECK(groups[2].params().size() == 4);
+  torch::optim::Adam optimizer(std::move(groups), torch::optim::AdamOptions(0.01));  // LibTorch takes the empty group
+
+  builder.include_frozen();
+  groups = builder.build(torch::optim::AdamOptions(0.01));
+  check_members(groups[0], *net, {"cnn.VGG_16.convolution1_1.weight", "cnn.VGG_16.convolution1_1.bias"});
+  CHECK(groups[1].params().size() == 2);
+
+  // Frozen flags are read at build time.
+  builder.include_frozen(false);
+  (void)torchkit::unfreeze(net, {"*"});
+  CHECK(builder.build(torch::optim::AdamOptions(0.01))[0].params().size() == 2);
+}
+
+TEST_CASE("a tied tensor appears once and is matched under any of its names") {
+  auto model = std::make_shared<TiedModel>();
+  torchkit::ParamGroupBuilder builder(model);
+  builder.add({"decoder.weight"}, {.lr = 0.5}).rest();
+  auto groups = builder.build(torch::optim::SGDOptions(0.1));
+  REQUIRE(groups.size() == 2);
+  REQUIRE(groups[0].params().size() == 1);
+  CHECK(groups[0].params()[0].is_same(model->encoder->weight));
+  REQUIRE(groups[1].params().size() == 2);
+  CHECK(groups[1].params()[0].is_same(model->encoder->bias));
+  CHECK(groups[1].params()[1].is_same(model->decoder->bias));
+  // LibTorch refuses a tensor in two groups; this must construct.
+  torch::optim::SGD optimizer(std::move(groups), torch::optim::SGDOptions(0.1));
+  CHECK(optimizer.param_groups().size() == 2);
+}
+
+TEST_CASE("describe() prints groups, options and parameters") {
+  torch::nn::Sequential model(torch::nn::Linear(2, 3), torch::nn::ReLU(), torch::nn::Linear(3, 1));
+  model[2]->as<torch::nn::Linear>()->bias.requires_grad_(false);
+  torchkit::ParamGroupBuilder builder(model);
+  builder.add({"0"}, {.lr = 0.1, .name = "first"}).rest().no_weight_decay({"*.bias"});
+  CHECK(builder.describe(torch::optim::SGDOptions(0.01).weight_decay(0.001)) ==
+        "4 optimizer groups, 3 parameters (12 elements)\n"
+        "group 0: first  lr=0.1  weight_decay=0.001 (default)  1 parameter (6 elements)\n"
+        "    0.weight  [3, 2]\n"
+        "group 1: first (no weight decay)  lr=0.1  weight_decay=0 (no_weight_decay)  1 parameter (3 elements)\n"
+        "    0.bias    [3]\n"
+        "group 2: rest  lr=0.01 (default)  weight_decay=0.001 (default)  1 parameter (3 elements)\n"
+        "    2.weight  [1, 3]\n"
+        "group 3: rest (no weight decay)  lr=0.01 (default)  weight_decay=0 (no_weight_decay)  0 parameters (0 elements)\n"
+        "left out (frozen): \"2.bias\"\n");
+  const auto plain = builder.describe();
+  CHECK(plain.find("group 0: first  lr=0.1  weight_decay=default  1 parameter (6 elements)\n") != std::string::npos);
+  CHECK(plain.find("group 2: rest  lr=default  weight_decay=default") != std::string::npos);
+}
+
+TEST_CASE("build names what is wrong: unmatched pattern, unclaimed parameter, bad lr or weight decay, ...") {
+  auto net = torchkit::test::deterministic_network();
+  const auto flags_before = torchkit::requires_grad_report(net).to_string();
+  const auto defaults = torch::optim::AdamOptions(1e-3).weight_decay(1e-3);
+
+  SUBCASE("a pattern that matches nothing lists the closest names") {
+    torchkit::ParamGroupBuilder builder(net);
+    builder.add({"*convolution1*"}, {.lr = 0.01}).add({"cnn.VGG_16.convolution2_3"}, {.lr = 0.001}).rest();
+    const auto message = message_of<torchkit::Error>([&] { (void)builder.build(defaults); });
+    CHECK(message ==
+          "ParamGroupBuilder::build: group 1 (\"cnn.VGG_16.convolution2_3\"): pattern \"cnn.VGG_16.convolution2_3\" "
+          "(pattern 1 of 1) matches no parameter of the model (8 parameters); the closest names are "
+          "\"cnn.VGG_16.convolution2_1.weight\", \"cnn.VGG_16.convolution2_1.bias\", \"cnn.VGG_16.convolution2_2.weight\"");
+    CHECK_THROWS_WITH_AS((void)builder.describe(), doctest::Contains("ParamGroupBuilder::describe: group 1"), torchkit::Error);
+  }
+  SUBCASE("a no_weight_decay pattern that matches nothing") {
+    torchkit::ParamGroupBuilder builder(net);
+    builder.rest().no_weight_decay({"*.bias", "*norm*.weight"});
+    CHECK_THROWS_WITH_AS((void)builder.build(defaults),
+                         doctest::Contains("no_weight_decay: pattern \"*norm*.weight\" (pattern 2 of 2) matches no parameter"),
+                         torchkit::Error);
+  }
+  SUBCASE("a trainable parameter in no group, without rest()") {
+    torchkit::ParamGroupBuilder builder(net);
+    builder.add({"*convolution1*"}, {.lr = 0.01}).add({"cnn.VGG_16.convolution2_2.bias"});
+    const auto message = message_of<torchkit::Error>([&] { (void)builder.build(defaults); });
+    CHECK(message ==
+          "ParamGroupBuilder::build: 3 trainable parameter(s) belong to no group: \"cnn.VGG_16.convolution2_1.weight\", "
+          "\"cnn.VGG_16.convolution2_1.bias\", \"cnn.VGG_16.convolution2_2.weight\"; add a group that matches them, or "
+          "call rest(options) to collect the parameters no group claims");
+    // Frozen ones need no group.
+    (void)torchkit::freeze(net, {"cnn.VGG_16.convolution2_1", "cnn.VGG_16.convolution2_2.weight"});
+    CHECK(builder.build(defaults).size() == 2);
+    (void)torchkit::unfreeze(net, {"*"});
+  }
+  SUBCASE("negative, NaN or infinite lr and weight decay") {
+    torchkit::ParamGroupBuilder negative_lr(net);
+    negative_lr.add({"*convolution1*"}, {.lr = 0.01}).add({"*"}, {.lr = -0.1});
+    CHECK(message_of<torchkit::Error>([&] { (void)negative_lr.build(defaults); }) ==
+          "ParamGroupBuilder::build: the lr of group 1 (\"*\") is -0.1; expected a finite value >= 0");
+
+    torchkit::ParamGroupBuilder nan_decay(net);
+    nan_decay.rest({.weight_decay = std::numeric_limits<double>::quiet_NaN(), .name = "everything"});
+    CHECK(message_of<torchkit::Error>([&] { (void)nan_decay.build(defaults); }) ==
+          "ParamGroupBuilder::build: the weight_decay of group 0 (everything) is nan; expected a finite value >= 0");
+
+    torchkit::ParamGroupBuilder fine(net);
+    fine.rest();
+    CHECK(message_of<torchkit::Error>([&] { (void)fine.build(torch::optim::SGDOptions(-0.5)); }) ==
+          "ParamGroupBuilder::build: the defaults' lr is -0.5; expected a finite value >= 0");
+    CHECK_THROWS_WITH_AS((void)fine.build(torch::optim::SGDOptions(0.1).weight_decay(-1)),
+                         doctest::Contains("the defaults' weight_decay is -1"), torchkit::Error);
+    CHECK_THROWS_WITH_AS((void)fine.describe(torch::optim::SGDOptions(std::numeric_limits<double>::infinity())),
+                         doctest::Contains("the defaults' lr is inf"), torchkit::Error);
+  }
+  SUBCASE("empty patterns, empty lists, invalid regexes") {
+    torchkit::ParamGroupBuilder empty_pattern(net);
+    empty_pattern.add({"*convolution1*", ""}).rest();
+    CHECK(message_of<torchkit::Error>([&] { (void)empty_pattern.build(defaults); }) ==
+          "ParamGroupBuilder::build: group 0 (\"*convolution1*\", \"\"): pattern 2 of 2 is empty; expected a parameter "
+          "name, module path, glob or torchkit::regex(...)");
+    torchkit::ParamGroupBuilder empty_list(net);
+    empty_list.add(std::vector<std::string>{}).rest();
+    CHECK_THROWS_WITH_AS((void)empty_list.build(defaults), doctest::Contains("no patterns given"), torchkit::Error);
+    CHECK_THROWS_WITH_AS(torchkit::regex("*conv"), doctest::Contains("\"*conv\" is not a valid regular expression"),
+                         torchkit::Error);
+  }
+  SUBCASE("no groups, rest() twice, a shadowed group, nothing to optimize") {
+    torchkit::ParamGroupBuilder none(net);
+    CHECK_THROWS_WITH_AS((void)none.build(defaults), doctest::Contains("no groups were declared"), torchkit::Error);
+
+    torchkit::ParamGroupBuilder twice(net);
+    twice.rest({.lr = 0.1}).rest({.lr = 0.2});
+    CHECK_THROWS_WITH_AS((void)twice.build(defaults), doctest::Contains("rest() was given twice (groups 0 and 1)"),
+                         torchkit::Error);
+
+    torchkit::ParamGroupBuilder shadowed(net);
+    shadowed.add({"*convolution1*"}).add({"cnn.VGG_16.convolution1_1.bias"}, {.lr = 0.5}).rest();
+    CHECK(message_of<torchkit::Error>([&] { (void)shadowed.build(defaults); }) ==
+          "ParamGroupBuilder::build: group 1 (\"cnn.VGG_16.convolution1_1.bias\") gets no parameter: every parameter it "
+          "matches (\"cnn.VGG_16.convolution1_1.bias\") was claimed by an earlier group, and a parameter joins the "
+          "first group that matches it; reorder the groups or narrow the earlier patterns");
+
+    (void)torchkit::freeze(net, {"*"});
+    torchkit::ParamGroupBuilder frozen(net);
+    frozen.rest();
+    CHECK_THROWS_WITH_AS((void)frozen.build(defaults), doctest::Contains("nothing to optimize: all 8 parameters are frozen"),
+                         torchkit::Error);
+    CHECK(frozen.include_frozen().build(defaults).size() == 1);
+    (void)torchkit::unfreeze(net, {"*"});
+  }
+  CHECK(torchkit::requires_grad_report(net).to_string() == flags_before);
+}
