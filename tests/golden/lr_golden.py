@@ -362,11 +362,124 @@ def errors():
     return out
 
 
+def random_cases(count, seed, steps=120):
+    """Random (valid) argument sets, for checks beyond the committed cases:
+
+        /usr/bin/python3 tests/golden/lr_golden.py --random 500 --seed 7 --out /tmp/lr_random.json
+        TORCHKIT_LR_GOLDEN=/tmp/lr_random.json build/tests/test_lr
+    """
+    import random
+    rng = random.Random(seed)
+    kinds = ["StepLR", "MultiStepLR", "ConstantLR", "LinearLR", "ExponentialLR", "PolynomialLR",
+             "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "LambdaLR", "MultiplicativeLR", "OneCycleLR",
+             "CyclicLR", "SequentialLR", "ChainedScheduler", "ReduceLROnPlateau"]
+
+    def value(low, high):
+        return round(rng.uniform(low, high), rng.choice([2, 4, 17]))
+
+    def simple(kind, optimizer_type, group_count, steps):
+        a = {}
+        if kind == "StepLR":
+            a = {"step_size": rng.randint(1, 50), "gamma": value(0.0, 1.5)}
+        elif kind == "MultiStepLR":
+            a = {"milestones": sorted(rng.randint(0, steps) for _ in range(rng.randint(0, 5))),
+                 "gamma": value(0.0, 1.2)}
+        elif kind == "ConstantLR":
+            a = {"factor": value(0.01, 1.0), "total_iters": rng.randint(1, 100)}
+        elif kind == "LinearLR":
+            a = {"start_factor": value(0.01, 1.0), "end_factor": value(0.0, 1.0), "total_iters": rng.randint(1, 150)}
+        elif kind == "ExponentialLR":
+            a = {"gamma": value(0.8, 1.05)}
+        elif kind == "PolynomialLR":
+            a = {"total_iters": rng.randint(1, 300), "power": value(0.0, 4.0)}
+        elif kind == "CosineAnnealingLR":
+            a = {"T_max": rng.randint(1, 150), "eta_min": rng.choice([0, value(0.0, 0.01)])}
+        elif kind == "CosineAnnealingWarmRestarts":
+            a = {"T_0": rng.randint(1, 40), "T_mult": rng.randint(1, 3), "eta_min": rng.choice([0, value(0, 0.01)])}
+        elif kind in ("LambdaLR", "MultiplicativeLR"):
+            names = sorted(LAMBDAS)
+            a = {"lr_lambda": rng.choice(names) if rng.random() < 0.5 else
+                 [rng.choice(names) for _ in range(group_count)]}
+        elif kind == "OneCycleLR":
+            max_lr = value(0.001, 1.0)
+            a = {"max_lr": max_lr if rng.random() < 0.5 else [value(0.001, 1.0) for _ in range(group_count)],
+                 "pct_start": value(0.05, 0.95), "anneal_strategy": rng.choice(["cos", "linear"]),
+                 "three_phase": rng.random() < 0.5, "div_factor": value(1.0, 100.0),
+                 "final_div_factor": value(1.0, 1e5), "cycle_momentum": rng.random() < 0.7}
+            if rng.random() < 0.5:
+                a["total_steps"] = steps + rng.randint(0, 50)
+            else:
+                a["steps_per_epoch"] = rng.randint(1, 20)
+                a["epochs"] = steps // a["steps_per_epoch"] + 1
+            if a["cycle_momentum"]:
+                a["base_momentum"] = value(0.5, 0.9)
+                a["max_momentum"] = [value(0.9, 0.99) for _ in range(group_count)]
+        elif kind == "CyclicLR":
+            base = value(1e-4, 0.01)
+            a = {"base_lr": base if rng.random() < 0.5 else [value(1e-4, 0.01) for _ in range(group_count)],
+                 "max_lr": value(0.01, 0.5), "step_size_up": rng.randint(1, 40),
+                 "mode": rng.choice(["triangular", "triangular2", "exp_range"]), "gamma": value(0.9, 1.0),
+                 "cycle_momentum": optimizer_type in ("sgd", "rmsprop") and rng.random() < 0.7}
+            if rng.random() < 0.5:
+                a["step_size_down"] = rng.randint(1, 40)
+            if rng.random() < 0.3:
+                a["scale_fn"] = rng.choice(sorted(SCALE_FNS))
+                a["scale_mode"] = rng.choice(["cycle", "iterations"])
+            if a["cycle_momentum"]:
+                a["base_momentum"] = [value(0.5, 0.85) for _ in range(group_count)]
+                a["max_momentum"] = value(0.85, 0.99)
+        return {"type": kind, "args": a}
+
+    out = []
+    for index in range(count):
+        kind = kinds[index % len(kinds)]
+        optimizer_type = rng.choice(["sgd", "adam", "adamw", "rmsprop"])
+        group_count = rng.randint(1, 3)
+        optimizer = {"type": optimizer_type, "lrs": [value(1e-4, 0.5) for _ in range(group_count)]}
+        record_momentum = optimizer_type != "adam" or kind != "CyclicLR"
+        case = {"name": "random {} #{}".format(kind, index), "optimizer": optimizer, "steps": steps,
+                "record_momentum": record_momentum}
+        if kind == "ReduceLROnPlateau":
+            args = {"mode": rng.choice(["min", "max"]), "factor": value(0.0, 0.99), "patience": rng.randint(0, 12),
+                    "threshold": rng.choice([0.0, value(0, 0.1)]), "threshold_mode": rng.choice(["rel", "abs"]),
+                    "cooldown": rng.randint(0, 6), "min_lr": rng.choice([0, value(0, 1e-3)]),
+                    "eps": rng.choice([1e-8, value(0, 1e-3)])}
+            case["scheduler"] = {"type": kind, "args": args}
+            curve = metric_sequence(rng.choice(["loss", "accuracy", "flat"]), steps)
+            case["metrics"] = [m + rng.uniform(-0.05, 0.05) * rng.random() for m in curve]
+            del case["steps"], case["record_momentum"]
+        elif kind in ("SequentialLR", "ChainedScheduler"):
+            children = [simple(rng.choice(kinds[:10]), optimizer_type, group_count, steps)
+                        for _ in range(rng.randint(2, 4))]
+            if kind == "SequentialLR":
+                if rng.random() < 0.3:
+                    children[0] = simple("OneCycleLR", optimizer_type, group_count, steps)
+                    children[0]["args"]["cycle_momentum"] = False
+                case["scheduler"] = {"type": kind, "schedulers": children,
+                                     "milestones": sorted(rng.randint(1, steps) for _ in children[1:])}
+            else:
+                case["scheduler"] = {"type": kind, "schedulers": children}
+        else:
+            case["scheduler"] = simple(kind, optimizer_type, group_count, steps)
+        out.append(case)
+    return out
+
+
 def main():
+    import argparse
     import warnings
     warnings.simplefilter("ignore")
-    data = {"torch_version": torch.__version__, "cases": [run_case(c) for c in cases()], "errors": errors()}
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lr.json")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--random", type=int, default=0, help="write this many random cases instead")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", default=None)
+    options = parser.parse_args()
+    if options.random:
+        data = {"torch_version": torch.__version__,
+                "cases": [run_case(c) for c in random_cases(options.random, options.seed)], "errors": []}
+    else:
+        data = {"torch_version": torch.__version__, "cases": [run_case(c) for c in cases()], "errors": errors()}
+    path = options.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "lr.json")
     with open(path, "w") as f:
         f.write('{"torch_version": %s,\n"cases": [\n' % json.dumps(data["torch_version"]))
         f.write(",\n".join(json.dumps(c) for c in data["cases"]))
