@@ -196,6 +196,22 @@ TEST_CASE("FreezeReport counts parameters and elements, and summarises what chan
   CHECK(again.frozen_count() == 3);
 }
 
+TEST_CASE("summary() names the first eight changes and counts the others") {
+  torch::nn::Sequential sequential;
+  for (int i = 0; i < 12; ++i) {
+    sequential->push_back(torch::nn::Linear(2, 1));
+  }
+  const auto report = torchkit::freeze(sequential, {"*"});
+  CHECK(report.changed().size() == 24);
+  CHECK(report.summary() ==
+        "24 parameters (36 elements): 0 trainable (0 elements), 24 frozen (36 elements); 24 changed: 0.weight (frozen), "
+        "0.bias (frozen), 1.weight (frozen), 1.bias (frozen), 2.weight (frozen), 2.bias (frozen), 3.weight (frozen), "
+        "3.bias (frozen) and 16 more");
+  CHECK(torchkit::unfreeze(sequential, {"11"}).summary() ==
+        "24 parameters (36 elements): 2 trainable (3 elements), 22 frozen (33 elements); 2 changed: 11.weight "
+        "(trainable), 11.bias (trainable)");
+}
+
 TEST_CASE("a module path covers every parameter below it, and only at a dot") {
   torch::nn::Sequential sequential;
   for (int i = 0; i < 12; ++i) {

@@ -85,20 +85,26 @@ struct FreezeReport {
     return text;
   }
 
-  /// Counts and changes in one line, e.g.
+  /// Counts and changes in one line (naming the first 8 changes), e.g.
   /// `8 parameters (1000 elements): 4 trainable (800 elements), 4 frozen (200 elements); 4 changed: a (frozen), ...`.
   [[nodiscard]] std::string summary() const {
     std::string text = fmt::format("{} parameters ({} elements): {} trainable ({} elements), {} frozen ({} elements)",
                                    parameters.size(), trainable_elements() + frozen_elements(), trainable_count(),
                                    trainable_elements(), frozen_count(), frozen_elements());
+    constexpr std::size_t listed = 8;  // a one-liner: name the first few changes
     std::size_t changes = 0;
     std::string list;
     for (const auto& parameter : parameters) {
       if (parameter.changed()) {
-        list += fmt::format("{}{} ({})", changes == 0 ? "" : ", ", parameter.name,
-                            parameter.requires_grad ? "trainable" : "frozen");
+        if (changes < listed) {
+          list += fmt::format("{}{} ({})", changes == 0 ? "" : ", ", parameter.name,
+                              parameter.requires_grad ? "trainable" : "frozen");
+        }
         ++changes;
       }
+    }
+    if (changes > listed) {
+      list += fmt::format(" and {} more", changes - listed);
     }
     text += changes == 0 ? std::string("; nothing changed") : fmt::format("; {} changed: {}", changes, list);
     return text;
