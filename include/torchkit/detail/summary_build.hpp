@@ -1,0 +1,586 @@
+#pragma once
+/// @file detail/summary_build.hpp
+/// Internals of summary.hpp: the module tree of a model, and the turning of an observed forward
+/// pass into one row per module call.
+///
+/// LibTorch has no forward hooks, so module calls are reconstructed:
+/// - `Sequential` containers are walked exactly: each child is run by summary itself, so its
+///   call and its output are known exactly.
+/// - Inside any other forward (a "region"), the top-level ATen operators are recorded
+///   (detail/summary_trace.hpp) and attributed to the region's submodules: an operator that
+///   reads a module's own parameters or buffers (or tensors computed only from them, such as
+///   `weight.t()`) belongs to that module; an operator that reads none is matched to a
+///   parameter-free leaf module (ReLU, Dropout, MaxPool2d, Flatten, ...) by the operator's name,
+///   searching the module tree outwards from the last module called. Container modules are
+///   called for the span of their descendants' calls and output what the last of them output.
+/// - A module called again gets a new row marked recursive. A module never called still gets a
+///   row, with an empty shape.
+
+#include <torchkit/detail/config.hpp>
+#include <torchkit/detail/summary_trace.hpp>
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/irange.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/moduledict.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/container/parameterdict.h>
+#include <torch/nn/modules/container/parameterlist.h>
+#include <torch/nn/modules/container/sequential.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+namespace torchkit::detail::summary_impl {
+
+/// The class name a Python user would see: `torch::nn::Conv2dImpl` -> `Conv2d`,
+/// `(anonymous namespace)::NetImpl` -> `Net`, `ns::Block<3>` -> `Block<3>`.
+inline std::string short_type_name(std::string_view full) {
+  std::size_t start = 0;
+  int nesting = 0;
+  for (std::size_t i = 0; i < full.size(); ++i) {
+    const char c = full[i];
+    if (c == '<' || c == '(') {
+      ++nesting;
+    } else if (c == '>' || c == ')') {
+      --nesting;
+    } else if (nesting == 0 && c == ':' && i + 1 < full.size() && full[i + 1] == ':') {
+      start = i + 2;
+      ++i;
+    }
+  }
+  std::string name(full.substr(start));
+  const std::size_t template_start = std::min(name.find('<'), name.size());
+  constexpr std::string_view impl = "Impl";
+  if (template_start > impl.size() && name.compare(template_start - impl.size(), impl.size(), impl) == 0) {
+    name.erase(template_start - impl.size(), impl.size());
+  }
+  return name;
+}
+
+/// An operator or class name reduced for matching: namespace dropped, underscores dropped,
+/// lower case. `aten::max_pool2d` -> `maxpool2d`, `MaxPool2d` -> `maxpool2d`, `aten::relu_` -> `relu`.
+inline std::string operator_key(std::string_view name) {
+  if (const auto colons = name.rfind("::"); colons != std::string_view::npos) {
+    name.remove_prefix(colons + 2);
+  }
+  std::string key;
+  key.reserve(name.size());
+  for (const char c : name) {
+    if (c != '_') {
+      key.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+    }
+  }
+  return key;
+}
+
+/// The operator keys a parameter-free module of this type shows up as. Most LibTorch modules
+/// run the operator named like the class; the rest are listed here.
+inline std::vector<std::string> operator_keys_of_type(const std::string& type) {
+  const std::string key = operator_key(type.substr(0, type.find('<')));
+  std::vector<std::string> keys{key, key + "withindices"};
+  static const std::map<std::string, std::vector<std::string>, std::less<>> extra{
+      {"dropout1d", {"featuredropout", "dropout"}},
+      {"dropout2d", {"featuredropout", "dropout2d"}},
+      {"dropout3d", {"featuredropout", "dropout3d"}},
+      {"relu6", {"hardtanh", "relu6"}},
+      {"softmax2d", {"softmax"}},
+      {"softmin", {"softmax"}},
+      {"zeropad1d", {"constantpadnd", "padenum", "pad"}},
+      {"zeropad2d", {"constantpadnd", "padenum", "pad"}},
+      {"zeropad3d", {"constantpadnd", "padenum", "pad"}},
+      {"upsample", {"upsample"}},
+      {"instancenorm1d", {"instancenorm"}},
+      {"instancenorm2d", {"instancenorm"}},
+      {"instancenorm3d", {"instancenorm"}},
+      {"batchnorm1d", {"batchnorm"}},
+      {"batchnorm2d", {"batchnorm"}},
+      {"batchnorm3d", {"batchnorm"}},
+      {"fold", {"col2im"}},
+      {"unfold", {"im2col"}},
+      {"bceloss", {"binarycrossentropy"}},
+      {"bcewithlogitsloss", {"binarycrossentropywithlogits"}},
+      {"nllloss", {"nllloss2d", "nlllossnd"}},
+      {"kldivloss", {"kldiv"}},
+  };
+  if (const auto found = extra.find(key); found != extra.end()) {
+    keys.insert(keys.end(), found->second.begin(), found->second.end());
+  }
+  if (key.find("pad") != std::string::npos) {
+    keys.emplace_back("padenum");
+    keys.emplace_back("pad");
+  }
+  return keys;
+}
+
+/// The key an observed operator is looked up by (all `upsample_*` operators share one).
+inline std::string observed_operator_key(std::string_view name) {
+  std::string key = operator_key(name);
+  if (key.rfind("upsample", 0) == 0) {
+    key = "upsample";
+  }
+  return key;
+}
+
+/// One module of the model, in pre-order (index 0 is the model itself).
+struct ModuleNode {
+  torch::nn::Module* module = nullptr;
+  std::string name;  ///< dotted path, "" for the model itself
+  std::string type;  ///< short class name
+  int depth = 0;
+  int parent = -1;
+  std::vector<int> children;
+  int subtree_end = 0;         ///< nodes [index, subtree_end) are this module and its descendants
+  bool sequential = false;     ///< a Sequential: its children are walked exactly
+  bool callable = true;        ///< false for ModuleList, ModuleDict, ParameterList, ParameterDict
+  int64_t params = 0;          ///< parameters of the module and its descendants, each once
+  int64_t trainable_params = 0;
+  int64_t own_params = 0;      ///< parameters registered on this module itself
+  std::vector<std::pair<std::string, int64_t>> own_parameter_sizes;  ///< name, element count
+  std::vector<int> own_state;  ///< state indices of its own parameters and buffers
+  std::vector<std::string> operator_keys;  ///< for parameter-free leaves: operators it runs
+  bool leaf() const { return children.empty(); }
+};
+
+/// One row of a summary as built (torchkit::Summary::Row plus layout information).
+struct RowRecord {
+  int node = 0;
+  int depth = 0;
+  std::vector<int64_t> output_shape;
+  int64_t output_element_size = 0;
+  bool called = false;       ///< a call observed in the forward pass
+  bool recursive = false;    ///< the module had a row before
+  bool placeholder = false;  ///< a container shown again so that the tree stays a tree
+  int64_t mult_adds = 0;
+  int depth_index = 0;       ///< torchinfo's "depth-idx" index, 0 where none
+};
+
+/// Builds the rows of one summary: the module tree, the observed calls, and the layout.
+class SummaryBuilder {
+ public:
+  explicit SummaryBuilder(torch::nn::Module& root) {
+    add_node(root, "", 0, -1);
+    call_count_.assign(nodes_.size(), 0);
+    appeared_.assign(nodes_.size(), false);
+  }
+
+  const std::vector<ModuleNode>& nodes() const { return nodes_; }
+  std::vector<RowRecord>& rows() { return rows_; }
+  Recorder& recorder() { return recorder_; }
+
+  /// Appends the row of a new call of `node`; returns its index.
+  int open_call(int node) {
+    RowRecord row;
+    row.node = node;
+    row.depth = nodes_[static_cast<std::size_t>(node)].depth;
+    row.called = true;
+    ++call_count_[static_cast<std::size_t>(node)];
+    // Recursive: this module object had a row before (a module registered twice is one module).
+    row.recursive = !seen_modules_.insert(nodes_[static_cast<std::size_t>(node)].module).second;
+    appeared_[static_cast<std::size_t>(node)] = true;
+    rows_.push_back(std::move(row));
+    return static_cast<int>(rows_.size()) - 1;
+  }
+
+  void set_output(int row, std::vector<int64_t> shape, int64_t element_size) {
+    rows_[static_cast<std::size_t>(row)].output_shape = std::move(shape);
+    rows_[static_cast<std::size_t>(row)].output_element_size = element_size;
+  }
+
+  /// The output of the last recorded operator of the region (used where a forward returns
+  /// something that is no tensor and no tuple of tensors).
+  const OpRecord* last_output_of_region() const {
+    for (auto op = recorder_.ops.rbegin(); op != recorder_.ops.rend(); ++op) {
+      if (op->has_output) {
+        return &*op;
+      }
+    }
+    return nullptr;
+  }
+
+  /// Attributes the operators recorded while `region_node`'s forward ran to its descendants.
+  void attribute_region(int region_node) {
+    std::vector<OpenCall> open;
+    int context = region_node;
+    for (const OpRecord& op : recorder_.ops) {
+      if (!op.has_output || op.prepares_state()) {
+        continue;
+      }
+      if (!op.state_read.empty()) {
+        const int owner = owner_of(op, region_node, open);
+        if (owner >= 0) {
+          record_event(region_node, owner, op, /*reads_state=*/true, open);
+          context = owner;
+        }
+        continue;
+      }
+      const int module = parameter_free_module_for(op, region_node, context);
+      if (module >= 0) {
+        record_event(region_node, module, op, /*reads_state=*/false, open);
+        context = module;
+      }
+    }
+  }
+
+  /// Adds the rows of modules never called, numbers the rows, computes mult-adds.
+  void finish() {
+    if (rows_.empty() || rows_.front().node != 0) {
+      RowRecord root;
+      root.node = 0;
+      rows_.insert(rows_.begin(), root);
+      appeared_[0] = true;
+      seen_modules_.insert(nodes_[0].module);
+    }
+    add_rows_of_modules_never_called();
+    number_rows();
+    compute_mult_adds();
+  }
+
+ private:
+  struct OpenCall {
+    int node;
+    int row;
+    std::vector<int> state_read;     ///< state read by this call so far
+    std::vector<int> called_children;
+  };
+
+  int add_node(torch::nn::Module& module, std::string name, int depth, int parent) {
+    const int index = static_cast<int>(nodes_.size());
+    {
+      ModuleNode node;
+      node.module = &module;
+      node.name = std::move(name);
+      node.type = short_type_name(module.name());
+      node.depth = depth;
+      node.parent = parent;
+      node.sequential = dynamic_cast<torch::nn::SequentialImpl*>(&module) != nullptr;
+      node.callable = dynamic_cast<torch::nn::ModuleListImpl*>(&module) == nullptr &&
+                      dynamic_cast<torch::nn::ModuleDictImpl*>(&module) == nullptr &&
+                      dynamic_cast<torch::nn::ParameterListImpl*>(&module) == nullptr &&
+                      dynamic_cast<torch::nn::ParameterDictImpl*>(&module) == nullptr;
+      nodes_.push_back(std::move(node));
+    }
+    {
+      std::unordered_set<const c10::TensorImpl*> seen;
+      int64_t params = 0;
+      int64_t trainable = 0;
+      for (const at::Tensor& parameter : module.parameters(/*recurse=*/true)) {
+        if (seen.insert(parameter.unsafeGetTensorImpl()).second) {
+          params += parameter.numel();
+          trainable += parameter.requires_grad() ? parameter.numel() : 0;
+        }
+      }
+      ModuleNode& node = nodes_.back();
+      node.params = params;
+      node.trainable_params = trainable;
+      for (const auto& item : module.named_parameters(/*recurse=*/false)) {
+        node.own_params += item.value().numel();
+        node.own_parameter_sizes.emplace_back(item.key(), item.value().numel());
+        add_state(index, item.value());
+      }
+      for (const auto& item : module.named_buffers(/*recurse=*/false)) {
+        add_state(index, item.value());
+      }
+    }
+    const std::string prefix = nodes_.back().name.empty() ? "" : nodes_.back().name + ".";
+    for (const auto& child : module.named_children()) {
+      const int child_index = add_node(*child.value(), prefix + child.key(), depth + 1, index);
+      nodes_[static_cast<std::size_t>(index)].children.push_back(child_index);
+    }
+    ModuleNode& node = nodes_[static_cast<std::size_t>(index)];
+    node.subtree_end = static_cast<int>(nodes_.size());
+    if (node.leaf() && node.own_state.empty()) {
+      node.operator_keys = operator_keys_of_type(node.type);
+      for (const std::string& key : node.operator_keys) {
+        parameter_free_by_key_[key].push_back(index);
+      }
+    }
+    return index;
+  }
+
+  void add_state(int node, const at::Tensor& tensor) {
+    if (!tensor.defined()) {
+      return;
+    }
+    const auto [entry, inserted] =
+        recorder_.state_index.emplace(tensor.unsafeGetTensorImpl(), static_cast<int>(state_owners_.size()));
+    if (inserted) {
+      state_owners_.emplace_back();
+    }
+    auto& owners = state_owners_[static_cast<std::size_t>(entry->second)];
+    if (std::find(owners.begin(), owners.end(), node) == owners.end()) {
+      owners.push_back(node);
+      nodes_[static_cast<std::size_t>(node)].own_state.push_back(entry->second);
+    }
+  }
+
+  bool strictly_below(int node, int ancestor) const {
+    return node > ancestor && node < nodes_[static_cast<std::size_t>(ancestor)].subtree_end;
+  }
+
+  static bool contains(const std::vector<int>& values, int value) {
+    return std::find(values.begin(), values.end(), value) != values.end();
+  }
+
+  /// The module whose own state the operator reads most of (below the region's module).
+  int owner_of(const OpRecord& op, int region_node, const std::vector<OpenCall>& open) const {
+    int best = -1;
+    std::size_t best_score = 0;
+    int best_rank = 0;
+    for (const int state : op.state_read) {
+      for (const int candidate : state_owners_[static_cast<std::size_t>(state)]) {
+        if (!strictly_below(candidate, region_node)) {
+          continue;
+        }
+        const auto& own = nodes_[static_cast<std::size_t>(candidate)].own_state;
+        std::size_t score = 0;
+        for (const int read : op.state_read) {
+          score += contains(own, read) ? 1 : 0;
+        }
+        // Ties: a module whose call is open, then one not called yet, then registration order.
+        const bool is_open = std::any_of(open.begin(), open.end(), [&](const OpenCall& call) { return call.node == candidate; });
+        const int rank = is_open ? 2 : (call_count_[static_cast<std::size_t>(candidate)] == 0 ? 1 : 0);
+        if (best < 0 || score > best_score || (score == best_score && rank > best_rank) ||
+            (score == best_score && rank == best_rank && candidate < best)) {
+          best = candidate;
+          best_score = score;
+          best_rank = rank;
+        }
+      }
+    }
+    return best;
+  }
+
+  /// Whether every module with parameters registered before `node` in its parent has been
+  /// called: a parameter-free module is usually called after the layers registered before it.
+  bool plausible_next(int node) const {
+    const int parent = nodes_[static_cast<std::size_t>(node)].parent;
+    for (int other = parent + 1; other < node; ++other) {
+      if (!nodes_[static_cast<std::size_t>(other)].own_state.empty() && call_count_[static_cast<std::size_t>(other)] == 0) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /// The parameter-free leaf module an operator that reads no module state belongs to, or -1.
+  int parameter_free_module_for(const OpRecord& op, int region_node, int context) const {
+    const auto found = parameter_free_by_key_.find(observed_operator_key(op.name));
+    if (found == parameter_free_by_key_.end()) {
+      return -1;
+    }
+    const std::vector<int>& candidates = found->second;
+    auto pick = [&](auto&& accept) {
+      int first = -1;
+      for (const int candidate : candidates) {
+        if (!accept(candidate)) {
+          continue;
+        }
+        if (candidate > context) {
+          return candidate;
+        }
+        if (first < 0) {
+          first = candidate;
+        }
+      }
+      return first;
+    };
+    int scope = context == region_node ? region_node : nodes_[static_cast<std::size_t>(context)].parent;
+    int called_before = -1;
+    while (true) {
+      const int fresh = pick([&](int candidate) {
+        return strictly_below(candidate, scope) && call_count_[static_cast<std::size_t>(candidate)] == 0 &&
+               (called_before < 0 || plausible_next(candidate));
+      });
+      if (fresh >= 0) {
+        return fresh;
+      }
+      if (called_before < 0) {
+        called_before = pick([&](int candidate) {
+          return strictly_below(candidate, scope) && call_count_[static_cast<std::size_t>(candidate)] > 0;
+        });
+      }
+      if (scope == region_node) {
+        return called_before;
+      }
+      scope = nodes_[static_cast<std::size_t>(scope)].parent;
+    }
+  }
+
+  /// Opens, continues or closes the calls an attributed operator implies.
+  void record_event(int region_node, int module, const OpRecord& op, bool reads_state, std::vector<OpenCall>& open) {
+    // The chain of modules from the region's child down to `module`.
+    std::vector<int> chain;
+    for (int node = module; node != region_node; node = nodes_[static_cast<std::size_t>(node)].parent) {
+      chain.push_back(node);
+    }
+    std::reverse(chain.begin(), chain.end());
+
+    std::size_t matched = 0;
+    while (matched < open.size() && matched < chain.size() && open[matched].node == chain[matched]) {
+      ++matched;
+    }
+    bool continuation = false;
+    if (matched == chain.size()) {
+      // `module` is open: the operator continues its call if it reads state the call has not
+      // read yet (`x * weight + bias`), or, for a module with submodules (MultiheadAttention),
+      // if none of them has been called yet in this call (the in-projections of q, k and v all
+      // read in_proj_weight). Otherwise it is a new call of the module.
+      const OpenCall& call = open[matched - 1];
+      const bool new_state = std::none_of(op.state_read.begin(), op.state_read.end(),
+                                          [&](int state) { return contains(call.state_read, state); });
+      const bool before_submodules = !nodes_[static_cast<std::size_t>(module)].leaf() && call.called_children.empty();
+      continuation = reads_state && (new_state || before_submodules);
+      if (!continuation) {
+        matched = chain.size() - 1;
+      }
+    }
+    if (!continuation && reads_state && chain.size() >= 2 && matched == chain.size() - 1) {
+      // A module with parameters called again inside the same call of its parent: the parent
+      // was called again (`block(block(x))`), unless the parent cannot be called (ModuleList).
+      const OpenCall& parent_call = open[matched - 1];
+      if (nodes_[static_cast<std::size_t>(parent_call.node)].callable && contains(parent_call.called_children, module)) {
+        matched -= 1;
+      }
+    }
+    open.resize(matched);
+    for (std::size_t i = matched; i < chain.size(); ++i) {
+      const int node = chain[i];
+      int row = -1;
+      if (nodes_[static_cast<std::size_t>(node)].callable) {
+        row = open_call(node);
+      } else {
+        RowRecord record;
+        record.node = node;
+        record.depth = nodes_[static_cast<std::size_t>(node)].depth;
+        record.placeholder = appeared_[static_cast<std::size_t>(node)];
+        record.recursive = !seen_modules_.insert(nodes_[static_cast<std::size_t>(node)].module).second;
+        appeared_[static_cast<std::size_t>(node)] = true;
+        rows_.push_back(std::move(record));
+        row = static_cast<int>(rows_.size()) - 1;
+      }
+      if (i > 0) {
+        open[i - 1].called_children.push_back(node);
+      }
+      open.push_back(OpenCall{node, row, {}, {}});
+    }
+    OpenCall& call = open.back();
+    call.state_read.insert(call.state_read.end(), op.state_read.begin(), op.state_read.end());
+    for (const OpenCall& entry : open) {
+      if (nodes_[static_cast<std::size_t>(entry.node)].callable) {
+        set_output(entry.row, op.output_shape, op.output_element_size);
+      }
+    }
+  }
+
+  void add_rows_of_modules_never_called() {
+    for (std::size_t node = 1; node < nodes_.size(); ++node) {
+      if (appeared_[node]) {
+        continue;
+      }
+      const int parent = nodes_[node].parent;
+      std::size_t position = 0;
+      while (rows_[position].node != parent) {
+        ++position;
+      }
+      const int parent_depth = rows_[position].depth;
+      ++position;
+      while (position < rows_.size() && rows_[position].depth > parent_depth) {
+        ++position;
+      }
+      RowRecord row;
+      row.node = static_cast<int>(node);
+      row.depth = nodes_[node].depth;
+      row.recursive = !seen_modules_.insert(nodes_[node].module).second;
+      rows_.insert(rows_.begin() + static_cast<std::ptrdiff_t>(position), std::move(row));
+      appeared_[node] = true;
+    }
+  }
+
+  void number_rows() {
+    std::vector<int> counters;
+    for (RowRecord& row : rows_) {
+      if (row.depth == 0 || row.placeholder) {
+        continue;
+      }
+      if (counters.size() <= static_cast<std::size_t>(row.depth)) {
+        counters.resize(static_cast<std::size_t>(row.depth) + 1, 0);
+      }
+      row.depth_index = ++counters[static_cast<std::size_t>(row.depth)];
+    }
+  }
+
+  /// torchinfo's rule, per parameter of a leaf module: `weight`/`bias` of a Conv: count times
+  /// N times the spatial output size; of a Linear: count times prod(output[:-1]); of anything
+  /// else: count times output[0]; other parameters named `*weight*`/`*bias*` (RNN weights such as
+  /// `weight_ih_l0`): count times prod(output[:2]).
+  int64_t leaf_mult_adds(const ModuleNode& node, const std::vector<int64_t>& output) const {
+    if (output.empty()) {
+      return 0;
+    }
+    auto product = [&](std::size_t begin, std::size_t end) {
+      int64_t result = 1;
+      for (std::size_t i = begin; i < std::min(end, output.size()); ++i) {
+        result *= output[i];
+      }
+      return result;
+    };
+    const bool conv = node.type.find("Conv") != std::string::npos;
+    const bool linear = node.type.find("Linear") != std::string::npos;
+    int64_t total = 0;
+    for (const auto& [name, count] : node.own_parameter_sizes) {
+      if (name == "weight" || name == "bias") {
+        if (conv) {
+          total += count * output[0] * product(2, output.size());
+        } else if (linear) {
+          total += count * product(0, output.size() - 1);
+        } else {
+          total += count * output[0];
+        }
+      } else if (name.find("weight") != std::string::npos || name.find("bias") != std::string::npos) {
+        total += count * product(0, 2);
+      }
+    }
+    return total;
+  }
+
+  void compute_mult_adds() {
+    for (RowRecord& row : rows_) {
+      const ModuleNode& node = nodes_[static_cast<std::size_t>(row.node)];
+      row.mult_adds = node.leaf() ? leaf_mult_adds(node, row.output_shape) : 0;
+    }
+    // A container's mult-adds are those of the leaf calls nested in its call.
+    for (std::size_t i = 0; i < rows_.size(); ++i) {
+      if (nodes_[static_cast<std::size_t>(rows_[i].node)].leaf()) {
+        continue;
+      }
+      int64_t sum = 0;
+      for (std::size_t j = i + 1; j < rows_.size() && rows_[j].depth > rows_[i].depth; ++j) {
+        if (nodes_[static_cast<std::size_t>(rows_[j].node)].leaf()) {
+          sum += rows_[j].mult_adds;
+        }
+      }
+      rows_[i].mult_adds = sum;
+    }
+  }
+
+  std::vector<ModuleNode> nodes_;
+  std::vector<std::vector<int>> state_owners_;  ///< state index -> nodes owning it directly
+  std::unordered_map<std::string, std::vector<int>> parameter_free_by_key_;
+  std::vector<int> call_count_;
+  std::vector<bool> appeared_;
+  std::unordered_set<const torch::nn::Module*> seen_modules_;
+  std::vector<RowRecord> rows_;
+  Recorder recorder_;
+};
+
+}  // namespace torchkit::detail::summary_impl
