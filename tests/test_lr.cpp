@@ -766,6 +766,45 @@ TEST_CASE("OneCycleLR: Python's step limit, with epochs and steps_per_epoch") {
   CHECK(full.last_epoch() == 4);
 }
 
+TEST_CASE("OneCycleLR refuses before anything moves: at construction and inside composites") {
+  // Python divides by zero in the initial step here; torchkit fails before changing the optimizer.
+  auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.2}}});
+  auto& optimizer = *setup.optimizer;
+  const auto lrs_before = lrs_of(optimizer);
+  const auto momentums_before = momentums_of(optimizer);
+  CHECK_THROWS_WITH_AS(lr::OneCycleLR(optimizer, {.max_lr = 1.0, .total_steps = 1, .pct_start = 1.0}),
+                       doctest::Contains("division by zero at step 0"), torchkit::Error);
+  CHECK(lrs_of(optimizer) == lrs_before);
+  CHECK(momentums_of(optimizer) == momentums_before);
+
+  auto exponential = std::make_shared<lr::ExponentialLR>(optimizer, 0.5);
+  auto one_cycle = std::make_shared<lr::OneCycleLR>(optimizer, 1.0, 3);
+  lr::ChainedScheduler chained({exponential, one_cycle});
+  for (int step = 0; step < 3; ++step) {
+    chained.step();
+  }
+  const auto lrs_last = lrs_of(optimizer);
+  const auto momentums_last = momentums_of(optimizer);
+  CHECK_THROWS_WITH_AS(chained.step(), doctest::Contains("Tried to step 5 times"), torchkit::Error);
+  CHECK(exponential->last_epoch() == 3);  // the first scheduler did not move either
+  CHECK(one_cycle->last_epoch() == 3);
+  CHECK(chained.last_epoch() == 3);
+  CHECK(lrs_of(optimizer) == lrs_last);
+  CHECK(momentums_of(optimizer) == momentums_last);
+
+  auto other = make_optimizer({{"type", "sgd"}, {"lrs", {0.1}}});
+  lr::SequentialLR sequential(*other.optimizer,
+                              {lr::OneCycleLR(*other.optimizer, 1.0, 4), lr::ExponentialLR(*other.optimizer, 0.5)},
+                              {10});
+  for (int step = 0; step < 4; ++step) {
+    sequential.step();
+  }
+  const auto lr_last = lrs_of(*other.optimizer);
+  CHECK_THROWS_WITH_AS(sequential.step(), doctest::Contains("Tried to step 6 times"), torchkit::Error);
+  CHECK(sequential.last_epoch() == 4);
+  CHECK(lrs_of(*other.optimizer) == lr_last);
+}
+
 TEST_CASE("ReduceLROnPlateau takes a one-element tensor metric") {
   auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.01}}});
   lr::ReduceLROnPlateau scheduler(*setup.optimizer, {.patience = 0});

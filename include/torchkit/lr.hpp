@@ -210,6 +210,9 @@ class Scheduler {
     check_group_count();
     advance(epoch);
   }
+  /// Throws the Error the next `step()` would throw, changing nothing (OneCycleLR past its
+  /// total steps); lets composites refuse a step before any of their schedulers moves.
+  virtual void check_next_step() const {}
   /// Whether this is a SequentialLR or ChainedScheduler (which cannot follow a milestone).
   [[nodiscard]] virtual bool is_composite() const noexcept { return false; }
   /// Writes what the subclass adds to the state.
@@ -1176,6 +1179,7 @@ class OneCycleLR final : public Scheduler {
                      "RMSprop, Adam or AdamW); pass cycle_momentum=false");
       config.use_beta1 = kind == detail::MomentumKind::beta1;
     }
+    check_step(config, 0);  // Python fails in the initial step for some arguments: fail before any change
     // Everything is valid: from here on the optimizer changes.
     config_ = std::move(config);
     if (config_.cycle_momentum) {
@@ -1279,16 +1283,16 @@ class OneCycleLR final : public Scheduler {
 
   // The phase of step `step_num`, and the fraction of it that is done. Throws where Python
   // divides by zero (a phase with no steps: pct_start 1 in two phases, e.g.).
-  [[nodiscard]] std::pair<const Phase*, double> phase_at(int64_t step_num) const {
+  [[nodiscard]] static std::pair<const Phase*, double> phase_at(const Config& config, int64_t step_num) {
     double start_step = 0;
     const auto step = static_cast<double>(step_num);
-    for (std::size_t index = 0; index < config_.phases.size(); ++index) {
-      const Phase& phase = config_.phases[index];
-      if (step <= phase.end_step || index + 1 == config_.phases.size()) {
+    for (std::size_t index = 0; index < config.phases.size(); ++index) {
+      const Phase& phase = config.phases[index];
+      if (step <= phase.end_step || index + 1 == config.phases.size()) {
         TORCHKIT_CHECK(phase.end_step != start_step,
                        "OneCycleLR: float division by zero at step {}: phase {} of the cycle has no steps "
                        "(pct_start={}, total_steps={})",
-                       step_num, index, config_.pct_start, config_.total_steps);
+                       step_num, index, config.pct_start, config.total_steps);
         return {&phase, (step - start_step) / (phase.end_step - start_step)};
       }
       start_step = phase.end_step;
@@ -1296,15 +1300,19 @@ class OneCycleLR final : public Scheduler {
     return {nullptr, 0.0};  // unreachable: the last phase always matches
   }
 
-  void check_step() const {
-    TORCHKIT_CHECK(last_epoch_ <= config_.total_steps,
-                   "OneCycleLR: Tried to step {} times. The specified number of total steps is {}", last_epoch_ + 1,
-                   config_.total_steps);
+  // Python's check in get_lr(), and its division by zero, for step `step_num`.
+  static void check_step(const Config& config, int64_t step_num) {
+    TORCHKIT_CHECK(step_num <= config.total_steps,
+                   "OneCycleLR: Tried to step {} times. The specified number of total steps is {}", step_num + 1,
+                   config.total_steps);
+    (void)phase_at(config, step_num);
   }
 
+  void check_next_step() const override { check_step(config_, last_epoch_ + 1); }
+
   [[nodiscard]] std::vector<double> get_lr() const override {
-    check_step();
-    const auto [phase, pct] = phase_at(last_epoch_);
+    check_step(config_, last_epoch_);
+    const auto [phase, pct] = phase_at(config_, last_epoch_);
     std::vector<double> lrs;
     for (std::size_t index = 0; index < base_lrs_.size(); ++index) {
       const double values[] = {initial_lrs_->values[index], config_.max_lrs[index], config_.min_lrs[index]};
@@ -1316,7 +1324,7 @@ class OneCycleLR final : public Scheduler {
     if (!config_.cycle_momentum) {
       return {};
     }
-    const auto [phase, pct] = phase_at(last_epoch_);
+    const auto [phase, pct] = phase_at(config_, last_epoch_);
     std::vector<double> momentums;
     for (std::size_t index = 0; index < base_lrs_.size(); ++index) {
       const double values[] = {config_.max_momentums[index], config_.base_momentums[index]};
@@ -1718,6 +1726,7 @@ class SequentialLR final : public Scheduler {
     if (index > 0 && milestones_[index - 1] == epoch) {
       scheduler->step_to(0);
     } else {
+      scheduler->check_next_step();
       scheduler->step();
     }
     last_epoch_ = epoch;
@@ -1733,6 +1742,13 @@ class SequentialLR final : public Scheduler {
   void check_group_counts() const {
     for (const auto& scheduler : schedulers_) {
       scheduler->check_group_count();
+    }
+  }
+  void check_next_step() const override {
+    const int64_t epoch = last_epoch_ + 1;
+    const std::size_t index = detail::bisect_right(milestones_, epoch);
+    if (index == 0 || milestones_[index - 1] != epoch) {
+      schedulers_[index]->check_next_step();
     }
   }
   [[nodiscard]] std::vector<double> get_lr() const override { return last_lr_; }
@@ -1811,9 +1827,11 @@ class ChainedScheduler final : public Scheduler {
     last_lr_ = group_lrs();
   }
 
-  /// Steps every scheduler, in order.
+  /// Steps every scheduler, in order. When one of them would refuse the step (OneCycleLR past
+  /// its total steps), throws that Error before any of them moves.
   void step() override {
     check_group_count();
+    check_next_step();
     for (const auto& scheduler : schedulers_) {
       scheduler->step();
     }
@@ -1828,6 +1846,11 @@ class ChainedScheduler final : public Scheduler {
   static torch::optim::Optimizer& first_optimizer(const std::vector<AnyScheduler>& schedulers) {
     TORCHKIT_CHECK(!schedulers.empty(), "ChainedScheduler: expects at least one scheduler, got none");
     return schedulers.front().get()->optimizer();
+  }
+  void check_next_step() const override {
+    for (const auto& scheduler : schedulers_) {
+      scheduler->check_next_step();
+    }
   }
   [[nodiscard]] std::vector<double> get_lr() const override { return last_lr_; }
   [[nodiscard]] bool is_composite() const noexcept override { return true; }

@@ -190,6 +190,8 @@ def cases():
     add("LambdaLR warm-up", sched("LambdaLR", lr_lambda="warmup_10"), ADAM2)
     add("MultiplicativeLR const098", sched("MultiplicativeLR", lr_lambda="const098"))
     add("MultiplicativeLR per group", sched("MultiplicativeLR", lr_lambda=["const098", "alternate"]))
+    add("MultiplicativeLR 3 groups adam", sched("MultiplicativeLR", lr_lambda=["alternate", "exp095", "inv_sqrt"]),
+        {"type": "adam", "lrs": [0.001, 0.003, 0.0005]})
     add("OneCycleLR two lists sgd", sched("OneCycleLR", max_lr=[0.1, 0.05], total_steps=STEPS),
         record_momentum=True)
     add("OneCycleLR epochs*steps linear three-phase adam",
