@@ -16,6 +16,7 @@
 #include <ATen/ATen.h>
 #include <opencv2/core.hpp>
 
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
