@@ -395,6 +395,17 @@ TEST_CASE("tied parameters are listed once and selected under any of their names
   CHECK_FALSE(model->encoder->weight.requires_grad());
   (void)torchkit::unfreeze(model, {"*"});
 
+  // The table behind the patterns lists what named_parameters_of lists, with the other names.
+  const auto table = torchkit::detail::parameter_table(model);
+  const auto named = torchkit::named_parameters_of(model);
+  REQUIRE(table.size() == named.size());
+  for (std::size_t i = 0; i < named.size(); ++i) {
+    CHECK(table[i].name == named[i].name);
+    CHECK(table[i].tensor.is_same(named[i].tensor));
+  }
+  CHECK(table[0].other_names == std::vector<std::string>{"decoder.weight"});
+  CHECK(table[1].other_names.empty());
+
   changed = torchkit::freeze(model, {"decoder"});
   CHECK(changed.changed() == std::vector<std::string>{"encoder.weight", "decoder.bias"});
   CHECK(torchkit::trainable_parameters(model).size() == 1);

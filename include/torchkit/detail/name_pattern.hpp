@@ -19,7 +19,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
-#include <limits>
 #include <memory>
 #include <numeric>
 #include <ranges>
@@ -207,36 +206,33 @@ namespace detail {
 struct ParameterEntry {
   std::string name;
   at::Tensor tensor;
-  std::vector<std::string> aliases;  ///< every name, `name` first
+  std::vector<std::string> other_names;  ///< the names of a tied tensor after the first (usually none)
 };
 
-/// Every defined parameter of `model`, each tensor once, in Python's `named_parameters()` order.
+/// Every defined parameter of `model`, each tensor once, in Python's `named_parameters()` order
+/// and under its Python name: the same list as torchkit::named_parameters_of, plus the other names
+/// of tied tensors. Built from one traversal of the module tree (named_parameters_of and a second
+/// traversal for the other names would cost twice as much).
 template <ModuleLike M>
 [[nodiscard]] std::vector<ParameterEntry> parameter_table(const M& model) {
-  const auto named = named_parameters_of(model);
+  const auto all = module_of(model).named_parameters(/*recurse=*/true);
   std::vector<ParameterEntry> table;
-  table.reserve(named.size());
+  table.reserve(all.size());
   std::unordered_map<const void*, std::size_t> index_of;
-  index_of.reserve(named.size());
-  for (const auto& parameter : named) {
-    if (!parameter.tensor.defined()) {
-      continue;
-    }
-    index_of.emplace(parameter.tensor.unsafeGetTensorImpl(), table.size());
-    table.push_back(ParameterEntry{parameter.name, parameter.tensor, {parameter.name}});
-  }
-  // LibTorch lists a tied tensor once per module holding it: collect those other names.
-  for (const auto& item : module_of(model).named_parameters(/*recurse=*/true)) {
+  index_of.reserve(all.size());
+  for (const auto& item : all) {
     if (!item.value().defined()) {
       continue;
     }
-    const auto found = index_of.find(item.value().unsafeGetTensorImpl());
-    if (found == index_of.end()) {
-      continue;
-    }
-    auto& aliases = table[found->second].aliases;
-    if (std::find(aliases.begin(), aliases.end(), item.key()) == aliases.end()) {
-      aliases.push_back(item.key());
+    const auto [found, inserted] = index_of.emplace(item.value().unsafeGetTensorImpl(), table.size());
+    if (inserted) {
+      table.push_back(ParameterEntry{item.key(), item.value(), {}});
+    } else {
+      auto& entry = table[found->second];
+      if (item.key() != entry.name &&
+          std::find(entry.other_names.begin(), entry.other_names.end(), item.key()) == entry.other_names.end()) {
+        entry.other_names.push_back(item.key());
+      }
     }
   }
   return table;
@@ -244,8 +240,9 @@ template <ModuleLike M>
 
 /// Whether any name of `entry` matches `pattern`.
 [[nodiscard]] inline bool matches(const NamePattern& pattern, const ParameterEntry& entry) {
-  return std::any_of(entry.aliases.begin(), entry.aliases.end(),
-                     [&](const std::string& alias) { return pattern.matches(alias); });
+  return pattern.matches(entry.name) ||
+         std::any_of(entry.other_names.begin(), entry.other_names.end(),
+                     [&](const std::string& other) { return pattern.matches(other); });
 }
 
 /// The distance between what the user typed and a parameter name: the smallest edit distance to
@@ -268,9 +265,9 @@ template <ModuleLike M>
   std::vector<std::pair<std::size_t, std::size_t>> ranked;  // (distance, index)
   ranked.reserve(table.size());
   for (std::size_t i = 0; i < table.size(); ++i) {
-    std::size_t distance = std::numeric_limits<std::size_t>::max();
-    for (const auto& alias : table[i].aliases) {
-      distance = std::min(distance, name_distance(typed, alias));
+    std::size_t distance = name_distance(typed, table[i].name);
+    for (const auto& other : table[i].other_names) {
+      distance = std::min(distance, name_distance(typed, other));
     }
     ranked.emplace_back(distance, i);
   }
