@@ -19,8 +19,12 @@
 //
 // Every variant allocates its own output each iteration, as a caller would. The counter
 // `page_faults` (minor faults per iteration, from getrusage) shows how much of the time is the
-// kernel handing out fresh pages: glibc returns large blocks to the OS, so fresh multi-MB outputs
-// fault on first touch.
+// kernel handing out fresh pages: glibc serves large blocks with mmap and returns them to the OS,
+// so fresh multi-MB outputs and temporaries may fault on first touch (4 KB at a time), depending on
+// the allocator's state. `--keep_heap` (glibc only) turns that off (no mmap, no trimming), so that
+// after the first iteration no variant faults and the timings show the computation alone:
+//
+//     batch_bench --keep_heap --benchmark_filter=ImageToBatch
 #include <torchkit/batch.hpp>
 #include <torchkit/one_hot.hpp>
 #if TORCHKIT_WITH_OPENCV
@@ -33,10 +37,14 @@
 #include <torch/torch.h>
 
 #include <sys/resource.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -277,9 +285,34 @@ void check_same_results() {
   }
 }
 
+/// Removes `--keep_heap` from the arguments; when it was there, makes glibc keep freed memory in
+/// the heap (no mmap for large blocks, no trimming), so that reused outputs do not page-fault.
+void apply_keep_heap(int& argc, char** argv) {
+  bool keep_heap = false;
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--keep_heap") == 0) {
+      keep_heap = true;
+    } else {
+      argv[kept++] = argv[i];
+    }
+  }
+  argc = kept;
+  if (keep_heap) {
+#if defined(__GLIBC__)
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+    std::fprintf(stderr, "batch_bench: --keep_heap: glibc keeps freed memory (no mmap, no trim)\n");
+#else
+    std::fprintf(stderr, "batch_bench: --keep_heap needs glibc; ignored\n");
+#endif
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  apply_keep_heap(argc, argv);
   at::set_num_threads(1);
 #if TORCHKIT_WITH_OPENCV
   cv::setNumThreads(1);
