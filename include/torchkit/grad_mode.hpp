@@ -110,10 +110,11 @@ class EvalScope {
     root_ = &root;
     root_was_training_ = root.is_training();
     // Pre-order (parents first), every occurrence of a module registered under several parents.
-    const auto submodules = root.modules(/*include_self=*/false);
+    auto submodules = root.modules(/*include_self=*/false);
     submodules_.reserve(submodules.size());
-    for (const auto& submodule : submodules) {
-      submodules_.push_back({submodule, submodule->is_training()});
+    for (auto& submodule : submodules) {
+      const bool training = submodule->is_training();
+      submodules_.push_back({std::move(submodule), training});
     }
     try {
       root.eval();
