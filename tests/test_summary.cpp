@@ -818,6 +818,82 @@ TEST_CASE("summary: the forms a model is held in") {
         std::string::npos);
 }
 
+namespace {
+
+// A Sequential with a forward of its own (a residual around its layers), as in torchvision's
+// C++ MNASNet: summary must call that forward, not walk the children.
+struct ResidualSequentialImpl : torch::nn::SequentialImpl {
+  ResidualSequentialImpl() : torch::nn::SequentialImpl(torch::nn::Linear(6, 6), torch::nn::ReLU()) {}
+  torch::Tensor forward(const torch::Tensor& x) { return x + torch::nn::SequentialImpl::forward(x); }
+};
+TORCH_MODULE(ResidualSequential);
+
+// A parameter-free module of its own kind: it runs no operator named after it.
+struct HalveImpl : torch::nn::Module {
+  torch::Tensor forward(const torch::Tensor& x) { return x * 0.5; }
+};
+TORCH_MODULE(Halve);
+
+struct WithUnseenImpl : torch::nn::Module {
+  WithUnseenImpl() {
+    fc = register_module("fc", torch::nn::Linear(6, 6));
+    halve = register_module("halve", Halve());
+    identity = register_module("identity", torch::nn::Identity());
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return identity(halve(fc(x))); }
+  torch::nn::Linear fc{nullptr};
+  Halve halve{nullptr};
+  torch::nn::Identity identity{nullptr};
+};
+TORCH_MODULE(WithUnseen);
+
+// Runs a summary of its submodule inside its own forward.
+struct SummarisingImpl : torch::nn::Module {
+  SummarisingImpl() { fc = register_module("fc", torch::nn::Linear(2, 2)); }
+  torch::Tensor forward(const torch::Tensor& x) {
+    inner_total = torchkit::summary(fc, {2}).total_params();
+    return fc(x);
+  }
+  torch::nn::Linear fc{nullptr};
+  int64_t inner_total = 0;
+};
+TORCH_MODULE(Summarising);
+
+}  // namespace
+
+TEST_CASE("summary: Sequential subclasses, modules that cannot be seen, a summary inside forward") {
+  ResidualSequential residual;
+  const Summary own_forward = torchkit::summary(residual, {6});
+  REQUIRE(own_forward.rows().size() == 3);
+  CHECK(own_forward.rows()[0].type == "ResidualSequential");
+  CHECK(own_forward.rows()[0].output_shape == std::vector<int64_t>{2, 6});
+  CHECK(own_forward.rows()[1].output_shape == std::vector<int64_t>{2, 6});
+  CHECK(own_forward.rows()[2].type == "ReLU");
+  CHECK(own_forward.total_mult_adds() == 42 * 2);
+  // As the child of a Sequential it runs its own forward too.
+  torch::nn::Sequential outer(residual, torch::nn::Linear(6, 1));
+  const Summary nested = torchkit::summary(outer, {6});
+  REQUIRE(nested.rows().size() == 5);
+  CHECK(nested.rows()[1].type == "ResidualSequential");
+  CHECK(nested.rows()[2].name == "0.0");
+  CHECK(nested.rows()[4].output_shape == std::vector<int64_t>{2, 1});
+
+  // A custom parameter-free module and Identity run no operator of their own: no shape.
+  WithUnseen unseen;
+  const Summary partial = torchkit::summary(unseen, {6});
+  CHECK(row_named(partial, "fc").output_shape == std::vector<int64_t>{2, 6});
+  CHECK(row_named(partial, "halve").output_shape.empty());
+  CHECK(row_named(partial, "identity").output_shape.empty());
+  CHECK(partial.rows()[0].output_shape == std::vector<int64_t>{2, 6});
+
+  // summary() called inside a forward that summary() runs: both work.
+  Summarising summarising;
+  const Summary outer_summary = torchkit::summary(summarising, {2});
+  CHECK(summarising->inner_total == 6);
+  CHECK(row_named(outer_summary, "fc").output_shape == std::vector<int64_t>{2, 2});
+  CHECK_FALSE(at::hasThreadLocalCallbacks());
+}
+
 // --- bad input -------------------------------------------------------------------------------
 
 TEST_CASE("summary: bad input names the value and leaves the model alone") {

@@ -17,7 +17,21 @@
 /// child, and for any other forward the ATen operators it runs are observed with thread-local
 /// `at::RecordFunction` callbacks and attributed to the modules whose parameters they read
 /// (parameter-free modules such as ReLU or MaxPool2d by the operator they run). See
-/// detail/summary_build.hpp for the rules and their limits.
+/// detail/summary_build.hpp for the rules.
+///
+/// What the reconstruction cannot know, and what it does then:
+/// - A functional call (`torch::relu(x)`) and a registered `ReLU` module run the same operator;
+///   an operator is given to a parameter-free module only where one of that kind is registered
+///   near the last module called, so a model mixing both may show a functional call as a
+///   (recursive) call of the module.
+/// - A parameter-free module that runs no operator of its own name (`Identity`, a custom
+///   parameter-free module) is not seen: it appears with an empty shape, like a module never
+///   called.
+/// - Inside a custom forward, a container's output is the output of the last module call
+///   inside it (an `x + identity` after its last layer is not seen; the shape is the same).
+/// - Looping over a Sequential's children runs the same operators as calling it, and shows as
+///   a call of the Sequential.
+/// Sequential children and the model itself are exact: their outputs are what forward returned.
 
 #include <torchkit/concepts.hpp>
 #include <torchkit/detail/config.hpp>
@@ -676,11 +690,14 @@ class TrainingModeGuard {
   std::vector<std::pair<std::shared_ptr<torch::nn::Module>, bool>> modes_;
 };
 
-/// Shape list as torchinfo's error names it: "[2, 3, 224, 224], [2, 10]".
+/// The inputs as an error names them: "[2, 3, 224, 224], [2, 10] (Long)" (dtype where not float).
 inline std::string describe_shapes(const std::vector<at::Tensor>& tensors) {
   std::string text;
   for (const at::Tensor& tensor : tensors) {
     text += (text.empty() ? "" : ", ") + shape_to_string(tensor.sizes().vec());
+    if (tensor.scalar_type() != at::kFloat) {
+      text += fmt::format(" ({})", c10::toString(tensor.scalar_type()));
+    }
   }
   return text;
 }

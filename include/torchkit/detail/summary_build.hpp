@@ -131,6 +131,13 @@ inline std::string observed_operator_key(std::string_view name) {
   return key;
 }
 
+/// A parameter registered on a module itself.
+struct OwnParameter {
+  const c10::TensorImpl* impl = nullptr;
+  int64_t count = 0;
+  bool trainable = false;
+};
+
 /// One module of the model, in pre-order (index 0 is the model itself).
 struct ModuleNode {
   torch::nn::Module* module = nullptr;
@@ -146,6 +153,7 @@ struct ModuleNode {
   int64_t trainable_params = 0;
   int64_t own_params = 0;      ///< parameters registered on this module itself
   std::vector<std::pair<std::string, int64_t>> own_parameter_sizes;  ///< name, element count
+  std::vector<OwnParameter> own_parameters;
   std::vector<int> own_state;  ///< state indices of its own parameters and buffers
   std::vector<std::string> operator_keys;  ///< for parameter-free leaves: operators it runs
   bool leaf() const { return children.empty(); }
@@ -169,6 +177,7 @@ class SummaryBuilder {
  public:
   explicit SummaryBuilder(torch::nn::Module& root) {
     add_node(root, "", 0, -1);
+    count_subtree_parameters();
     call_count_.assign(nodes_.size(), 0);
     appeared_.assign(nodes_.size(), false);
   }
@@ -270,22 +279,14 @@ class SummaryBuilder {
       nodes_.push_back(std::move(node));
     }
     {
-      std::unordered_set<const c10::TensorImpl*> seen;
-      int64_t params = 0;
-      int64_t trainable = 0;
-      for (const at::Tensor& parameter : module.parameters(/*recurse=*/true)) {
-        if (seen.insert(parameter.unsafeGetTensorImpl()).second) {
-          params += parameter.numel();
-          trainable += parameter.requires_grad() ? parameter.numel() : 0;
-        }
-      }
       ModuleNode& node = nodes_.back();
-      node.params = params;
-      node.trainable_params = trainable;
       for (const auto& item : module.named_parameters(/*recurse=*/false)) {
-        node.own_params += item.value().numel();
-        node.own_parameter_sizes.emplace_back(item.key(), item.value().numel());
-        add_state(index, item.value());
+        const at::Tensor& parameter = item.value();
+        node.own_params += parameter.numel();
+        node.own_parameter_sizes.emplace_back(item.key(), parameter.numel());
+        node.own_parameters.push_back(
+            OwnParameter{parameter.unsafeGetTensorImpl(), parameter.numel(), parameter.requires_grad()});
+        add_state(index, parameter);
       }
       for (const auto& item : module.named_buffers(/*recurse=*/false)) {
         add_state(index, item.value());
@@ -305,6 +306,42 @@ class SummaryBuilder {
       }
     }
     return index;
+  }
+
+  /// Parameters of each module and its descendants, each tensor once.
+  void count_subtree_parameters() {
+    bool shared = false;
+    for (const ModuleNode& node : nodes_) {
+      for (const int state : node.own_state) {
+        shared = shared || state_owners_[static_cast<std::size_t>(state)].size() > 1;
+      }
+    }
+    if (!shared) {  // every parameter has one owner: sum bottom-up
+      for (std::size_t index = nodes_.size(); index-- > 0;) {
+        ModuleNode& node = nodes_[index];
+        for (const OwnParameter& parameter : node.own_parameters) {
+          node.params += parameter.count;
+          node.trainable_params += parameter.trainable ? parameter.count : 0;
+        }
+        for (const int child : node.children) {
+          node.params += nodes_[static_cast<std::size_t>(child)].params;
+          node.trainable_params += nodes_[static_cast<std::size_t>(child)].trainable_params;
+        }
+      }
+      return;
+    }
+    for (ModuleNode& node : nodes_) {  // tied parameters: count each tensor once per subtree
+      std::unordered_set<const c10::TensorImpl*> seen;
+      const int first = static_cast<int>(&node - nodes_.data());
+      for (int other = first; other < node.subtree_end; ++other) {
+        for (const OwnParameter& parameter : nodes_[static_cast<std::size_t>(other)].own_parameters) {
+          if (seen.insert(parameter.impl).second) {
+            node.params += parameter.count;
+            node.trainable_params += parameter.trainable ? parameter.count : 0;
+          }
+        }
+      }
+    }
   }
 
   void add_state(int node, const at::Tensor& tensor) {

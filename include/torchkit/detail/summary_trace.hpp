@@ -36,6 +36,7 @@ namespace torchkit::detail::summary_impl {
 
 using RecordFunctionInputs = c10::ArrayRef<const c10::IValue>;
 
+#ifndef NDEBUG
 struct RecordFunctionInputsMember {
   using type = RecordFunctionInputs at::RecordFunction::*;
   friend type record_function_inputs_member(RecordFunctionInputsMember);
@@ -47,6 +48,7 @@ struct ExposePrivateMember {
 };
 
 template struct ExposePrivateMember<RecordFunctionInputsMember, &at::RecordFunction::inputs_>;
+#endif
 
 /// The boxed inputs of the operator a start callback is called for.
 inline RecordFunctionInputs inputs_of(const at::RecordFunction& function) {
@@ -207,20 +209,24 @@ inline void on_operator_end(const at::RecordFunction& function, at::ObserverCont
 
 /// RAII: installs the thread-local operator callbacks and makes `recorder` this thread's
 /// recorder; removes the callbacks and restores the previous recorder on destruction, also
-/// during exception unwinding. Non-copyable, non-movable.
+/// during exception unwinding. A summary run inside another one's forward reuses the callbacks
+/// already installed. Non-copyable, non-movable.
 class ObservationScope {
  public:
   explicit ObservationScope(Recorder& recorder)
       : previous_(current_recorder()),
         record_function_enabled_(true),
-        handle_(at::addThreadLocalCallback(at::RecordFunctionCallback(&on_operator_start, &on_operator_end)
-                                               .needsInputs(true)
-                                               .needsOutputs(true)
-                                               .scopes({at::RecordScope::FUNCTION}))) {
+        handle_(previous_ != nullptr ? at::INVALID_CALLBACK_HANDLE
+                                     : at::addThreadLocalCallback(at::RecordFunctionCallback(&on_operator_start, &on_operator_end)
+                                                                      .needsInputs(true)
+                                                                      .needsOutputs(true)
+                                                                      .scopes({at::RecordScope::FUNCTION}))) {
     current_recorder() = &recorder;
   }
   ~ObservationScope() {
-    at::removeCallback(handle_);
+    if (handle_ != at::INVALID_CALLBACK_HANDLE) {
+      at::removeCallback(handle_);
+    }
     current_recorder() = previous_;
   }
   ObservationScope(const ObservationScope&) = delete;
