@@ -197,8 +197,7 @@ TEST_CASE("tip 9: two Adam steps with the tip's groups match Python") {
   builder.add({"*convolution1*"}, {.lr = 0.01}).add({"*convolution2*"}, {.lr = 0.001}).rest();
   const auto defaults = torch::optim::AdamOptions(1e-3).weight_decay(1e-3);
   torch::optim::Adam optimizer(builder.build(defaults), defaults);
-  REQUIRE(optimizer.param_groups().size() == 3);  // the rest() group is there, empty
-  CHECK(optimizer.param_groups()[2].params().empty());
+  REQUIRE(optimizer.param_groups().size() == 2);  // as in Python: rest() found nothing left over
 
   const auto input = torchkit::test::deterministic_input();
   for (int step = 0; step < 2; ++step) {
@@ -329,6 +328,26 @@ TEST_CASE("the first matching group wins; rest() collects the others where it wa
     check_members(groups[1], *net, {"cnn.VGG_16.convolution2_2.weight", "cnn.VGG_16.convolution2_2.bias"});
     CHECK(builder.group_names() == std::vector<std::string>{"backbone", "\"*convolution2_2*\""});
   }
+}
+
+TEST_CASE("a rest() group with nothing left over adds no optimizer group, also with no_weight_decay") {
+  auto net = torchkit::test::deterministic_network();
+  torchkit::ParamGroupBuilder builder(net);
+  builder.add({"*convolution1*"}, {.lr = 0.01}).add({"*convolution2*"}, {.lr = 0.001}).rest({.lr = 0.5});
+  CHECK(builder.build(torch::optim::SGDOptions(0.1)).size() == 2);
+  builder.no_weight_decay({"*.bias"});
+  CHECK(builder.group_names() == std::vector<std::string>{"\"*convolution1*\"", "\"*convolution1*\" (no weight decay)",
+                                                          "\"*convolution2*\"", "\"*convolution2*\" (no weight decay)"});
+  // Once something is left over, rest() is there, split like the others.
+  (void)torchkit::freeze(net, {"cnn.VGG_16.convolution2_2"});
+  torchkit::ParamGroupBuilder partial(net);
+  partial.include_frozen().add({"*convolution1*"}).add({"cnn.VGG_16.convolution2_1"}).rest({.lr = 0.5}).no_weight_decay({"*.bias"});
+  const auto groups = partial.build(torch::optim::SGDOptions(0.1));
+  REQUIRE(groups.size() == 6);
+  check_members(groups[4], *net, {"cnn.VGG_16.convolution2_2.weight"});
+  check_members(groups[5], *net, {"cnn.VGG_16.convolution2_2.bias"});
+  CHECK(options_of<torch::optim::SGDOptions>(groups[5]).lr() == 0.5);
+  CHECK(options_of<torch::optim::SGDOptions>(groups[5]).weight_decay() == 0.0);
 }
 
 TEST_CASE("frozen parameters are left out unless include_frozen(); a group of frozen matches stays, empty") {

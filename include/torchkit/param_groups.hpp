@@ -48,14 +48,16 @@ struct GroupOptions {
 /// - `add(patterns, options)` declares a group; a parameter joins the FIRST group (in the order
 ///   given) one of whose patterns matches it.
 /// - `rest(options)` declares the group that collects every parameter no other group claims.
+///   When nothing is left over, it adds no optimizer group (so the tip's two groups plus `rest()`
+///   give Python's two optimizer groups).
 /// - `no_weight_decay(patterns)` (e.g. `{"*.bias", "*norm*.weight"}`): every group is split in
 ///   two consecutive optimizer groups, as common Python recipes do: first the parameters with
 ///   the group's weight decay, then the matching ones with weight decay 0 (same lr). Both parts
-///   are always emitted (one may be empty), so the optimizer group of user group `i` is `2 i`
-///   and `2 i + 1`; without no_weight_decay it is `i`.
+///   are always emitted (one may be empty), so the optimizer groups of `add()` group `i` are
+///   `2 i` and `2 i + 1`; without no_weight_decay it is `i`.
 /// - Frozen parameters (`requires_grad == false`, read at build time) are left out, as the tip's
-///   `filter(lambda p: p.requires_grad, ...)`; `include_frozen()` keeps them. A group whose every
-///   match is frozen is emitted empty.
+///   `filter(lambda p: p.requires_grad, ...)`; `include_frozen()` keeps them. An `add()` group
+///   whose every match is frozen is kept, empty, so that the group indices stay as declared.
 /// - A tied tensor appears once, and a pattern matches it under any of its names.
 ///
 /// Every check runs in `build()` (and `describe()`, `group_names()`), which throw Error when a
@@ -64,8 +66,8 @@ struct GroupOptions {
 /// earlier groups claimed all its matches, when an lr or weight decay is negative or not finite,
 /// when `rest()` was given twice, when there are no groups, or when nothing is left to optimize.
 ///
-/// The builder reads the model's parameter list when constructed; keep it alive only as long
-/// as that list does not change.
+/// The builder lists the model's parameters (names and tensors) when it is constructed and keeps
+/// the tensors alive; after registering or replacing parameters, construct a new builder.
 ///
 ///     torchkit::ParamGroupBuilder builder(net);
 ///     builder.add({"*convolution1*"}, {.lr = 0.01}).add({"*convolution2*"}, {.lr = 0.001}).rest();
@@ -330,6 +332,7 @@ class ParamGroupBuilder {
                    context, count);
 
     // The optimizer groups, in the order given; each split in two when no_weight_decay was used.
+    // A rest() group that collects nothing adds none (a catch-all with nothing left over).
     const bool split = !no_weight_decay_.empty();
     for (std::size_t g = 0; g < groups_.size(); ++g) {
       PlannedGroup decay{display_name(g), {}, groups_[g].options.lr, groups_[g].options.weight_decay, false};
@@ -338,6 +341,9 @@ class ParamGroupBuilder {
         if (owner[i] == g) {
           (split && no_decay[i] ? without_decay : decay).members.push_back(i);
         }
+      }
+      if (groups_[g].is_rest && decay.members.empty() && without_decay.members.empty()) {
+        continue;
       }
       result.groups.push_back(std::move(decay));
       if (split) {

@@ -21,6 +21,7 @@
 #include <initializer_list>
 #include <memory>
 #include <numeric>
+#include <ostream>
 #include <ranges>
 #include <regex>
 #include <span>
@@ -79,6 +80,9 @@ class NamePattern {
   [[nodiscard]] std::string to_string() const {
     return kind_ == Kind::regex ? fmt::format("regex(\"{}\")", text_) : fmt::format("\"{}\"", text_);
   }
+
+  /// Writes to_string().
+  friend std::ostream& operator<<(std::ostream& out, const NamePattern& pattern) { return out << pattern.to_string(); }
 
   friend NamePattern regex(std::string expression);
 
