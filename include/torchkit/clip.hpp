@@ -52,11 +52,18 @@ struct ClipOptions {
 
 namespace detail::clip {
 
-/// A parameter's gradient to work on. `grad` points into the parameter's autograd metadata,
-/// which outlives the call.
+/// A parameter's gradient to work on, with what the fast path needs to know about it read
+/// once (reading tensor metadata costs a cache miss per tensor per pass). `grad` points into
+/// the parameter's autograd metadata, which outlives the call.
 struct Gradient {
   const at::Tensor* grad;
+  c10::TensorImpl* impl;
+  void* data;  // first element, when on the CPU, dense (contiguous or permuted) and not empty
+  std::int64_t numel;
   std::size_t index;  // the parameter's position in what the caller passed
+  at::ScalarType dtype;
+  bool is_cpu;
+  bool tracked;  // requires grad (made with create_graph): in-place writes must bump its version
 };
 
 /// The gradients of the parameters a caller passed, validated.
@@ -105,7 +112,11 @@ inline void add_parameter(Collected& collected, const at::Tensor& parameter, std
   TORCHKIT_CHECK(!mutating || !grad.is_inference() || c10::InferenceMode::is_enabled(),
                  "{}: the gradient of {} is an inference tensor, which cannot be modified outside InferenceMode",
                  function, parameter_label(collected, index));
-  collected.gradients.push_back(Gradient{&grad, index});
+  const bool is_cpu = grad.device().is_cpu();
+  const std::int64_t numel = grad.numel();
+  void* data = is_cpu && numel > 0 && grad.is_non_overlapping_and_dense() ? grad.data_ptr() : nullptr;
+  collected.gradients.push_back(Gradient{&grad, grad.unsafeGetTensorImpl(), data, numel, index, grad.scalar_type(),
+                                         is_cpu, grad.requires_grad()});
 }
 
 /// Validates every parameter and gathers the defined gradients, in order, without copying a
@@ -192,6 +203,15 @@ struct Run {
   at::ScalarType dtype;
 };
 
+#ifndef TORCHKIT_CLIP_PREFETCH_BYTES
+#define TORCHKIT_CLIP_PREFETCH_BYTES 256
+#endif
+#ifndef TORCHKIT_CLIP_PREFETCH_DISTANCE
+#define TORCHKIT_CLIP_PREFETCH_DISTANCE 4
+#endif
+/// How many runs ahead the passes prefetch.
+inline constexpr std::int64_t prefetch_distance = TORCHKIT_CLIP_PREFETCH_DISTANCE;
+
 /// Runs are at most this long, so one large gradient spreads over threads.
 inline constexpr std::int64_t run_elements = std::int64_t{1} << 16;
 
@@ -205,29 +225,30 @@ class FastPass {
     const auto& gradients = collected.gradients;
     run_begin_.assign(gradients.size() + 1, 0);
     in_device_group_.assign(gradients.size(), false);
+    runs_.reserve(gradients.size() + 16);
+    result_dtype_ = gradients.front().dtype;
     for (std::size_t k = 0; k < gradients.size(); ++k) {
       run_begin_[k] = runs_.size();
-      const at::Tensor& grad = *gradients[k].grad;
-      if (!grad.device().is_cpu() || cpu_through_foreach) {
+      const Gradient& gradient = gradients[k];
+      const auto dtype = gradient.dtype;
+      result_dtype_ = c10::promoteTypes(result_dtype_, dtype);
+      if (!gradient.is_cpu || cpu_through_foreach) {
         in_device_group_[k] = true;
         add_to_device_group(k);
         continue;
       }
-      const std::int64_t numel = grad.numel();
+      const std::int64_t numel = gradient.numel;
       if (numel == 0) {
         continue;
       }
-      void* data = nullptr;
-      if (grad.is_non_overlapping_and_dense()) {
-        // Dense (contiguous or permuted, e.g. channels-last): its elements fill numel slots
-        // from data_ptr() on, in some order; norms and scaling do not care which.
-        data = grad.data_ptr();
-      } else {
-        copies_.push_back(Copy{k, grad.contiguous()});
+      // A dense gradient (contiguous or permuted, e.g. channels-last) fills numel slots from
+      // its first element on, in some order; norms and scaling do not care which.
+      void* data = gradient.data;
+      if (data == nullptr) {
+        copies_.push_back(Copy{k, gradient.grad->contiguous()});
         data = copies_.back().tensor.data_ptr();
       }
       total_elements_ += numel;
-      const auto dtype = grad.scalar_type();
       const std::size_t element_size = c10::elementSize(dtype);
       for (std::int64_t begin = 0; begin < numel; begin += run_elements) {
         runs_.push_back(Run{static_cast<char*>(data) + begin * static_cast<std::int64_t>(element_size),
@@ -235,10 +256,6 @@ class FastPass {
       }
     }
     run_begin_[gradients.size()] = runs_.size();
-    result_dtype_ = gradients.front().grad->scalar_type();
-    for (const auto& gradient : gradients) {
-      result_dtype_ = c10::promoteTypes(result_dtype_, gradient.grad->scalar_type());
-    }
   }
 
   /// The total norm as a 0-dim tensor of the promoted gradient dtype on the first gradient's
@@ -349,6 +366,7 @@ class FastPass {
     const double p = p_;
     at::parallel_for(0, static_cast<std::int64_t>(runs_.size()), grain(), [&](std::int64_t begin, std::int64_t end) {
       for (std::int64_t r = begin; r < end; ++r) {
+        if (r + prefetch_distance < end) prefetch(runs_[static_cast<std::size_t>(r + prefetch_distance)], /*for_write=*/false);
         const Run& run = runs_[static_cast<std::size_t>(r)];
         partials[static_cast<std::size_t>(r)] = reduce(run.dtype, kind, run.data, run.size, p);
       }
@@ -383,10 +401,26 @@ class FastPass {
     return false;
   }
 
+  /// Small separate gradients defeat the hardware prefetcher (it retrains on every new
+  /// allocation): ask for the next run's first cache lines while this one is processed.
+  static void prefetch(const Run& run, bool for_write) {
+    const auto bytes = std::min<std::int64_t>(run.size * static_cast<std::int64_t>(c10::elementSize(run.dtype)),
+                                              TORCHKIT_CLIP_PREFETCH_BYTES);
+    const char* data = static_cast<const char*>(run.data);
+    for (std::int64_t offset = 0; offset < bytes; offset += 64) {
+      if (for_write) {
+        __builtin_prefetch(data + offset, 1, 3);
+      } else {
+        __builtin_prefetch(data + offset, 0, 3);
+      }
+    }
+  }
+
   void scale_cpu(double factor) {
     const auto count = static_cast<std::int64_t>(runs_.size());
     auto body = [&](std::int64_t begin, std::int64_t end) {
       for (std::int64_t r = begin; r < end; ++r) {
+        if (r + prefetch_distance < end) prefetch(runs_[static_cast<std::size_t>(r + prefetch_distance)], /*for_write=*/true);
         const Run& run = runs_[static_cast<std::size_t>(r)];
         detail::clip::scale(run.dtype, run.data, run.size, factor);
       }
@@ -399,15 +433,17 @@ class FastPass {
     for (const auto& copy : copies_) {
       collected_.gradients[copy.gradient].grad->copy_(copy.tensor);
     }
-    // Writes through raw pointers: bump the version counters as mul_ would (copy_ did already).
+    // The kernels write through raw pointers, like LibTorch's clip_grad_norm_ (which scales
+    // `grad.data()`) without touching version counters; a gradient that is itself part of a
+    // graph (create_graph) gets its version bumped, as Python's `detach().mul_()` does, so
+    // autograd still notices the change. (copy_ bumped the copied-back ones already.)
     std::size_t next_copy = 0;
     for (std::size_t k = 0; k < collected_.gradients.size(); ++k) {
-      if (run_begin_[k] == run_begin_[k + 1]) continue;
-      if (next_copy < copies_.size() && copies_[next_copy].gradient == k) {
-        ++next_copy;
-        continue;
+      const bool copied = next_copy < copies_.size() && copies_[next_copy].gradient == k;
+      if (copied) ++next_copy;
+      if (!copied && collected_.gradients[k].tracked && run_begin_[k] != run_begin_[k + 1]) {
+        collected_.gradients[k].impl->bump_version();
       }
-      collected_.gradients[k].grad->unsafeGetTensorImpl()->bump_version();
     }
   }
 
@@ -600,7 +636,7 @@ void clip_grad_value_(P&& params, double clip_value) {
       detail::clip::clamp(dtype, data + begin * element_size, end - begin, clip_value);
     });
     if (dense) {
-      grad.unsafeGetTensorImpl()->bump_version();
+      if (gradient.tracked) grad.unsafeGetTensorImpl()->bump_version();
     } else {
       grad.copy_(target);
     }
