@@ -923,6 +923,8 @@ TEST_CASE("summary: bad input names the value and leaves the model alone") {
   const std::string arity = message_of<torchkit::Error>([&] { (void)torchkit::summary(net, {{1, 28, 28}, {4}}); });
   CHECK(arity.find("does not take 2 tensor arguments") != std::string::npos);
   CHECK(arity.find("[2, 1, 28, 28], [2, 4]") != std::string::npos);
+  CHECK(message_of<torchkit::Error>([&] { (void)torchkit::summary_of(net, 3.5); })
+            .find("forward does not take these arguments; inputs tried: 3.5") != std::string::npos);
   // A forward that throws for the input: three channels for a one-channel convolution.
   const std::string channels = message_of<torchkit::Error>([&] { (void)torchkit::summary(net, {3, 28, 28}); });
   CHECK(channels.find("failed for input shapes [2, 3, 28, 28]") != std::string::npos);

@@ -151,8 +151,7 @@ class Summary {
     bool placeholder = false;  ///< a container repeated to keep the tree a tree
     bool container = false;    ///< Sequential, ModuleList, ModuleDict: not shown in the Flat style
     int depth_index = 0;
-    int64_t own_params = 0;
-    int64_t output_element_size = 0;
+    int64_t own_params = 0;    ///< parameters registered on the module itself (the Flat style's count)
   };
 
   Summary() = default;
@@ -369,7 +368,6 @@ struct SummaryAccess {
       layout.container = node.sequential || !node.callable;
       layout.depth_index = record.depth_index;
       layout.own_params = node.own_params;
-      layout.output_element_size = record.output_element_size;
       summary.layout_.push_back(layout);
       if (node.leaf() && record.called) {
         summary.total_mult_adds_ += record.mult_adds;
@@ -528,6 +526,22 @@ template <class... Args>
 torch::nn::AnyValue walk_sequential(SummaryBuilder& builder, int node, torch::nn::SequentialImpl& sequential,
                                     Args&&... inputs);
 
+/// Sets the output of a walked Sequential's call: what it returned, else its last child's output.
+inline void set_sequential_output(SummaryBuilder& builder, int row, torch::nn::AnyValue& output) {
+  if (auto shape = first_output(output)) {
+    builder.set_output(row, std::move(shape->shape), shape->element_size);
+    return;
+  }
+  const auto& rows = builder.rows();
+  const int depth = rows[static_cast<std::size_t>(row)].depth;
+  for (std::size_t i = rows.size(); i-- > static_cast<std::size_t>(row) + 1;) {
+    if (rows[i].depth == depth + 1) {
+      builder.set_output(row, rows[i].output_shape, rows[i].output_element_size);
+      return;
+    }
+  }
+}
+
 /// Runs one child of a Sequential as its own call.
 template <class... Args>
 torch::nn::AnyValue run_sequential_child(SummaryBuilder& builder, int node, torch::nn::AnyModule& child,
@@ -535,18 +549,7 @@ torch::nn::AnyValue run_sequential_child(SummaryBuilder& builder, int node, torc
   const int row = builder.open_call(node);
   if (auto* sequential = exact_sequential(child.ptr().get())) {
     torch::nn::AnyValue output = walk_sequential(builder, node, *sequential, std::forward<Args>(inputs)...);
-    if (auto shape = first_output(output)) {
-      builder.set_output(row, std::move(shape->shape), shape->element_size);
-    } else {
-      // The output of a Sequential is its last child's: the last row below this one.
-      const auto& rows = builder.rows();
-      for (std::size_t i = rows.size(); i-- > static_cast<std::size_t>(row) + 1;) {
-        if (rows[i].depth == rows[static_cast<std::size_t>(row)].depth + 1) {
-          builder.set_output(row, rows[i].output_shape, rows[i].output_element_size);
-          break;
-        }
-      }
-    }
+    set_sequential_output(builder, row, output);
     return output;
   }
   std::optional<torch::nn::AnyValue> output;
@@ -579,82 +582,75 @@ torch::nn::AnyValue walk_sequential(SummaryBuilder& builder, int node, torch::nn
   return value;
 }
 
-/// Runs the model's forward on `inputs...` as the model's call (row 0).
-template <class M, class... Args>
-void run_model(SummaryBuilder& builder, M& model, Args&&... inputs) {
-  auto& target = forward_target(model);
-  using Target = std::remove_cvref_t<decltype(target)>;
-  torch::nn::Module& root = root_module(model);
-  const int row = builder.open_call(0);
-  if (auto* sequential = exact_sequential(&root)) {
-    torch::nn::AnyValue output = walk_sequential(builder, 0, *sequential, std::forward<Args>(inputs)...);
-    if (auto shape = first_output(output)) {
-      builder.set_output(row, std::move(shape->shape), shape->element_size);
-    } else {
-      for (std::size_t i = builder.rows().size(); i-- > 1;) {
-        if (builder.rows()[i].depth == 1) {
-          builder.set_output(row, builder.rows()[i].output_shape, builder.rows()[i].output_element_size);
-          break;
-        }
-      }
-    }
-  } else if constexpr (AnyModuleModel<M>) {
-    run_region(builder, 0, row, [&] { return target.any_forward(std::forward<Args>(inputs)...); });
-  } else if constexpr (requires { target.forward(std::forward<Args>(inputs)...); }) {
-    run_region(builder, 0, row, [&]() -> decltype(auto) { return target.forward(std::forward<Args>(inputs)...); });
-  } else {
-    throw Error(fmt::format("summary: {}::forward cannot be called with the given inputs", c10::demangle(typeid(Target).name())));
-  }
-}
-
 /// Thrown (and passed on unchanged) where the model's forward does not take the inputs.
 class ForwardSignatureError : public Error {
  public:
   using Error::Error;
 };
 
-inline constexpr std::size_t max_tensor_inputs = 8;
-
-template <class Target, std::size_t... I>
-constexpr bool forward_takes_tensors(std::index_sequence<I...> /*unused*/) {
-  return requires(Target& target, at::Tensor& tensor) { target.forward(((void)I, tensor)...); };
+/// The error for a model whose forward summary cannot call with the inputs.
+template <class Target>
+ForwardSignatureError forward_signature_error(const std::string& what, const std::string& tried) {
+  if constexpr (std::is_same_v<Target, torch::nn::Module>) {
+    return ForwardSignatureError(fmt::format(
+        "summary: the model is passed as torch::nn::Module, which has no forward(); pass it as its own type "
+        "(Net, std::shared_ptr<NetImpl>) or as a torch::nn::AnyModule; inputs tried: {}",
+        tried));
+  } else {
+    return ForwardSignatureError(
+        fmt::format("summary: {}::forward does not take {}; inputs tried: {}", c10::demangle(typeid(Target).name()), what, tried));
+  }
 }
+
+/// Whether summary can run the model on arguments of these types: a forward that takes them,
+/// or a Sequential or AnyModule (they check the arguments when called).
+template <class M, class... Args>
+bool can_run(M& model) {
+  using Target = std::remove_cvref_t<decltype(forward_target(model))>;
+  if constexpr (AnyModuleModel<M> || std::is_same_v<Target, torch::nn::SequentialImpl> ||
+                requires(Target& target) { target.forward(std::declval<Args>()...); }) {
+    return true;
+  } else {
+    return exact_sequential(&root_module(model)) != nullptr;
+  }
+}
+
+/// Runs the model's forward on `inputs...` as the model's call (row 0). A Sequential is walked
+/// child by child; any other forward is one region.
+template <class M, class... Args>
+void run_model(SummaryBuilder& builder, M& model, Args&&... inputs) {
+  auto& target = forward_target(model);
+  using Target = std::remove_cvref_t<decltype(target)>;
+  const int row = builder.open_call(0);
+  if (auto* sequential = exact_sequential(&root_module(model))) {
+    torch::nn::AnyValue output = walk_sequential(builder, 0, *sequential, std::forward<Args>(inputs)...);
+    set_sequential_output(builder, row, output);
+  } else if constexpr (AnyModuleModel<M>) {
+    run_region(builder, 0, row, [&] { return target.any_forward(std::forward<Args>(inputs)...); });
+  } else if constexpr (requires { target.forward(std::forward<Args>(inputs)...); }) {
+    run_region(builder, 0, row, [&]() -> decltype(auto) { return target.forward(std::forward<Args>(inputs)...); });
+  } else {
+    throw forward_signature_error<Target>("these arguments", "");  // can_run() said no before
+  }
+}
+
+inline constexpr std::size_t max_tensor_inputs = 8;
 
 /// Calls run_model with the tensors of `inputs` as separate arguments.
 template <class M, std::size_t N = 1>
 void run_model_on_tensors(SummaryBuilder& builder, M& model, std::vector<at::Tensor>& inputs, const std::string& tried) {
   if (inputs.size() == N) {
-    using Target = std::remove_cvref_t<decltype(forward_target(model))>;
-    constexpr bool runtime_checked = AnyModuleModel<M> || std::is_same_v<torch::nn::SequentialImpl, Target>;
-    torch::nn::SequentialImpl* sequential = exact_sequential(&root_module(model));
-    if constexpr (runtime_checked || forward_takes_tensors<Target>(std::make_index_sequence<N>{})) {
-      [&]<std::size_t... I>(std::index_sequence<I...> /*unused*/) { run_model(builder, model, inputs[I]...); }(
-          std::make_index_sequence<N>{});
-      return;
-    } else {
-      if (sequential) {
-        [&]<std::size_t... I>(std::index_sequence<I...> /*unused*/) {
-          const int row = builder.open_call(0);
-          torch::nn::AnyValue output =
-              walk_sequential(builder, 0, *sequential, inputs[I]...);
-          set_call_output(builder, row, output);
-        }(std::make_index_sequence<N>{});
-        return;
+    [&]<std::size_t... I>(std::index_sequence<I...> /*unused*/) {
+      if (!can_run<M, decltype(((void)I, inputs[0]))...>(model)) {
+        using Target = std::remove_cvref_t<decltype(forward_target(model))>;
+        throw forward_signature_error<Target>(fmt::format("{} tensor argument{}", N, N == 1 ? "" : "s"), tried);
       }
-      if constexpr (std::is_same_v<Target, torch::nn::Module>) {
-        throw ForwardSignatureError(fmt::format(
-            "summary: the model is passed as torch::nn::Module, which has no forward(); pass it as its own type "
-            "(Net, std::shared_ptr<NetImpl>) or as a torch::nn::AnyModule; input shapes tried: {}",
-            tried));
-      }
-      throw ForwardSignatureError(fmt::format(
-          "summary: {}::forward does not take {} tensor argument{}; input shapes tried: {}",
-          c10::demangle(typeid(Target).name()), N, N == 1 ? "" : "s", tried));
-    }
+      run_model(builder, model, inputs[I]...);
+    }(std::make_index_sequence<N>{});
   } else if constexpr (N < max_tensor_inputs) {
     run_model_on_tensors<M, N + 1>(builder, model, inputs, tried);
   } else {
-    throw ForwardSignatureError(fmt::format("summary: at most {} inputs are supported, got {}; input shapes tried: {}",
+    throw ForwardSignatureError(fmt::format("summary: at most {} inputs are supported, got {}; inputs tried: {}",
                                             max_tensor_inputs, inputs.size(), tried));
   }
 }
@@ -911,20 +907,11 @@ template <class M, class... Ts>
   ((tried += (tried.empty() ? "" : ", ") + impl::describe_argument(example_inputs)), ...);
   const int64_t input_bytes = (int64_t{0} + ... + impl::bytes_of_argument(example_inputs));
   return impl::observe(model, options, tried, input_bytes, /*batch_synthesized=*/false, [&](impl::SummaryBuilder& builder) {
-    using Target = std::remove_cvref_t<decltype(impl::forward_target(model))>;
-    constexpr bool runtime_checked = impl::AnyModuleModel<M> || std::is_same_v<torch::nn::SequentialImpl, Target>;
-    if constexpr (runtime_checked || requires(Target& target) { target.forward(std::declval<Ts>()...); }) {
-      impl::run_model(builder, model, std::forward<Ts>(example_inputs)...);
-    } else {
-      if (auto* sequential = impl::exact_sequential(&impl::root_module(model))) {
-        const int row = builder.open_call(0);
-        torch::nn::AnyValue output = impl::walk_sequential(builder, 0, *sequential, std::forward<Ts>(example_inputs)...);
-        impl::set_call_output(builder, row, output);
-        return;
-      }
-      throw impl::ForwardSignatureError(fmt::format("summary: {}::forward cannot be called with the inputs {}",
-                                                    c10::demangle(typeid(Target).name()), tried));
+    if (!impl::can_run<M, Ts&&...>(model)) {
+      using Target = std::remove_cvref_t<decltype(impl::forward_target(model))>;
+      throw impl::forward_signature_error<Target>("these arguments", tried);
     }
+    impl::run_model(builder, model, std::forward<Ts>(example_inputs)...);
   });
 }
 
