@@ -499,6 +499,12 @@ TEST_CASE("build names what is wrong: unmatched pattern, unclaimed parameter, ba
                          torchkit::Error);
     CHECK(frozen.include_frozen().build(defaults).size() == 1);
     (void)torchkit::unfreeze(net, {"*"});
+
+    torch::nn::ReLU no_parameters;
+    torchkit::ParamGroupBuilder empty_model(no_parameters);
+    empty_model.rest();
+    CHECK(message_of<torchkit::Error>([&] { (void)empty_model.build(defaults); }) ==
+          "ParamGroupBuilder::build: nothing to optimize: the model has no parameters");
   }
   CHECK(torchkit::requires_grad_report(net).to_string() == flags_before);
 }

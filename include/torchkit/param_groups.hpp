@@ -326,6 +326,7 @@ class ParamGroupBuilder {
                      "the earlier patterns",
                      context, g, display_name(g), list_names(taken_earlier));
     }
+    TORCHKIT_CHECK(count > 0, "{}: nothing to optimize: the model has no parameters", context);
     TORCHKIT_CHECK(assigned > 0,
                    "{}: nothing to optimize: all {} parameters are frozen (requires_grad == false); unfreeze some, "
                    "or call include_frozen() to put frozen parameters into the groups",
