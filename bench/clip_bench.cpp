@@ -3,7 +3,7 @@
 // gradient sets:
 //   a_2000x512  2,000 tensors of 512 floats (norm/bias-heavy models, adapters); also as
 //               a_2000x512_interleaved, each gradient allocated beside its parameter
-//   b_bert      the 199 parameter shapes of a 12-layer BERT-base, hidden 768 -> 192 (6.8M floats)
+//   b_bert      the 199 parameter shapes of a 12-layer BERT-base scaled down 8x (1.8M floats)
 //   c_resnet50  ResNet-50's 161 parameter shapes (25.6M floats)
 //   d_8x4M      8 tensors of 4M floats
 // and, per set, the floor: one plain read pass and one scale pass over as many bytes in one
@@ -37,8 +37,9 @@ using Shapes = std::vector<std::vector<int64_t>>;
 Shapes many_small_shapes() { return Shapes(2000, std::vector<int64_t>{512}); }
 
 Shapes bert_shapes() {
-  // BERT-base with hidden 768 -> 192, intermediate 3072 -> 768, vocabulary 30522 -> 7632.
-  const int64_t hidden = 192, intermediate = 768, vocabulary = 7632, positions = 512;
+  // BERT-base scaled down 8x so it fits in the L3 cache as a real model's gradients fit in a
+  // GPU's: hidden 768 -> 96, intermediate 3072 -> 384, vocabulary 30522 -> 3815.
+  const int64_t hidden = 96, intermediate = 384, vocabulary = 3815, positions = 512;
   Shapes shapes = {{vocabulary, hidden}, {positions, hidden}, {2, hidden}, {hidden}, {hidden}};
   for (int layer = 0; layer < 12; ++layer) {
     for (int projection = 0; projection < 3; ++projection) {  // query, key, value
