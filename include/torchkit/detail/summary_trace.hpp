@@ -32,7 +32,9 @@ namespace torchkit::detail::summary_impl {
 // build of a user's program the public accessor throws for every operator. The member it reads
 // is the same either way; in Debug builds it is read through a member pointer obtained by the
 // standard's explicit-instantiation access rule ([temp.spec.general]/6), which is what the
-// accessor itself returns in Release builds.
+// accessor itself returns in Release builds. (Each translation unit that includes this header
+// repeats the explicit instantiation; the class has no members but an inline friend, so there is
+// nothing to link twice. LibTorch 2.x keeps the member and the assertion.)
 
 using RecordFunctionInputs = c10::ArrayRef<const c10::IValue>;
 
