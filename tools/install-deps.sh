@@ -7,6 +7,7 @@ packages=(
   build-essential cmake ninja-build git python3 ccache
   libtorch-dev libfmt-dev doctest-dev nlohmann-json3-dev libbenchmark-dev
   libopencv-dev
+  libgloo-dev   # Gloo's headers: torchkit/distributed.hpp's Gloo process groups (LibTorch links Gloo)
 )
 if [ "${TORCHKIT_GOLDEN:-0}" = 1 ]; then
   packages+=(python3-torch)   # only to regenerate the golden files in tests/golden
