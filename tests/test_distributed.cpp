@@ -1,0 +1,364 @@
+// Tests for distributed.hpp: the torchrun environment, Gloo groups (threads of this process
+// meeting through a HashStore, a one-rank world through the TCP store of a torchrun-like
+// environment), and global-norm clipping of gradients sharded across ranks, checked against
+// single-process clipping of all the gradients together.
+#include <torchkit/distributed.hpp>
+
+#include "test_support.hpp"
+
+#if TORCHKIT_WITH_GLOO
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
+#endif
+
+#include <barrier>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <thread>
+#include <unistd.h>
+
+namespace {
+
+using torchkit::test::message_of;
+constexpr double infinity = std::numeric_limits<double>::infinity();
+
+bool close(double actual, double expected, double tolerance) {
+  if (std::isnan(expected)) return std::isnan(actual);
+  if (std::isinf(expected)) return actual == expected;
+  return std::abs(actual - expected) <= tolerance * std::max(std::abs(expected), 1e-30);
+}
+
+torchkit::TorchrunEnvironment environment_from(const std::map<std::string, std::string>& variables) {
+  return torchkit::torchrun_environment([&](std::string_view name) -> std::optional<std::string> {
+    const auto found = variables.find(std::string(name));
+    if (found == variables.end()) return std::nullopt;
+    return found->second;
+  });
+}
+
+#if TORCHKIT_HAS_C10D
+
+/// An in-process group of `size` threads with c10d's allreduce interface: what every
+/// CollectiveGroup must offer, without any transport. Each rank is one ThreadGroup object.
+class ThreadGroup {
+ public:
+  struct Shared {
+    explicit Shared(int size) : size(size), barrier(size) {}
+    int size;
+    std::barrier<> barrier;
+    std::mutex mutex;
+    std::vector<at::Tensor> contributions;
+    int calls = 0;
+  };
+  struct Done {
+    bool wait() { return true; }
+  };
+
+  ThreadGroup(std::shared_ptr<Shared> shared, int rank) : shared_(std::move(shared)), rank_(rank) {}
+  int getRank() const { return rank_; }
+  int getSize() const { return shared_->size; }
+
+  std::unique_ptr<Done> allreduce(std::vector<at::Tensor>& tensors, const c10d::AllreduceOptions& options) {
+    REQUIRE(tensors.size() == 1);
+    {
+      const std::lock_guard<std::mutex> lock(shared_->mutex);
+      if (shared_->contributions.empty()) shared_->contributions.resize(static_cast<std::size_t>(shared_->size));
+      shared_->contributions[static_cast<std::size_t>(rank_)] = tensors[0].clone();
+      ++shared_->calls;
+    }
+    shared_->barrier.arrive_and_wait();
+    at::Tensor result = shared_->contributions[0].clone();
+    for (int r = 1; r < shared_->size; ++r) {
+      const auto& other = shared_->contributions[static_cast<std::size_t>(r)];
+      result = options.reduceOp == c10d::ReduceOp::MAX ? at::maximum(result, other) : result + other;
+    }
+    tensors[0].copy_(result);
+    shared_->barrier.arrive_and_wait();
+    if (rank_ == 0) shared_->contributions.clear();
+    shared_->barrier.arrive_and_wait();
+    return std::make_unique<Done>();
+  }
+
+ private:
+  std::shared_ptr<Shared> shared_;
+  int rank_;
+};
+static_assert(torchkit::CollectiveGroup<ThreadGroup>);
+static_assert(torchkit::CollectiveGroup<c10d::ProcessGroup>);
+#if TORCHKIT_WITH_GLOO
+static_assert(torchkit::CollectiveGroup<c10d::ProcessGroupGloo>);
+#endif
+
+/// Parameters with gradients of mixed shapes and dtypes; `shard(r, n)` picks rank r's.
+struct Model {
+  std::vector<at::Tensor> params;
+
+  explicit Model(int64_t seed) {
+    torch::manual_seed(seed);
+    const std::vector<std::pair<std::vector<int64_t>, at::ScalarType>> specs = {
+        {{40, 3}, at::kFloat}, {{17}, at::kDouble}, {{9, 9}, at::kFloat}, {{70001}, at::kFloat},
+        {{5}, at::kFloat},     {{33, 2}, at::kHalf}, {{128}, at::kFloat}};
+    for (const auto& [shape, dtype] : specs) {
+      auto p = torch::zeros(shape, torch::TensorOptions().dtype(dtype).requires_grad(true));
+      p.mutable_grad() = (torch::randn(shape) * 0.5).to(dtype);
+      params.push_back(p);
+    }
+  }
+  std::vector<at::Tensor> shard(int rank, int size) const {
+    std::vector<at::Tensor> mine;
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      if (static_cast<int>(i % static_cast<std::size_t>(size)) == rank) mine.push_back(params[i]);
+    }
+    return mine;
+  }
+};
+
+/// Runs `body(rank)` on `size` threads and rethrows the first failure.
+template <class Body>
+void on_ranks(int size, Body body) {
+  std::vector<std::thread> threads;
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(size));
+  for (int rank = 0; rank < size; ++rank) {
+    threads.emplace_back([&, rank] {
+      try {
+        body(rank);
+      } catch (...) {
+        errors[static_cast<std::size_t>(rank)] = std::current_exception();
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (auto& error : errors) {
+    if (error) std::rethrow_exception(error);
+  }
+}
+
+#endif  // TORCHKIT_HAS_C10D
+
+}  // namespace
+
+TEST_CASE("torchrun_environment reads torchrun's variables") {
+  const auto environment = environment_from({{"RANK", "3"},
+                                             {"WORLD_SIZE", "8"},
+                                             {"LOCAL_RANK", "1"},
+                                             {"LOCAL_WORLD_SIZE", "2"},
+                                             {"MASTER_ADDR", "10.0.0.1"},
+                                             {"MASTER_PORT", "29500"}});
+  CHECK(environment.rank == 3);
+  CHECK(environment.world_size == 8);
+  CHECK(environment.local_rank == 1);
+  CHECK(environment.local_world_size == 2);
+  CHECK(environment.master_addr == "10.0.0.1");
+  CHECK(environment.master_port == 29500);
+  CHECK(environment.to_string() == "rank 3 of 8 (local 1 of 2), master 10.0.0.1:29500");
+  std::ostringstream out;
+  out << environment;
+  CHECK(out.str() == environment.to_string());
+
+  // LOCAL_* default to the global values (one node).
+  const auto single = environment_from({{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"MASTER_ADDR", "localhost"}, {"MASTER_PORT", "1234"}});
+  CHECK(single.local_rank == 0);
+  CHECK(single.local_world_size == 1);
+
+  // The process environment by default.
+  setenv("RANK", "1", 1);
+  setenv("WORLD_SIZE", "2", 1);
+  setenv("MASTER_ADDR", "127.0.0.1", 1);
+  setenv("MASTER_PORT", "29400", 1);
+  unsetenv("LOCAL_RANK");
+  unsetenv("LOCAL_WORLD_SIZE");
+  CHECK(torchkit::torchrun_environment().to_string() == "rank 1 of 2 (local 1 of 2), master 127.0.0.1:29400");
+  for (const char* name : {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}) unsetenv(name);
+}
+
+TEST_CASE("torchrun_environment names a missing or malformed variable") {
+  const std::map<std::string, std::string> good = {
+      {"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "host"}, {"MASTER_PORT", "29500"}};
+  auto without = [&](const std::string& name) {
+    auto copy = good;
+    copy.erase(name);
+    return copy;
+  };
+  auto with = [&](const std::string& name, const std::string& value) {
+    auto copy = good;
+    copy[name] = value;
+    return copy;
+  };
+  auto error_for = [](const std::map<std::string, std::string>& variables) {
+    return message_of<torchkit::Error>([&] { (void)environment_from(variables); });
+  };
+  CHECK(error_for(without("RANK")).find("RANK is not set") != std::string::npos);
+  CHECK(error_for(without("WORLD_SIZE")).find("WORLD_SIZE is not set") != std::string::npos);
+  CHECK(error_for(without("MASTER_PORT")).find("MASTER_PORT is not set") != std::string::npos);
+  CHECK(error_for(without("MASTER_ADDR")).find("MASTER_ADDR is not set") != std::string::npos);
+  CHECK(error_for(with("MASTER_ADDR", "")).find("MASTER_ADDR is empty") != std::string::npos);
+  CHECK(error_for(with("RANK", "abc")).find("RANK='abc' is not an integer in [0, ") != std::string::npos);
+  CHECK(error_for(with("RANK", "-1")).find("RANK='-1'") != std::string::npos);
+  CHECK(error_for(with("RANK", "1x")).find("RANK='1x'") != std::string::npos);
+  CHECK(error_for(with("RANK", "2")).find("RANK=2 is not below WORLD_SIZE=2") != std::string::npos);
+  CHECK(error_for(with("WORLD_SIZE", "0")).find("WORLD_SIZE='0' is not an integer in [1, ") != std::string::npos);
+  CHECK(error_for(with("MASTER_PORT", "70000")).find("MASTER_PORT='70000' is not an integer in [1, 65535]") !=
+        std::string::npos);
+  CHECK(error_for(with("LOCAL_RANK", "5")).find("LOCAL_RANK=5 is not below LOCAL_WORLD_SIZE=2") != std::string::npos);
+}
+
+#if TORCHKIT_HAS_C10D
+
+TEST_CASE("sharded global-norm clipping equals clipping every gradient in one process") {
+  for (const int size : {1, 2, 3}) {
+    for (const double p : {2.0, 1.0, 3.5, infinity, 0.0}) {
+      for (const bool foreach : {true, false}) {
+        CAPTURE(size);
+        CAPTURE(p);
+        CAPTURE(foreach);
+        Model whole(5), sharded(5);
+        const double expected_total = torchkit::grad_norm(whole.params, p).item<double>();
+        const double max_norm = p == 0.0 ? 2.0 : expected_total / 3;
+        torchkit::clip_grad_norm_(whole.params, max_norm, p, {.foreach = foreach});
+        auto shared = std::make_shared<ThreadGroup::Shared>(size);
+        std::vector<double> totals(static_cast<std::size_t>(size));
+        on_ranks(size, [&](int rank) {
+          ThreadGroup group(shared, rank);
+          const auto total = torchkit::clip_grad_norm_(sharded.shard(rank, size), max_norm, p, group,
+                                                       {.foreach = foreach});
+          totals[static_cast<std::size_t>(rank)] = total.item<double>();
+        });
+        for (const double total : totals) {
+          // The single-process total of a float16-containing set rounds per-tensor norms the
+          // same way; the cross-rank sum adds one rounding of the local totals.
+          CHECK(close(total, expected_total, 1e-5));
+        }
+        for (std::size_t i = 0; i < whole.params.size(); ++i) {
+          const auto dtype = whole.params[i].grad().scalar_type();
+          CHECK(at::allclose(sharded.params[i].grad().to(at::kDouble), whole.params[i].grad().to(at::kDouble),
+                             dtype == at::kHalf ? 2e-3 : 1e-5, 1e-12));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("a rank without gradients takes part; grad_norm does not clip") {
+  Model whole(6), sharded(6);
+  const double expected = torchkit::grad_norm(whole.params).item<double>();
+  auto shared = std::make_shared<ThreadGroup::Shared>(3);
+  on_ranks(3, [&](int rank) {
+    ThreadGroup group(shared, rank);
+    // Rank 2 holds nothing.
+    const auto mine = rank == 2 ? std::vector<at::Tensor>{} : sharded.shard(rank, 2);
+    const auto total = torchkit::grad_norm(mine, 2.0, group);
+    CHECK(close(total.item<double>(), expected, 1e-5));
+    if (rank == 2) CHECK((total.scalar_type() == at::kFloat));
+  });
+  for (std::size_t i = 0; i < whole.params.size(); ++i) {
+    CHECK(sharded.params[i].grad().equal(whole.params[i].grad()));
+  }
+}
+
+TEST_CASE("a NaN on one rank reaches every rank, also for the inf-norm") {
+  for (const double p : {infinity, 2.0}) {
+    Model sharded(7);
+    sharded.params[1].mutable_grad()[3] = std::numeric_limits<double>::quiet_NaN();  // rank 1's
+    auto shared = std::make_shared<ThreadGroup::Shared>(2);
+    std::vector<std::string> messages(2);
+    const auto before = sharded.params[0].grad().clone();
+    on_ranks(2, [&](int rank) {
+      ThreadGroup group(shared, rank);
+      messages[static_cast<std::size_t>(rank)] = message_of<torchkit::Error>([&] {
+        (void)torchkit::clip_grad_norm_(sharded.shard(rank, 2), 1.0, p, group, {.error_if_nonfinite = true});
+      });
+    });
+    CAPTURE(messages[0]);
+    CAPTURE(messages[1]);
+    CHECK(messages[0].find("is nan") != std::string::npos);
+    CHECK(messages[0].find("no gradient on this rank (0 of 2) is non-finite, another rank's is") != std::string::npos);
+    CHECK(messages[1].find("rank 1 of 2") != std::string::npos);
+    CHECK(messages[1].find("parameter 0") != std::string::npos);  // its first (global parameter 1)
+    CHECK(sharded.params[0].grad().equal(before));
+    // Without the flag every rank gets nan, as PyTorch would.
+    on_ranks(2, [&](int rank) {
+      ThreadGroup group(shared, rank);
+      CHECK(std::isnan(torchkit::clip_grad_norm_(sharded.shard(rank, 2), 1.0, p, group).item<double>()));
+    });
+  }
+}
+
+TEST_CASE("distributed clipping rejects bad input before the allreduce") {
+  Model model(8);
+  auto shared = std::make_shared<ThreadGroup::Shared>(1);
+  ThreadGroup group(shared, 0);
+  const auto before = model.params[0].grad().clone();
+  CHECK(message_of<torchkit::Error>([&] { (void)torchkit::clip_grad_norm_(model.params, 0.0, 2.0, group); })
+            .find("max_norm must be a positive number, got 0") != std::string::npos);
+  CHECK(message_of<torchkit::Error>([&] { (void)torchkit::clip_grad_norm_(model.params, 1.0, -2.0, group); })
+            .find("norm_type must be 0, a positive number or inf, got -2") != std::string::npos);
+  CHECK(message_of<torchkit::Error>([&] { (void)torchkit::grad_norm(model.params, std::nan(""), group); })
+            .find("grad_norm: norm_type must be 0, a positive number or inf, got nan") != std::string::npos);
+  auto misshapen = torch::zeros({2}, torch::requires_grad());
+  misshapen.mutable_grad() = torch::ones({3});
+  auto with_misshapen = model.params;
+  with_misshapen.push_back(misshapen);
+  CHECK(message_of<torchkit::Error>([&] { (void)torchkit::clip_grad_norm_(with_misshapen, 1e-3, 2.0, group); })
+            .find("has shape [3] but the parameter has shape [2]") != std::string::npos);
+  CHECK(shared->calls == 0);
+  CHECK(model.params[0].grad().equal(before));
+  c10::intrusive_ptr<c10d::ProcessGroup> null_group;
+  CHECK(message_of<torchkit::Error>([&] { (void)torchkit::clip_grad_norm_(model.params, 1.0, 2.0, null_group); })
+            .find("the process group is null") != std::string::npos);
+}
+
+#if TORCHKIT_WITH_GLOO
+
+TEST_CASE("Gloo: ranks on threads of this process clip a sharded set like one process") {
+  Model whole(9), sharded(9);
+  const double expected = torchkit::grad_norm(whole.params).item<double>();
+  torchkit::clip_grad_norm_(whole.params, expected / 2);
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  std::vector<double> totals(2);
+  on_ranks(2, [&](int rank) {
+    auto group = torchkit::make_gloo_group(store, rank, 2, std::chrono::seconds(60));
+    CHECK(group->getSize() == 2);
+    totals[static_cast<std::size_t>(rank)] =
+        torchkit::clip_grad_norm_(sharded.shard(rank, 2), expected / 2, 2.0, group).item<double>();
+  });
+  CHECK(close(totals[0], expected, 1e-5));
+  CHECK(close(totals[1], expected, 1e-5));
+  for (std::size_t i = 0; i < whole.params.size(); ++i) {
+    const auto dtype = whole.params[i].grad().scalar_type();
+    CHECK(at::allclose(sharded.params[i].grad().to(at::kDouble), whole.params[i].grad().to(at::kDouble),
+                       dtype == at::kHalf ? 2e-3 : 1e-5, 1e-12));
+  }
+}
+
+TEST_CASE("Gloo: make_gloo_group rejects bad arguments") {
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  CHECK(message_of<torchkit::Error>([&] { (void)torchkit::make_gloo_group(store, 2, 2); })
+            .find("rank 2 is outside [0, 2)") != std::string::npos);
+  CHECK(message_of<torchkit::Error>([&] { (void)torchkit::make_gloo_group(store, 0, 0); })
+            .find("world_size must be >= 1, got 0") != std::string::npos);
+  CHECK(message_of<torchkit::Error>([&] { (void)torchkit::make_gloo_group({}, 0, 1); })
+            .find("the store is null") != std::string::npos);
+}
+
+TEST_CASE("Gloo: a one-rank world from a torchrun-like environment (TCP store on localhost)") {
+  const int port = 20000 + static_cast<int>(getpid() % 20000);
+  setenv("RANK", "0", 1);
+  setenv("WORLD_SIZE", "1", 1);
+  setenv("MASTER_ADDR", "127.0.0.1", 1);
+  setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+  auto group = torchkit::gloo_group_from_environment(std::chrono::seconds(60));
+  for (const char* name : {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}) unsetenv(name);
+  Model whole(10), alone(10);
+  const double expected = torchkit::clip_grad_norm_(whole.params, 0.5).item<double>();
+  CHECK(close(torchkit::clip_grad_norm_(alone.params, 0.5, 2.0, *group).item<double>(), expected, 1e-6));
+  for (std::size_t i = 0; i < whole.params.size(); ++i) {
+    CHECK(at::allclose(alone.params[i].grad().to(at::kDouble), whole.params[i].grad().to(at::kDouble), 1e-5, 1e-12));
+  }
+}
+
+#endif  // TORCHKIT_WITH_GLOO
+#endif  // TORCHKIT_HAS_C10D
