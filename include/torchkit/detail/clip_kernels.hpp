@@ -22,6 +22,7 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define TORCHKIT_CLIP_X86_DISPATCH 1
+#include <cpuid.h>
 #include <immintrin.h>
 #else
 #define TORCHKIT_CLIP_X86_DISPATCH 0
@@ -442,11 +443,19 @@ inline void clamp_portable(at::ScalarType dtype, void* data, std::int64_t size, 
   clamp_any<true>(dtype, data, size, bound);
 }
 
-/// True when this CPU (and OS) runs AVX, FMA and F16C code.
+/// True when this CPU runs AVX, FMA and F16C code and the OS saves the AVX registers.
 [[nodiscard]] inline bool cpu_has_avx_fma_f16c() noexcept {
   static const bool supported = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (__get_cpuid(1, &eax, &ebx, &ecx, &edx) == 0) return false;
+    const bool fma = (ecx & (1u << 12)) != 0;
+    const bool osxsave = (ecx & (1u << 27)) != 0;
+    const bool avx = (ecx & (1u << 28)) != 0;
+    const bool f16c = (ecx & (1u << 29)) != 0;
+    if (!(fma && osxsave && avx && f16c)) return false;
+    unsigned low = 0, high = 0;
+    __asm__("xgetbv" : "=a"(low), "=d"(high) : "c"(0));  // XCR0: are the SSE and AVX states enabled?
+    return (low & 0x6u) == 0x6u;
   }();
   return supported;
 }
