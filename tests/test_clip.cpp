@@ -347,6 +347,32 @@ TEST_CASE("the accelerator path (_foreach kernels) agrees with the CPU kernels")
   }
 }
 
+TEST_CASE("the host coefficient equals PyTorch's tensor ops bit for bit") {
+  torch::manual_seed(3);
+  const auto totals = at::cat({torch::rand({400}) * 100, torch::rand({100}) * 1e-5, torch::randn({100}).exp() * 1e4,
+                               torch::tensor({0.0, 1e-6, 1.0, 20.0, 19.999999, 1e30, infinity,
+                                              std::numeric_limits<double>::quiet_NaN()})}).to(at::kDouble);
+  const std::vector<double> max_norms = {1e-3, 0.5, 1.0, 20.0, 123.456, 1e6};
+  int compared = 0;
+  for (const auto dtype : {at::kFloat, at::kDouble}) {
+    const auto typed = totals.to(dtype);
+    for (int64_t i = 0; i < typed.numel(); ++i) {
+      const at::Tensor total = typed[i].clone();
+      for (const double max_norm : max_norms) {
+        const double expected = torchkit::detail::clip::clip_coefficient(total, max_norm).item<double>();
+        const double actual = torchkit::detail::clip::host_clip_coefficient(total.item<double>(), max_norm, dtype);
+        if (std::isnan(expected)) {
+          CHECK(std::isnan(actual));
+        } else if (actual != expected) {
+          FAIL_CHECK("total " << total.item<double>() << " max_norm " << max_norm << ": " << actual << " != " << expected);
+        }
+        ++compared;
+      }
+    }
+  }
+  CHECK(compared > 7000);
+}
+
 TEST_CASE("no gradients: norm 0 as a CPU float, nothing touched") {
   std::vector<at::Tensor> none;
   auto total = torchkit::clip_grad_norm_(none, 1.0);

@@ -116,7 +116,46 @@ inline void add_parameter(Collected& collected, const at::Tensor& parameter, std
   const std::int64_t numel = grad.numel();
   void* data = is_cpu && numel > 0 && grad.is_non_overlapping_and_dense() ? grad.data_ptr() : nullptr;
   collected.gradients.push_back(Gradient{&grad, grad.unsafeGetTensorImpl(), data, numel, index, grad.scalar_type(),
-                                         is_cpu, grad.requires_grad()});
+                                         // (autograd metadata first: no call for a plain gradient)
+                                         is_cpu, grad.unsafeGetTensorImpl()->autograd_meta() != nullptr &&
+                                                     grad.requires_grad()});
+}
+
+/// Asks for the cache lines of `bytes` bytes from `address` on.
+inline void prefetch_lines(const void* address, std::size_t bytes) noexcept {
+  const char* first = static_cast<const char*>(address);
+  for (std::size_t offset = 0; offset < bytes; offset += 64) {
+    __builtin_prefetch(first + offset, 0, 3);
+  }
+}
+
+/// Checks the parameters in order and gathers their gradients. The metadata of each parameter
+/// sits in three objects (the tensor, its autograd metadata, the gradient tensor) that a model
+/// scatters through memory: they are requested a few parameters ahead, each stage once the
+/// previous one has arrived, so that the misses overlap instead of adding up.
+inline void add_parameters(Collected& collected, const std::vector<const at::Tensor*>& parameters,
+                           std::string_view function, bool mutating) {
+  constexpr std::size_t tensor_ahead = 12, metadata_ahead = 8, grad_ahead = 4;
+  const std::size_t count = parameters.size();
+  for (std::size_t index = 0; index < count; ++index) {
+    if (index + tensor_ahead < count) {
+      prefetch_lines(parameters[index + tensor_ahead]->unsafeGetTensorImpl(), sizeof(c10::TensorImpl));
+    }
+    if (index + metadata_ahead < count) {
+      if (const c10::TensorImpl* impl = parameters[index + metadata_ahead]->unsafeGetTensorImpl()) {
+        if (const auto* metadata = impl->autograd_meta()) prefetch_lines(metadata, 128);
+      }
+    }
+    if (index + grad_ahead < count) {
+      if (const c10::TensorImpl* impl = parameters[index + grad_ahead]->unsafeGetTensorImpl()) {
+        if (impl->autograd_meta() != nullptr) {
+          const at::Tensor& grad = impl->grad();
+          if (grad.defined()) prefetch_lines(grad.unsafeGetTensorImpl(), sizeof(c10::TensorImpl));
+        }
+      }
+    }
+    add_parameter(collected, *parameters[index], index, function, mutating);
+  }
 }
 
 /// Validates every parameter and gathers the defined gradients, in order, without copying a
@@ -124,32 +163,35 @@ inline void add_parameter(Collected& collected, const at::Tensor& parameter, std
 template <ParameterSource P>
 [[nodiscard]] Collected collect(P&& source, std::string_view function, bool mutating) {
   Collected collected;
+  std::vector<const at::Tensor*> parameters;
   if constexpr (ModuleLike<P>) {
     auto named = named_parameters_of(source);
     collected.names.reserve(named.size());
-    collected.gradients.reserve(named.size());
-    for (const auto& item : named) {
-      collected.names.push_back(item.name);
-    }
-    for (std::size_t index = 0; index < named.size(); ++index) {
-      add_parameter(collected, named[index].tensor, index, function, mutating);
+    parameters.reserve(named.size());
+    for (auto& item : named) {
+      collected.names.push_back(std::move(item.name));
+      collected.keep_alive.push_back(std::move(item.tensor));
     }
   } else {
     constexpr bool by_value = !std::is_reference_v<std::ranges::range_reference_t<P>>;
     if constexpr (std::ranges::sized_range<P>) {
-      collected.gradients.reserve(static_cast<std::size_t>(std::ranges::size(source)));
+      const auto size = static_cast<std::size_t>(std::ranges::size(source));
+      parameters.reserve(size);
+      if constexpr (by_value) collected.keep_alive.reserve(size);
     }
-    std::size_t index = 0;
     for (auto&& item : source) {
-      const at::Tensor& parameter = item;
       if constexpr (by_value) {
-        collected.keep_alive.push_back(parameter);
-        add_parameter(collected, collected.keep_alive.back(), index++, function, mutating);
+        collected.keep_alive.push_back(static_cast<const at::Tensor&>(item));
       } else {
-        add_parameter(collected, parameter, index++, function, mutating);
+        parameters.push_back(&static_cast<const at::Tensor&>(item));
       }
     }
   }
+  for (const auto& tensor : collected.keep_alive) {
+    parameters.push_back(&tensor);
+  }
+  collected.gradients.reserve(parameters.size());
+  add_parameters(collected, parameters, function, mutating);
   return collected;
 }
 
@@ -193,6 +235,20 @@ inline void check_max_norm(double max_norm, std::string_view function) {
     return at::clamp_max(coefficient.to(at::kFloat), 1.0).to(at::kHalf);
   }
   return at::clamp_max(coefficient, 1.0);
+}
+
+/// clip_coefficient's value computed on the host for a float or double total: the same
+/// operations in the same precision (float32 ops round every step to float32), without
+/// dispatching four tensor ops. The tests check it against clip_coefficient bit for bit.
+[[nodiscard]] inline double host_clip_coefficient(double total, double max_norm, at::ScalarType dtype) noexcept {
+  const auto clamp_to_one = [](auto value) { return std::isnan(value) ? value : std::min(value, decltype(value)(1)); };
+  if (dtype == at::kFloat) {
+    const float shifted = static_cast<float>(total) + static_cast<float>(1e-6);
+    const float reciprocal = 1.0f / shifted;
+    return static_cast<double>(clamp_to_one(reciprocal * static_cast<float>(max_norm)));
+  }
+  const double reciprocal = 1.0 / (total + 1e-6);
+  return clamp_to_one(reciprocal * max_norm);
 }
 
 /// A contiguous run of one gradient's elements, the unit of parallel work on CPU.
@@ -269,8 +325,8 @@ class FastPass {
       for (std::size_t k = 0; k < gradients.size(); ++k) {
         partial = combine(kind_, partial, contribution(kind_, cpu_norms_[k], p_));
       }
-      return at::scalar_tensor(finish_in(result_dtype_, kind_, partial, p_),
-                               at::TensorOptions().dtype(result_dtype_).device(device));
+      host_total_ = finish_in(result_dtype_, kind_, partial, p_);
+      return at::scalar_tensor(*host_total_, at::TensorOptions().dtype(result_dtype_).device(device));
     }
     // Some gradients live on an accelerator: stack every per-tensor norm on the first
     // gradient's device (PyTorch's `.to(device)`) and reduce there, without a host sync.
@@ -304,6 +360,14 @@ class FastPass {
       if (!std::isfinite(norms[k])) return k;
     }
     return std::nullopt;
+  }
+
+  /// The total norm as a host value, when every gradient is on the CPU (after total_norm()).
+  [[nodiscard]] std::optional<double> host_total() const noexcept { return host_total_; }
+
+  /// Multiplies every (CPU) gradient by `factor`, the coefficient already on the host.
+  void scale_by(double factor) {
+    if (factor != 1.0) scale_cpu(factor);  // multiplying by exactly 1 changes no value
   }
 
   /// Multiplies every gradient by the 0-dim `coefficient`. CPU gradients need its value on the
@@ -463,6 +527,7 @@ class FastPass {
   std::vector<DeviceGroup> device_groups_;
   std::vector<double> cpu_norms_;
   std::vector<bool> in_device_group_;
+  std::optional<double> host_total_;
   std::int64_t total_elements_ = 0;
 };
 
@@ -536,7 +601,13 @@ class FastPass {
       }
     }
     if (max_norm) {
-      pass.scale(clip_coefficient(total, *max_norm));
+      const auto host_total = pass.host_total();
+      const auto dtype = total.scalar_type();
+      if (host_total && (dtype == at::kFloat || dtype == at::kDouble)) {
+        pass.scale_by(host_clip_coefficient(*host_total, *max_norm, dtype));  // no tensor ops
+      } else {
+        pass.scale(clip_coefficient(total, *max_norm));
+      }
     }
     return total;
   }
