@@ -7,7 +7,7 @@
 /// `np.newaxis`) plus, in practice, `permute`, `float()`, `/ 255` and a per-channel normalisation:
 /// five or six full passes over the image. `image_to_batch` does all of it in one pass.
 
-#include <torchkit/detail/batch_format.hpp>
+#include <torchkit/detail/shape.hpp>
 #include <torchkit/detail/config.hpp>
 #include <torchkit/detail/image_kernel.hpp>
 #include <torchkit/error.hpp>

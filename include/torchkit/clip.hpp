@@ -11,6 +11,7 @@
 #include <torchkit/concepts.hpp>
 #include <torchkit/detail/clip_kernels.hpp>
 #include <torchkit/detail/config.hpp>
+#include <torchkit/detail/shape.hpp>
 #include <torchkit/error.hpp>
 
 #include <ATen/ATen.h>
@@ -85,10 +86,6 @@ struct Collected {
   return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16;
 }
 
-[[nodiscard]] inline std::string shape_string(at::IntArrayRef sizes) {
-  return fmt::format("[{}]", fmt::join(sizes, ", "));
-}
-
 inline void add_parameter(Collected& collected, const at::Tensor& parameter, std::size_t index,
                           std::string_view function, bool mutating) {
   TORCHKIT_CHECK(parameter.defined(), "{}: {} is an undefined tensor; expected parameters (defined tensors)",
@@ -107,8 +104,8 @@ inline void add_parameter(Collected& collected, const at::Tensor& parameter, std
                  parameter_label(collected, index), c10::toString(grad.scalar_type()));
   TORCHKIT_CHECK(grad.sizes() == parameter.sizes(),
                  "{}: the gradient of {} has shape {} but the parameter has shape {}; expected the same shape",
-                 function, parameter_label(collected, index), shape_string(grad.sizes()),
-                 shape_string(parameter.sizes()));
+                 function, parameter_label(collected, index), detail::shape_string(grad.sizes()),
+                 detail::shape_string(parameter.sizes()));
   TORCHKIT_CHECK(!mutating || !grad.is_inference() || c10::InferenceMode::is_enabled(),
                  "{}: the gradient of {} is an inference tensor, which cannot be modified outside InferenceMode",
                  function, parameter_label(collected, index));

@@ -8,7 +8,7 @@
 /// torchkit::one_hot does. It also smooths labels and skips an ignore index, and a bad label
 /// gets an error that names it and where it is.
 
-#include <torchkit/detail/batch_format.hpp>
+#include <torchkit/detail/shape.hpp>
 #include <torchkit/detail/config.hpp>
 #include <torchkit/detail/one_hot_kernel.hpp>
 #include <torchkit/error.hpp>

@@ -10,7 +10,7 @@
 ///     auto input = torchkit::image_to_batch(bgr, {.bgr_to_rgb = true});  // [1, c, h, w] float
 
 #include <torchkit/batch.hpp>
-#include <torchkit/detail/batch_format.hpp>
+#include <torchkit/detail/shape.hpp>
 #include <torchkit/error.hpp>
 
 #include <ATen/ATen.h>

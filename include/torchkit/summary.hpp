@@ -35,6 +35,7 @@
 
 #include <torchkit/concepts.hpp>
 #include <torchkit/detail/config.hpp>
+#include <torchkit/detail/shape.hpp>
 #include <torchkit/detail/summary_build.hpp>
 #include <torchkit/detail/summary_format.hpp>
 #include <torchkit/detail/summary_trace.hpp>
@@ -246,7 +247,7 @@ class Summary {
       const bool at_max_depth = row.depth == max_depth;
       std::vector<std::string> values;
       if (forward_pass_) {
-        values.push_back(row.output_shape.empty() ? "--" : impl::shape_to_string(row.output_shape));
+        values.push_back(row.output_shape.empty() ? "--" : detail::shape_string(row.output_shape));
       }
       if (row.params == 0) {
         values.emplace_back("--");
@@ -319,7 +320,7 @@ class Summary {
         shape[0] = -1;
       }
       const std::string params = row.recursive && layout.own_params > 0 ? "(recursive)" : impl::with_thousands(layout.own_params);
-      table += line(fmt::format("{}-{}", row.type, ++number), shape.empty() ? "--" : impl::shape_to_string(shape), params);
+      table += line(fmt::format("{}-{}", row.type, ++number), shape.empty() ? "--" : detail::shape_string(shape), params);
     }
     table += thick + "\n";
     table += "Total params: " + impl::with_thousands(total_params_) + "\n";
@@ -690,7 +691,7 @@ class TrainingModeGuard {
 inline std::string describe_shapes(const std::vector<at::Tensor>& tensors) {
   std::string text;
   for (const at::Tensor& tensor : tensors) {
-    text += (text.empty() ? "" : ", ") + shape_to_string(tensor.sizes().vec());
+    text += (text.empty() ? "" : ", ") + detail::shape_string(tensor.sizes());
     if (tensor.scalar_type() != at::kFloat) {
       text += fmt::format(" ({})", c10::toString(tensor.scalar_type()));
     }
@@ -702,7 +703,7 @@ template <class T>
 std::string describe_argument(const T& value) {
   using Value = std::remove_cvref_t<T>;
   if constexpr (std::is_same_v<Value, at::Tensor>) {
-    return value.defined() ? shape_to_string(value.sizes().vec()) : "undefined tensor";
+    return value.defined() ? detail::shape_string(value.sizes()) : "undefined tensor";
   } else if constexpr (std::is_same_v<Value, std::vector<at::Tensor>>) {
     return "[" + describe_shapes(value) + "]";
   } else if constexpr (std::is_arithmetic_v<Value>) {
@@ -826,7 +827,7 @@ template <class M>
                    input);
     for (std::size_t dim = 0; dim < size.size(); ++dim) {
       TORCHKIT_CHECK(size[dim] >= 1, "summary: dimension {} of input_size {} is {} in {}; every dimension must be >= 1", dim,
-                     input, size[dim], impl::shape_to_string(size));
+                     input, size[dim], detail::shape_string(size));
     }
   }
   torch::nn::Module& root = impl::root_module(model);
@@ -841,7 +842,7 @@ template <class M>
     try {
       inputs.push_back(impl::make_input(shape, dtype, options.device));
     } catch (const c10::Error& error) {
-      throw Error(fmt::format("summary: cannot make an input of shape {} ({}) on {}: {}", impl::shape_to_string(shape),
+      throw Error(fmt::format("summary: cannot make an input of shape {} ({}) on {}: {}", detail::shape_string(shape),
                               c10::toString(dtype), options.device.str(), error.what_without_backtrace()));
     }
     input_bytes += static_cast<int64_t>(inputs.back().nbytes());

@@ -92,15 +92,6 @@ inline std::string pad_left(const std::string& text, std::size_t width) {
   return length < width ? std::string(width - length, ' ') + text : text;
 }
 
-/// Python's `str(list)`: {2, 10} -> "[2, 10]".
-inline std::string shape_to_string(const std::vector<int64_t>& shape) {
-  std::string text = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    text += (i > 0 ? ", " : "") + std::to_string(shape[i]);
-  }
-  return text + "]";
-}
-
 /// The tree glyphs in front of a row: one entry per level below the root, true where the line
 /// of that level goes on below this row; the last entry is this row's own level.
 inline std::string tree_prefix(const std::vector<bool>& continues) {

@@ -1,7 +1,6 @@
 #pragma once
-/// @file detail/batch_format.hpp
-/// Small formatting helpers for the messages of batch.hpp, opencv.hpp and one_hot.hpp:
-/// shapes and multi-dimensional indices as `[3, 17]`.
+/// @file detail/shape.hpp
+/// Shapes and multi-dimensional indices in messages and tables, as Python prints lists: `[3, 17]`.
 
 #include <c10/util/ArrayRef.h>
 
