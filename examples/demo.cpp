@@ -1,10 +1,22 @@
-// torchkit demo: trains a small CNN to tell four procedurally drawn shapes apart.
+// torchkit demo: trains a small CNN to tell four procedurally drawn shapes apart, using every
+// torchkit feature the way a training script would.
 //
-//   demo            full run (a few thousand images, a few epochs, well under a minute)
-//   demo --quick    a short run used by the test suite
+//   demo                 full run (a few thousand images, two stages, well under a minute)
+//   demo --quick         a short run, used by the test suite
+//   demo --gpus 0,1      which GPUs the process may see (tip 1; default "0")
 //
 // The data set is built in: circles, squares, triangles and crosses of random size, position
 // and colour on a noisy background, drawn from a fixed seed.
+//
+// Stage 1 trains the whole network with a warm-up + cosine learning-rate schedule. Stage 2
+// fine-tunes it on noisier images (mixed with clean ones) with its first block frozen and two
+// learning rates.
+//
+//   tip 1  VisibleDevices, best_device        tip 6  NoGradScope, EvalScope, empty_cache, memory_stats
+//   tip 2  summary                            tip 7  lr::SequentialLR(LinearLR, CosineAnnealingLR), lr::StepLR
+//   tip 3  ClipGrad (clip_grad_norm_)          tip 8  FreezeByName, requires_grad_report
+//   tip 4  images_to_batch, image_to_batch    tip 9  ParamGroupBuilder
+//   tip 5  one_hot (label-smoothed targets)
 #include <torchkit/torchkit.hpp>
 
 #include <torch/torch.h>
@@ -12,7 +24,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <span>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -27,7 +41,7 @@ struct ShapeDataset {
 
 /// Draws `count` images of random shapes. Everything comes from `generator`, so a seed gives
 /// the same data set on every machine.
-ShapeDataset make_shapes(int64_t count, at::Generator generator) {
+ShapeDataset make_shapes(int64_t count, double noise, at::Generator generator) {
   const auto options = torch::TensorOptions().dtype(torch::kFloat);
   const auto labels = torch::randint(0, kNumClasses, {count}, generator, torch::kLong);
   const auto centre_x = torch::rand({count, 1, 1}, generator, options) * 16 + 8;
@@ -47,7 +61,7 @@ ShapeDataset make_shapes(int64_t count, at::Generator generator) {
   const auto mask = masks.gather(1, index).squeeze(1).unsqueeze(-1).to(torch::kFloat);  // [N, H, W, 1]
 
   const auto foreground = torch::rand({count, 1, 1, 3}, generator, options) * 155 + 100;
-  const auto background = torch::rand({count, kImageSize, kImageSize, 3}, generator, options) * 60;
+  const auto background = torch::rand({count, kImageSize, kImageSize, 3}, generator, options) * noise;
   const auto images = (mask * foreground + (1 - mask) * background).clamp(0, 255).to(torch::kUInt8);
   return {images, labels};
 }
@@ -79,80 +93,207 @@ struct ShapeNetImpl : torch::nn::Module {
 };
 TORCH_MODULE(ShapeNet);
 
-/// uint8 [N, H, W, 3] images to normalised float [N, 3, H, W].
-at::Tensor to_input(const at::Tensor& images) {
-  return images.permute({0, 3, 1, 2}).to(torch::kFloat).div(255).sub(0.5).div(0.25).contiguous();
+// Tip 4: uint8 [H, W, 3] images to the normalised float [N, 3, H, W] the network takes, in one
+// fused pass (instead of permute -> to(float) -> div -> sub -> div -> contiguous).
+const torchkit::ImageOptions kImageOptions{.mean = {0.5, 0.5, 0.5}, .std = {0.25, 0.25, 0.25}};
+
+at::Tensor to_input(const at::Tensor& images, c10::Device device) {
+  const std::vector<at::Tensor> list = images.unbind(0);  // views, no copies
+  auto options = kImageOptions;
+  options.device = device;
+  return torchkit::images_to_batch(std::span<const at::Tensor>(list), options);
 }
 
-double accuracy(ShapeNet& model, const ShapeDataset& data) {
-  torch::NoGradGuard no_grad;
-  const bool was_training = model->is_training();
-  model->eval();
+struct Evaluation {
+  double loss = 0;
+  double accuracy = 0;
+};
+
+// Tip 6: validation under EvalScope (dropout and batch norm in eval mode, every module's own
+// flag restored afterwards) and NoGradScope (no autograd graph, far less memory).
+Evaluation evaluate(ShapeNet& model, const ShapeDataset& data, c10::Device device) {
+  torchkit::EvalScope eval(model);
+  torchkit::NoGradScope no_grad;
+  double loss_sum = 0;
   int64_t correct = 0;
   const int64_t count = data.labels.size(0);
   for (int64_t start = 0; start < count; start += 256) {
     const int64_t end = std::min(count, start + 256);
-    const auto logits = model->forward(to_input(data.images.slice(0, start, end)));
-    correct += logits.argmax(1).eq(data.labels.slice(0, start, end)).sum().item<int64_t>();
+    const auto logits = model->forward(to_input(data.images.slice(0, start, end), device));
+    const auto labels = data.labels.slice(0, start, end).to(device);
+    loss_sum += torch::nn::functional::cross_entropy(
+                    logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                    .item<double>();
+    correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
   }
-  model->train(was_training);
-  return static_cast<double>(correct) / static_cast<double>(count);
+  return {loss_sum / static_cast<double>(count), static_cast<double>(correct) / static_cast<double>(count)};
+}
+
+struct Training {
+  int64_t batch_size = 64;
+  double label_smoothing = 0.1;
+};
+
+// One epoch: label-smoothed one-hot targets (tip 5), gradient clipping every step (tip 3).
+std::pair<double, double> train_one_epoch(ShapeNet& model, torch::optim::Optimizer& optimizer, torchkit::ClipGrad& clip,
+                                          const ShapeDataset& data, const Training& training, c10::Device device) {
+  model->train();
+  const int64_t count = data.labels.size(0);
+  const auto order = torch::randperm(count, torch::kLong);
+  double loss_sum = 0;
+  int64_t correct = 0;
+  for (int64_t start = 0; start < count; start += training.batch_size) {
+    const auto index = order.slice(0, start, std::min(count, start + training.batch_size));
+    const auto inputs = to_input(data.images.index_select(0, index), device);
+    const auto labels = data.labels.index_select(0, index).to(device);
+    // Tip 5: one-hot targets, written directly as float, with label smoothing.
+    const auto targets = torchkit::one_hot(labels, kNumClasses, {.smoothing = training.label_smoothing});
+    optimizer.zero_grad();
+    const auto logits = model->forward(inputs);
+    const auto loss = -(targets * torch::log_softmax(logits, 1)).sum(1).mean();
+    loss.backward();
+    clip(model);  // Tip 3: nn.utils.clip_grad_norm_(model.parameters(), max_norm, norm_type=2)
+    optimizer.step();
+    loss_sum += loss.item<double>() * static_cast<double>(index.size(0));
+    correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
+  }
+  return {loss_sum / static_cast<double>(count), static_cast<double>(correct) / static_cast<double>(count)};
+}
+
+std::string lrs_to_string(const std::vector<double>& lrs) {
+  return fmt::format("{:.2e}", fmt::join(lrs, "/"));
+}
+
+void print_epoch(const char* stage, int epoch, int epochs, std::pair<double, double> train, const Evaluation& validation,
+                 const std::vector<double>& lrs, double seconds) {
+  fmt::print("{} epoch {}/{}  loss {:.4f}  train {:5.1f}%  validation {:5.1f}%  lr {}  {:.1f}s\n", stage, epoch, epochs,
+             train.first, 100 * train.second, 100 * validation.accuracy, lrs_to_string(lrs), seconds);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point started) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  bool quick = false;
+  std::string gpus = "0";
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) {
+      quick = true;
+    } else if (std::strcmp(argv[i], "--gpus") == 0 && i + 1 < argc) {
+      gpus = argv[++i];
+    } else {
+      fmt::print(stderr, "usage: {} [--quick] [--gpus SPEC]\n", argv[0]);
+      return 2;
+    }
+  }
+
+  // Tip 1: choose the GPUs before anything touches CUDA (os.environ["CUDA_VISIBLE_DEVICES"] = "0").
+  const torchkit::VisibleDevices visible_devices(gpus);
+  const c10::Device device = torchkit::best_device();
+
   const int64_t train_count = quick ? 1024 : 4096;
   const int64_t validation_count = quick ? 512 : 1024;
-  const int epochs = quick ? 3 : 6;
-  const int64_t batch_size = 64;
+  const int train_epochs = quick ? 3 : 5;
+  const int fine_tune_epochs = quick ? 1 : 2;
 
   torch::manual_seed(0);
   auto generator = at::detail::createCPUGenerator(/*seed=*/2024);
-  const auto train = make_shapes(train_count, generator);
-  const auto validation = make_shapes(validation_count, generator);
-  std::printf("torchkit %s demo: %lld training and %lld validation images of %lld shapes\n",
-              std::string(torchkit::version()).c_str(), static_cast<long long>(train_count),
-              static_cast<long long>(validation_count), static_cast<long long>(kNumClasses));
+  const auto train = make_shapes(train_count, /*noise=*/60, generator);
+  const auto validation = make_shapes(validation_count, /*noise=*/60, generator);
+  const auto noisy_validation = make_shapes(validation_count, /*noise=*/100, generator);
+  // Fine-tuning data: new noisy images mixed with half of the clean ones, so the network
+  // learns the noise without forgetting the clean images.
+  const auto noisy = make_shapes(train_count / 2, /*noise=*/100, generator);
+  const ShapeDataset fine_tune_train{torch::cat({noisy.images, train.images.slice(0, 0, train_count / 2)}),
+                                     torch::cat({noisy.labels, train.labels.slice(0, 0, train_count / 2)})};
+  fmt::print("torchkit {} demo on {} (CUDA_VISIBLE_DEVICES=\"{}\"): {} training and {} validation images of {} shapes\n\n",
+             torchkit::version(), device.str(), visible_devices.spec(), train_count, validation_count, kNumClasses);
 
   ShapeNet model;
-  torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(3e-3));
+  // Tip 2: the model summary (torchsummary's summary(model, input_size=(3, 32, 32))).
+  fmt::print("{}\n\n", torchkit::summary(model, {3, kImageSize, kImageSize}));
+  model->to(device);
 
-  for (int epoch = 1; epoch <= epochs; ++epoch) {
-    const auto started = std::chrono::steady_clock::now();
-    model->train();
-    const auto order = torch::randperm(train_count, torch::kLong);
-    double loss_sum = 0;
-    int64_t correct = 0;
-    for (int64_t start = 0; start < train_count; start += batch_size) {
-      const auto index = order.slice(0, start, std::min(train_count, start + batch_size));
-      const auto inputs = to_input(train.images.index_select(0, index));
-      const auto targets = train.labels.index_select(0, index);
-      optimizer.zero_grad();
-      const auto logits = model->forward(inputs);
-      const auto loss = torch::nn::functional::cross_entropy(logits, targets);
-      loss.backward();
-      optimizer.step();
-      loss_sum += loss.item<double>() * static_cast<double>(index.size(0));
-      correct += logits.argmax(1).eq(targets).sum().item<int64_t>();
-    }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    std::printf("epoch %d/%d  loss %.4f  train accuracy %5.1f%%  lr %.2e  %.1fs\n", epoch, epochs,
-                loss_sum / static_cast<double>(train_count),
-                100.0 * static_cast<double>(correct) / static_cast<double>(train_count),
-                optimizer.param_groups()[0].options().get_lr(), seconds);
-  }
-
-  const double validation_accuracy = accuracy(model, validation);
-  std::printf("validation accuracy %.1f%% (chance is %.1f%%)\n", 100 * validation_accuracy, 100.0 / kNumClasses);
-  const auto first = to_input(validation.images.slice(0, 0, 1));
+  // Stage 1: the whole network; warm-up + cosine schedule (tip 7), stepped once per epoch.
+  torchkit::ClipGrad clip(/*max_norm=*/1.0, /*norm_type=*/2.0);
   {
-    torch::NoGradGuard no_grad;
-    model->eval();
-    const auto predicted = model->forward(first).argmax(1).item<int64_t>();
-    std::printf("single image: predicted %s, truth %s\n", kClassNames[predicted],
-                kClassNames[validation.labels[0].item<int64_t>()]);
+    torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(3e-3).weight_decay(1e-4));
+    torchkit::lr::SequentialLR schedule(
+        optimizer,
+        {torchkit::lr::LinearLR(optimizer, {.start_factor = 0.2, .total_iters = 1}),
+         torchkit::lr::CosineAnnealingLR(optimizer, {.T_max = train_epochs - 1, .eta_min = 1e-4})},
+        /*milestones=*/{1});
+    for (int epoch = 1; epoch <= train_epochs; ++epoch) {
+      const auto started = std::chrono::steady_clock::now();
+      const auto lrs = schedule.last_lr();
+      const auto result = train_one_epoch(model, optimizer, clip, train, {}, device);
+      const auto evaluation = evaluate(model, validation, device);
+      schedule.step();
+      print_epoch("train", epoch, train_epochs, result, evaluation, lrs, seconds_since(started));
+    }
   }
-  return validation_accuracy > 2.0 / kNumClasses ? 0 : 1;
+  fmt::print("gradient clipping: {} of {} steps clipped to norm {} (last norm {:.3f})\n", clip.clipped_steps(),
+             clip.steps(), 1.0, clip.last_norm());
+  const auto before_fine_tuning = evaluate(model, noisy_validation, device);
+
+  // Stage 2: fine-tune on noisier images with the first block (conv + batch norm) frozen
+  // (tip 8) and two learning rates (tip 9); the tip's StepLR halves them every epoch.
+  {
+    const torchkit::FreezeByName frozen(model, {"features.0", "features.1"});
+    fmt::print("\nfine-tuning with the first block frozen:\n{}{}\n", frozen.report().to_string(),
+               frozen.report().summary());
+    torchkit::ParamGroupBuilder groups(model);
+    groups.add({"features"}, {.lr = 3e-4, .name = "features"})
+        .add({"classifier"}, {.lr = 1e-3, .name = "classifier"})
+        .no_weight_decay({"*.bias"});
+    const auto defaults = torch::optim::AdamWOptions(1e-3).weight_decay(1e-4);
+    fmt::print("{}\n", groups.describe(defaults));
+    torch::optim::AdamW optimizer(groups.build(defaults), defaults);
+    torchkit::lr::StepLR schedule(optimizer, /*step_size=*/1, /*gamma=*/0.5);
+    const auto frozen_weight = model->features[0]->as<torch::nn::Conv2d>()->weight.clone();
+    for (int epoch = 1; epoch <= fine_tune_epochs; ++epoch) {
+      const auto started = std::chrono::steady_clock::now();
+      const auto lrs = schedule.last_lr();
+      const auto result = train_one_epoch(model, optimizer, clip, fine_tune_train, {.label_smoothing = 0.05}, device);
+      const auto evaluation = evaluate(model, noisy_validation, device);
+      schedule.step();
+      print_epoch("fine-tune", epoch, fine_tune_epochs, result, evaluation, lrs, seconds_since(started));
+    }
+    const bool unchanged = model->features[0]->as<torch::nn::Conv2d>()->weight.equal(frozen_weight);
+    fmt::print("first block unchanged by fine-tuning: {}\n", unchanged ? "yes" : "NO");
+    if (!unchanged) {
+      return 1;
+    }
+  }  // FreezeByName restores every requires_grad flag here
+
+  // Tip 6: hand cached GPU memory back once the big evaluation tensors are gone.
+  torchkit::empty_cache();
+  if (device.is_cuda()) {
+    fmt::print("GPU memory: {}\n", torchkit::memory_stats());
+  }
+
+  const auto final_clean = evaluate(model, validation, device);
+  const auto final_noisy = evaluate(model, noisy_validation, device);
+  fmt::print("\nvalidation accuracy: {:.1f}% on clean images, {:.1f}% on noisy images ({:.1f}% before fine-tuning); "
+             "chance is {:.1f}%\n",
+             100 * final_clean.accuracy, 100 * final_noisy.accuracy, 100 * before_fine_tuning.accuracy,
+             100.0 / kNumClasses);
+
+  // Tip 4: a single decoded image ([H, W, C] uint8) to a batch of one ([1, C, H, W] float).
+  const at::Tensor image = validation.images[0];
+  auto single_options = kImageOptions;
+  single_options.device = device;
+  const at::Tensor batch = torchkit::image_to_batch(image, single_options);
+  {
+    torchkit::EvalScope eval(model);
+    torchkit::NoGradScope no_grad;
+    const auto predicted = model->forward(batch).argmax(1).item<int64_t>();
+    fmt::print("single image {} -> batch {}: predicted {}, truth {}\n", torchkit::Shape(image.sizes()),
+               torchkit::Shape(batch.sizes()), kClassNames[predicted], kClassNames[validation.labels[0].item<int64_t>()]);
+  }
+  // Clearly above chance on both, or the demo failed.
+  return final_clean.accuracy > 2.0 / kNumClasses && final_noisy.accuracy > 2.0 / kNumClasses ? 0 : 1;
 }
