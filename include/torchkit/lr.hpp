@@ -1376,16 +1376,8 @@ class OneCycleLR final : public Scheduler {
     config.min_lrs = reader.read_doubles("min_lrs");
     TORCHKIT_CHECK(config.min_lrs.size() == group_count, "{}: 'min_lrs' has {} values for {} parameter groups",
                    reader.owner(), config.min_lrs.size(), group_count);
-    if (config.cycle_momentum) {
-      const auto kind = detail::momentum_kind(*optimizer_);
-      TORCHKIT_CHECK(kind == (config.use_beta1 ? detail::MomentumKind::beta1 : detail::MomentumKind::momentum),
-                     "{}: the archive cycles the {}, which this optimizer does not have", reader.owner(),
-                     config.use_beta1 ? "beta1 of betas" : "momentum");
-    }
-    const auto momentums = reader.read_doubles("optimizer_momentums");
-    TORCHKIT_CHECK(momentums.size() == (config.cycle_momentum ? group_count : 0),
-                   "{}: 'optimizer_momentums' has {} values for {} parameter groups", reader.owner(),
-                   momentums.size(), group_count);
+    const auto momentums =
+        detail::read_cycled_momentums(reader, *optimizer_, config.cycle_momentum, config.use_beta1, group_count);
     if (apply) {
       options_ = std::move(options);
       config_ = std::move(config);
@@ -1610,16 +1602,8 @@ class CyclicLR final : public Scheduler {
                    reader.owner(), custom ? "with" : "without", options_.scale_fn ? "one" : "none");
     Config config = configure(options, group_count, reader.owner());
     config.use_beta1 = reader.read_bool("use_beta1");
-    if (config.cycle_momentum) {
-      const auto kind = detail::momentum_kind(*optimizer_);
-      TORCHKIT_CHECK(kind == (config.use_beta1 ? detail::MomentumKind::beta1 : detail::MomentumKind::momentum),
-                     "{}: the archive cycles the {}, which this optimizer does not have", reader.owner(),
-                     config.use_beta1 ? "beta1 of betas" : "momentum");
-    }
-    const auto momentums = reader.read_doubles("optimizer_momentums");
-    TORCHKIT_CHECK(momentums.size() == (config.cycle_momentum ? group_count : 0),
-                   "{}: 'optimizer_momentums' has {} values for {} parameter groups", reader.owner(),
-                   momentums.size(), group_count);
+    const auto momentums =
+        detail::read_cycled_momentums(reader, *optimizer_, config.cycle_momentum, config.use_beta1, group_count);
     if (apply) {
       options_ = std::move(options);
       config_ = std::move(config);

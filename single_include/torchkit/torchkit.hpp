@@ -5628,6 +5628,25 @@ class ArchiveReader {
   std::string owner_;
 };
 
+/// Reads the group momentums a cycling scheduler (OneCycleLR, CyclicLR) saved, after checking
+/// that `optimizer` has the kind of momentum the archive cycles (`use_beta1`: Adam's beta1,
+/// else SGD's momentum) and that there is one value per group (none without cycling).
+[[nodiscard]] inline std::vector<double> read_cycled_momentums(ArchiveReader& reader,
+                                                               const torch::optim::Optimizer& optimizer,
+                                                               bool cycle_momentum, bool use_beta1,
+                                                               std::size_t group_count) {
+  if (cycle_momentum) {
+    TORCHKIT_CHECK(momentum_kind(optimizer) == (use_beta1 ? MomentumKind::beta1 : MomentumKind::momentum),
+                   "{}: the archive cycles the {}, which this optimizer does not have", reader.owner(),
+                   use_beta1 ? "beta1 of betas" : "momentum");
+  }
+  auto momentums = reader.read_doubles("optimizer_momentums");
+  TORCHKIT_CHECK(momentums.size() == (cycle_momentum ? group_count : 0),
+                 "{}: 'optimizer_momentums' has {} values for {} parameter groups", reader.owner(), momentums.size(),
+                 group_count);
+  return momentums;
+}
+
 }  // namespace torchkit::detail
 // ---- end torchkit/detail/lr_support.hpp ----
 
@@ -6980,16 +6999,8 @@ class OneCycleLR final : public Scheduler {
     config.min_lrs = reader.read_doubles("min_lrs");
     TORCHKIT_CHECK(config.min_lrs.size() == group_count, "{}: 'min_lrs' has {} values for {} parameter groups",
                    reader.owner(), config.min_lrs.size(), group_count);
-    if (config.cycle_momentum) {
-      const auto kind = detail::momentum_kind(*optimizer_);
-      TORCHKIT_CHECK(kind == (config.use_beta1 ? detail::MomentumKind::beta1 : detail::MomentumKind::momentum),
-                     "{}: the archive cycles the {}, which this optimizer does not have", reader.owner(),
-                     config.use_beta1 ? "beta1 of betas" : "momentum");
-    }
-    const auto momentums = reader.read_doubles("optimizer_momentums");
-    TORCHKIT_CHECK(momentums.size() == (config.cycle_momentum ? group_count : 0),
-                   "{}: 'optimizer_momentums' has {} values for {} parameter groups", reader.owner(),
-                   momentums.size(), group_count);
+    const auto momentums =
+        detail::read_cycled_momentums(reader, *optimizer_, config.cycle_momentum, config.use_beta1, group_count);
     if (apply) {
       options_ = std::move(options);
       config_ = std::move(config);
@@ -7214,16 +7225,8 @@ class CyclicLR final : public Scheduler {
                    reader.owner(), custom ? "with" : "without", options_.scale_fn ? "one" : "none");
     Config config = configure(options, group_count, reader.owner());
     config.use_beta1 = reader.read_bool("use_beta1");
-    if (config.cycle_momentum) {
-      const auto kind = detail::momentum_kind(*optimizer_);
-      TORCHKIT_CHECK(kind == (config.use_beta1 ? detail::MomentumKind::beta1 : detail::MomentumKind::momentum),
-                     "{}: the archive cycles the {}, which this optimizer does not have", reader.owner(),
-                     config.use_beta1 ? "beta1 of betas" : "momentum");
-    }
-    const auto momentums = reader.read_doubles("optimizer_momentums");
-    TORCHKIT_CHECK(momentums.size() == (config.cycle_momentum ? group_count : 0),
-                   "{}: 'optimizer_momentums' has {} values for {} parameter groups", reader.owner(),
-                   momentums.size(), group_count);
+    const auto momentums =
+        detail::read_cycled_momentums(reader, *optimizer_, config.cycle_momentum, config.use_beta1, group_count);
     if (apply) {
       options_ = std::move(options);
       config_ = std::move(config);

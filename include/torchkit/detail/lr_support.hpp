@@ -314,4 +314,23 @@ class ArchiveReader {
   std::string owner_;
 };
 
+/// Reads the group momentums a cycling scheduler (OneCycleLR, CyclicLR) saved, after checking
+/// that `optimizer` has the kind of momentum the archive cycles (`use_beta1`: Adam's beta1,
+/// else SGD's momentum) and that there is one value per group (none without cycling).
+[[nodiscard]] inline std::vector<double> read_cycled_momentums(ArchiveReader& reader,
+                                                               const torch::optim::Optimizer& optimizer,
+                                                               bool cycle_momentum, bool use_beta1,
+                                                               std::size_t group_count) {
+  if (cycle_momentum) {
+    TORCHKIT_CHECK(momentum_kind(optimizer) == (use_beta1 ? MomentumKind::beta1 : MomentumKind::momentum),
+                   "{}: the archive cycles the {}, which this optimizer does not have", reader.owner(),
+                   use_beta1 ? "beta1 of betas" : "momentum");
+  }
+  auto momentums = reader.read_doubles("optimizer_momentums");
+  TORCHKIT_CHECK(momentums.size() == (cycle_momentum ? group_count : 0),
+                 "{}: 'optimizer_momentums' has {} values for {} parameter groups", reader.owner(), momentums.size(),
+                 group_count);
+  return momentums;
+}
+
 }  // namespace torchkit::detail
