@@ -8,29 +8,6 @@
 #include <list>
 #include <span>
 
-namespace {
-
-// Holds a weight it is given (so two modules can share one tensor) and a bias of its own.
-struct TiedLinear : torch::nn::Module {
-  explicit TiedLinear(const at::Tensor& shared_weight) {
-    weight = register_parameter("weight", shared_weight);
-    bias = register_parameter("bias", torch::zeros({shared_weight.size(0)}));
-  }
-  at::Tensor weight, bias;
-};
-
-struct TiedModel : torch::nn::Module {
-  TiedModel() {
-    encoder = register_module("encoder", torch::nn::Linear(4, 4));
-    // The decoder's weight is the encoder's, as in weight-tied language models.
-    decoder = register_module("decoder", std::make_shared<TiedLinear>(encoder->weight));
-  }
-  torch::nn::Linear encoder{nullptr};
-  std::shared_ptr<TiedLinear> decoder;
-};
-
-}  // namespace
-
 TEST_CASE("version") {
   CHECK(torchkit::version() == "0.1.0");
   CHECK(TORCHKIT_VERSION_MAJOR == 0);
@@ -95,7 +72,7 @@ TEST_CASE("module_of reaches the module behind every form") {
 }
 
 TEST_CASE("named_parameters_of lists a tied tensor once, under its first name") {
-  auto model = std::make_shared<TiedModel>();
+  auto model = std::make_shared<torchkit::test::TiedModel>();
   // LibTorch lists the tied weight twice (once per owner) ...
   CHECK(model->named_parameters().size() == 4);
   // ... Python, and torchkit, once.

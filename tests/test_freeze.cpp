@@ -51,23 +51,6 @@ std::set<std::string> frozen_names(const torch::nn::Module& module) {
   return names;
 }
 
-// Holds a weight it is given (so two modules share one tensor) and a bias of its own.
-struct TiedLinear : torch::nn::Module {
-  explicit TiedLinear(const at::Tensor& shared_weight) {
-    weight = register_parameter("weight", shared_weight);
-    bias = register_parameter("bias", torch::zeros({shared_weight.size(0)}));
-  }
-  at::Tensor weight, bias;
-};
-
-struct TiedModel : torch::nn::Module {
-  TiedModel() {
-    encoder = register_module("encoder", torch::nn::Linear(4, 4));
-    decoder = register_module("decoder", std::make_shared<TiedLinear>(encoder->weight));
-  }
-  torch::nn::Linear encoder{nullptr};
-  std::shared_ptr<TiedLinear> decoder;
-};
 
 // A model unlike the tip's: a ModuleList of blocks and a ModuleDict of heads.
 struct Backbone : torch::nn::Module {
@@ -385,7 +368,7 @@ TEST_CASE("FreezeByName restores every flag it found, also when an exception unw
 }
 
 TEST_CASE("tied parameters are listed once and selected under any of their names") {
-  auto model = std::make_shared<TiedModel>();
+  auto model = std::make_shared<torchkit::test::TiedModel>();
   const auto report = torchkit::requires_grad_report(model);
   CHECK(report.to_string() == listing({{"encoder.weight", true}, {"encoder.bias", true}, {"decoder.bias", true}}));
 

@@ -25,22 +25,6 @@ struct NoLearningRateOptions : torch::optim::OptimizerOptions {
   NoLearningRateOptions& weight_decay(double /*value*/) { return *this; }
 };
 
-/// Two modules sharing one weight.
-struct TiedLinear : torch::nn::Module {
-  explicit TiedLinear(const at::Tensor& shared_weight) {
-    weight = register_parameter("weight", shared_weight);
-    bias = register_parameter("bias", torch::zeros({shared_weight.size(0)}));
-  }
-  at::Tensor weight, bias;
-};
-struct TiedModel : torch::nn::Module {
-  TiedModel() {
-    encoder = register_module("encoder", torch::nn::Linear(4, 4));
-    decoder = register_module("decoder", std::make_shared<TiedLinear>(encoder->weight));
-  }
-  torch::nn::Linear encoder{nullptr};
-  std::shared_ptr<TiedLinear> decoder;
-};
 
 /// The tensors of an optimizer group, compared by identity with `expected` (names in `net`).
 void check_members(const torch::optim::OptimizerParamGroup& group, const torch::nn::Module& net,
@@ -374,7 +358,7 @@ TEST_CASE("frozen parameters are left out unless include_frozen(); a group of fr
 }
 
 TEST_CASE("a tied tensor appears once and is matched under any of its names") {
-  auto model = std::make_shared<TiedModel>();
+  auto model = std::make_shared<torchkit::test::TiedModel>();
   torchkit::ParamGroupBuilder builder(model);
   builder.add({"decoder.weight"}, {.lr = 0.5}).rest();
   auto groups = builder.build(torch::optim::SGDOptions(0.1));

@@ -59,4 +59,25 @@ std::string message_of(F&& f) {
   return {};
 }
 
+/// Holds a weight it is given (so two modules can share one tensor) and a bias of its own.
+struct TiedLinear : torch::nn::Module {
+  explicit TiedLinear(const at::Tensor& shared_weight) {
+    weight = register_parameter("weight", shared_weight);
+    bias = register_parameter("bias", torch::zeros({shared_weight.size(0)}));
+  }
+  at::Tensor weight, bias;
+};
+
+/// A weight-tied model, as in language models: the decoder's weight is the encoder's.
+/// LibTorch's named_parameters() lists that tensor twice (encoder.weight, decoder.weight);
+/// Python lists it once.
+struct TiedModel : torch::nn::Module {
+  TiedModel() {
+    encoder = register_module("encoder", torch::nn::Linear(4, 4));
+    decoder = register_module("decoder", std::make_shared<TiedLinear>(encoder->weight));
+  }
+  torch::nn::Linear encoder{nullptr};
+  std::shared_ptr<TiedLinear> decoder;
+};
+
 }  // namespace torchkit::test
