@@ -21,6 +21,9 @@
 
 #include <torch/torch.h>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -251,7 +254,7 @@ int main(int argc, char** argv) {
         .no_weight_decay({"*.bias"});
     const auto defaults = torch::optim::AdamWOptions(1e-3).weight_decay(1e-4);
     fmt::print("{}\n", groups.describe(defaults));
-    torch::optim::AdamW optimizer(groups.build(defaults), defaults);
+    auto optimizer = groups.make<torch::optim::AdamW>(defaults);
     torchkit::lr::StepLR schedule(optimizer, /*step_size=*/1, /*gamma=*/0.5);
     const auto frozen_weight = model->features[0]->as<torch::nn::Conv2d>()->weight.clone();
     for (int epoch = 1; epoch <= fine_tune_epochs; ++epoch) {

@@ -17,8 +17,11 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <sstream>
+#include <string>
 #include <thread>
+#include <vector>
 #include <unistd.h>
 
 namespace {
@@ -309,6 +312,41 @@ TEST_CASE("distributed clipping rejects bad input before the allreduce") {
   c10::intrusive_ptr<c10d::ProcessGroup> null_group;
   CHECK(message_of<torchkit::Error>([&] { (void)torchkit::clip_grad_norm_(model.params, 1.0, 2.0, null_group); })
             .find("the process group is null") != std::string::npos);
+}
+
+TEST_CASE("store_from_environment: two ranks meet through the TCP store, with and without libuv") {
+  // LibTorch 2.x asks for the libuv server by default; Debian's 2.6 and 2.14 are built without
+  // libuv and must fall back to the classic server. USE_LIBUV=0 asks for the classic one.
+  const std::optional<std::string> saved = torchkit::detail::get_environment("USE_LIBUV");
+  int offset = 0;
+  for (const char* use_libuv : {static_cast<const char*>(nullptr), "0", "1"}) {
+    CAPTURE(std::string(use_libuv ? use_libuv : "unset"));
+    torchkit::detail::set_environment("USE_LIBUV", use_libuv ? std::optional<std::string>(use_libuv) : std::nullopt);
+    const std::string port = std::to_string(20000 + static_cast<int>((getpid() + 7919 + 101 * offset++) % 20000));
+    std::vector<c10::intrusive_ptr<c10d::Store>> stores(2);
+    std::vector<std::exception_ptr> errors(2);
+    std::vector<std::thread> ranks;
+    for (int rank = 0; rank < 2; ++rank) {
+      ranks.emplace_back([&, rank] {
+        try {
+          const auto where = environment_from({{"RANK", std::to_string(rank)}, {"WORLD_SIZE", "2"},
+                                               {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}});
+          stores[static_cast<std::size_t>(rank)] = torchkit::store_from_environment(where, std::chrono::seconds(60));
+        } catch (...) {
+          errors[static_cast<std::size_t>(rank)] = std::current_exception();
+        }
+      });
+    }
+    for (auto& thread : ranks) thread.join();
+    for (auto& error : errors) {
+      if (error) std::rethrow_exception(error);
+    }
+    stores[0]->set("greeting", std::vector<std::uint8_t>{'h', 'i'});
+    CHECK(stores[1]->get("greeting") == std::vector<std::uint8_t>{'h', 'i'});
+    stores[1]->set("reply", std::vector<std::uint8_t>{'o', 'k'});
+    CHECK(stores[0]->get("reply") == std::vector<std::uint8_t>{'o', 'k'});
+  }
+  torchkit::detail::set_environment("USE_LIBUV", saved);
 }
 
 #if TORCHKIT_WITH_GLOO

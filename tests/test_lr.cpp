@@ -4,6 +4,9 @@
 
 #include "test_support.hpp"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <fstream>

@@ -9,6 +9,7 @@
 
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -291,7 +292,7 @@ void check_against_golden(const Summary& summary, const std::string& name, const
   CHECK(summary.total_bytes() == summary.input_bytes() + summary.forward_backward_bytes() + summary.param_bytes());
 }
 
-const Summary::Row& row_named(const Summary& summary, const std::string& name) {
+const Summary::Row& row_named(const Summary& summary, std::string_view name) {
   for (const auto& row : summary.rows()) {
     if (row.name == name) {
       return row;

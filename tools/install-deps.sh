@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what torchkit's build, tests, examples and benchmarks need on Debian 12 / Ubuntu,
-# skipping what is already there. Safe to run again.
+# Installs what torchkit's build, tests, examples and benchmarks need on Debian 12 / 13 / unstable
+# or Ubuntu, skipping what is already there. Safe to run again.
+#   TORCHKIT_EXTRA_PACKAGES  more packages (tools/debian-root.sh passes clang here)
+#   TORCHKIT_LIBTORCH_CUDA=1 LibTorch with CUDA (libtorch-cuda-dev) instead of the CPU build
 set -euo pipefail
 
 packages=(
@@ -9,6 +11,12 @@ packages=(
   libopencv-dev
   libgloo-dev   # Gloo's headers: torchkit/distributed.hpp's Gloo process groups (LibTorch links Gloo)
 )
+if [ "${TORCHKIT_LIBTORCH_CUDA:-0}" = 1 ]; then
+  packages=("${packages[@]/#libtorch-dev/libtorch-cuda-dev}")
+  packages=("${packages[@]/#libgloo-dev/libgloo-cuda-dev}")   # the CPU Gloo conflicts with it
+fi
+# shellcheck disable=SC2206  # a space-separated list on purpose
+packages+=(${TORCHKIT_EXTRA_PACKAGES:-})
 if [ "${TORCHKIT_GOLDEN:-0}" = 1 ]; then
   packages+=(python3-torch)   # only to regenerate the golden files in tests/golden
 fi

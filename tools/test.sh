@@ -3,10 +3,26 @@
 # with warnings as errors, compiles every public header on its own (VERIFY_INTERFACE_HEADER_SETS),
 # and runs every test (unit tests, examples, benchmark smoke runs, consumer and packaging
 # checks, single-header sync).
+#
+#   bash tools/test.sh [cmake arguments]          everything (the README's test command)
+#   bash tools/test.sh --unit [cmake arguments]   only the unit tests (CI's extra compilers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scope=all
+if [ "${1:-}" = --unit ]; then
+  scope=unit
+  shift
+fi
 bash tools/install-deps.sh
-bash tools/configure.sh -DTORCHKIT_WERROR=ON "$@"
 build_dir=${TORCHKIT_BUILD_DIR:-build}
-cmake --build "$build_dir" --parallel "$(nproc)" --target all torchkit_verify_interface_header_sets
-ctest --test-dir "$build_dir" --output-on-failure --parallel "$(nproc)"
+if [ "$scope" = unit ]; then
+  bash tools/configure.sh -DTORCHKIT_WERROR=ON -DTORCHKIT_BUILD_EXAMPLES=OFF -DTORCHKIT_BUILD_BENCHMARKS=OFF "$@"
+  targets=(all)
+  ctest_args=(-L unit)
+else
+  bash tools/configure.sh -DTORCHKIT_WERROR=ON "$@"
+  targets=(all torchkit_verify_interface_header_sets)
+  ctest_args=()
+fi
+cmake --build "$build_dir" --parallel "$(nproc)" --target "${targets[@]}"
+ctest --test-dir "$build_dir" --output-on-failure --parallel "$(nproc)" "${ctest_args[@]}"

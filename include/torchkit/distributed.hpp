@@ -40,6 +40,7 @@
 #include <torch/csrc/distributed/c10d/Store.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torchkit/detail/tcp_store.hpp>
 #else
 #define TORCHKIT_HAS_C10D 0
 #endif
@@ -159,7 +160,9 @@ concept CollectiveGroup =
     };
 
 /// The c10d TCPStore of a torchrun launch: rank 0 hosts it at MASTER_ADDR:MASTER_PORT and
-/// waits for the other ranks; every rank connects. PyTorch: the `env://` rendezvous.
+/// waits for the other ranks; every rank connects. PyTorch: the `env://` rendezvous. Uses
+/// the libuv server where LibTorch has one and the classic server where it was built without
+/// libuv (Debian's 2.x) or USE_LIBUV=0 is set.
 ///
 ///     auto store = torchkit::store_from_environment(torchkit::torchrun_environment());
 [[nodiscard]] inline c10::intrusive_ptr<c10d::Store> store_from_environment(
@@ -170,7 +173,7 @@ concept CollectiveGroup =
   options.numWorkers = static_cast<std::size_t>(environment.world_size);
   options.waitWorkers = true;
   options.timeout = timeout;
-  return c10::make_intrusive<c10d::TCPStore>(environment.master_addr, options);
+  return detail::make_tcp_store(environment.master_addr, options);
 }
 
 #if TORCHKIT_WITH_GLOO

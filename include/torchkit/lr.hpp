@@ -33,6 +33,7 @@
 #include <torch/serialize/output-archive.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 
 #include <algorithm>
 #include <cmath>

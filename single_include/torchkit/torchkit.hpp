@@ -4250,6 +4250,7 @@ void convert_image_rows_for(const ImageSource& image, const ImageTransform& tran
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <array>
@@ -5332,6 +5333,7 @@ inline void reset_peak_memory_stats([[maybe_unused]] c10::DeviceIndex device = -
 #include <torch/serialize/output-archive.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 
 #include <algorithm>
 #include <cmath>
@@ -5656,6 +5658,7 @@ class ArchiveReader {
 #include <torch/serialize/output-archive.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 
 #include <algorithm>
 #include <cmath>
@@ -8455,12 +8458,14 @@ template <ParameterSource P>
 
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/Type.h>
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <concepts>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -8471,6 +8476,7 @@ template <ParameterSource P>
 #include <span>
 #include <string>
 #include <string_view>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -8486,6 +8492,59 @@ struct GroupOptions {
   std::optional<double> lr{}, weight_decay{};
   std::string name{};  ///< shown by describe() and group_names(); defaults to the group's patterns
 };
+
+/// Gives every parameter group of `optimizer` exactly the options of the matching group in
+/// `groups` (the groups the optimizer was built from, or meant to have), in order.
+///
+/// Why: from LibTorch 2.14 on, the optimizer constructor and `add_param_group` merge each group's
+/// options with the optimizer's defaults *by comparison*: an option equal to its options type's
+/// constructor default is taken as "not set" and replaced by the optimizer's default. A group's
+/// `weight_decay = 0` then gets the default's decay, and an explicit `lr = 0.01` for RMSprop or
+/// Adagrad (their constructor default) gets the optimizer's lr. LibTorch 1.13 and 2.6 keep the
+/// group's options as given; calling this there changes nothing.
+///
+/// Shapes: `groups.size()` must equal the optimizer's group count and each group must hold the
+/// same tensors (by identity, in order) as the optimizer's group of that index. Groups without
+/// options are skipped (they inherit the defaults on every LibTorch).
+///
+/// @throws Error when the group counts, a group's tensors or a group's options type differ;
+///         then no group is changed.
+///
+/// PyTorch equivalent: none needed (Python keeps a group's explicit values).
+///
+///     auto groups = builder.build(defaults);
+///     torch::optim::RMSprop optimizer(groups, defaults);
+///     torchkit::restore_group_options(optimizer, groups);
+inline void restore_group_options(torch::optim::Optimizer& optimizer,
+                                  const std::vector<torch::optim::OptimizerParamGroup>& groups) {
+  constexpr std::string_view context = "restore_group_options";
+  auto& actual = optimizer.param_groups();
+  TORCHKIT_CHECK(actual.size() == groups.size(), "{}: the optimizer has {} parameter group{} but {} {} given", context,
+                 actual.size(), actual.size() == 1 ? "" : "s", groups.size(), groups.size() == 1 ? "was" : "were");
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    const auto& mine = actual[g].params();
+    const auto& wanted = groups[g].params();
+    TORCHKIT_CHECK(mine.size() == wanted.size(), "{}: group {} of the optimizer has {} tensors, the given group {}",
+                   context, g, mine.size(), wanted.size());
+    for (std::size_t t = 0; t < mine.size(); ++t) {
+      TORCHKIT_CHECK(mine[t].unsafeGetTensorImpl() == wanted[t].unsafeGetTensorImpl(),
+                     "{}: tensor {} of group {} is not the tensor the optimizer holds there; pass the groups the "
+                     "optimizer was built from, in order",
+                     context, t, g);
+    }
+    if (groups[g].has_options() && actual[g].has_options()) {
+      const auto& from = groups[g].options();
+      const auto& to = actual[g].options();
+      TORCHKIT_CHECK(typeid(from) == typeid(to), "{}: group {} has options of type {} but the optimizer's are {}",
+                     context, g, c10::demangle(typeid(from).name()), c10::demangle(typeid(to).name()));
+    }
+  }
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    if (groups[g].has_options()) {
+      actual[g].set_options(groups[g].options().clone());
+    }
+  }
+}
 
 /// Builds optimizer parameter groups by parameter name.
 ///
@@ -8516,7 +8575,7 @@ struct GroupOptions {
 ///     torchkit::ParamGroupBuilder builder(net);
 ///     builder.add({"*convolution1*"}, {.lr = 0.01}).add({"*convolution2*"}, {.lr = 0.001}).rest();
 ///     const auto defaults = torch::optim::AdamOptions(1e-3).weight_decay(1e-3);
-///     torch::optim::Adam optimizer(builder.build(defaults), defaults);
+///     auto optimizer = builder.make<torch::optim::Adam>(defaults);
 ///     std::cout << builder.describe(defaults);
 class ParamGroupBuilder {
  public:
@@ -8569,7 +8628,9 @@ class ParamGroupBuilder {
   /// The parameter groups for a LibTorch optimizer whose options have `lr` and `weight_decay`
   /// (SGD, Adam, AdamW, RMSprop, Adagrad). Each group's options are a copy of `defaults` with
   /// the group's lr / weight decay set where the group gives them. Pass the same `defaults` to
-  /// the optimizer.
+  /// the optimizer, and then call restore_group_options(optimizer, groups): LibTorch 2.14's
+  /// optimizer constructor overwrites group options that equal their type's default. make()
+  /// does both.
   ///
   /// @throws Error see the class comment; nothing is built then.
   ///
@@ -8597,6 +8658,23 @@ class ParamGroupBuilder {
       result.emplace_back(std::move(tensors), std::unique_ptr<torch::optim::OptimizerOptions>(std::move(options)));
     }
     return result;
+  }
+
+  /// The optimizer itself, built from build(defaults), with every group's options exactly as
+  /// planned on every LibTorch (see restore_group_options for the LibTorch 2.14 trap that the
+  /// plain `Optimizer(builder.build(defaults), defaults)` falls into). Prefer it to build().
+  ///
+  /// @throws Error as build(); nothing is built then.
+  ///
+  ///     auto optimizer = builder.make<torch::optim::AdamW>(torch::optim::AdamWOptions(1e-3).weight_decay(0.05));
+  template <class Optimizer, OptimizerOptions O>
+    requires std::derived_from<Optimizer, torch::optim::Optimizer> &&
+             std::constructible_from<Optimizer, std::vector<torch::optim::OptimizerParamGroup>, O>
+  [[nodiscard]] Optimizer make(const O& defaults) const {
+    const auto groups = build(defaults);
+    Optimizer optimizer(groups, defaults);
+    restore_group_options(optimizer, groups);
+    return optimizer;
   }
 
   /// The names of the optimizer groups build() makes, in its order (for logging per group).
@@ -8893,6 +8971,64 @@ class ParamGroupBuilder {
 #include <torch/csrc/distributed/c10d/Store.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Types.hpp>
+// ---- begin torchkit/detail/tcp_store.hpp ----
+/// @file detail/tcp_store.hpp
+/// Creating a c10d::TCPStore on every LibTorch: the libuv server switch.
+///
+/// LibTorch 2.2 added `TCPStoreOptions::useLibUV` and 2.4 made it default to true, but a LibTorch
+/// may be built without libuv (Debian's 2.6 and 2.14 are): then the constructor refuses with
+/// "use_libuv was requested but PyTorch was build[sic, 2.6] without libuv support". The check it uses,
+/// c10d::detail::is_libuv_tcpstore_backend_available(), is not exported from libtorch_cpu, so the
+/// store is asked for libuv and, when the constructor refuses that before it touches the network,
+/// made again with the classic server. As Python's rendezvous does, USE_LIBUV=0 in the
+/// environment asks for the classic server from the start. LibTorch 1.13 has no such option.
+
+
+#if __has_include(<torch/csrc/distributed/c10d/TCPStore.hpp>)
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <c10/util/Exception.h>
+
+#include <atomic>
+#include <string>
+#include <string_view>
+
+namespace torchkit::detail {
+
+template <class Options>
+concept HasLibUVOption = requires(Options& options) { options.useLibUV = false; };
+
+/// True once a store was refused libuv by this LibTorch: later stores skip the first try.
+inline std::atomic<bool>& libuv_unavailable() {
+  static std::atomic<bool> unavailable{false};
+  return unavailable;
+}
+
+template <class Options>
+[[nodiscard]] c10::intrusive_ptr<c10d::Store> make_tcp_store(const std::string& host, Options options) {
+  if constexpr (HasLibUVOption<Options>) {
+    const auto use_libuv = get_environment("USE_LIBUV");
+    if ((use_libuv && *use_libuv == "0") || libuv_unavailable().load()) {
+      options.useLibUV = false;
+    }
+    if (options.useLibUV) {
+      try {
+        return c10::make_intrusive<c10d::TCPStore>(host, options);
+      } catch (const c10::Error& error) {
+        if (std::string_view(error.what()).find("without libuv") == std::string_view::npos) {
+          throw;
+        }
+        libuv_unavailable().store(true);
+        options.useLibUV = false;
+      }
+    }
+  }
+  return c10::make_intrusive<c10d::TCPStore>(host, options);
+}
+
+}  // namespace torchkit::detail
+#endif
+// ---- end torchkit/detail/tcp_store.hpp ----
 #else
 #define TORCHKIT_HAS_C10D 0
 #endif
@@ -9012,7 +9148,9 @@ concept CollectiveGroup =
     };
 
 /// The c10d TCPStore of a torchrun launch: rank 0 hosts it at MASTER_ADDR:MASTER_PORT and
-/// waits for the other ranks; every rank connects. PyTorch: the `env://` rendezvous.
+/// waits for the other ranks; every rank connects. PyTorch: the `env://` rendezvous. Uses
+/// the libuv server where LibTorch has one and the classic server where it was built without
+/// libuv (Debian's 2.x) or USE_LIBUV=0 is set.
 ///
 ///     auto store = torchkit::store_from_environment(torchkit::torchrun_environment());
 [[nodiscard]] inline c10::intrusive_ptr<c10d::Store> store_from_environment(
@@ -9023,7 +9161,7 @@ concept CollectiveGroup =
   options.numWorkers = static_cast<std::size_t>(environment.world_size);
   options.waitWorkers = true;
   options.timeout = timeout;
-  return c10::make_intrusive<c10d::TCPStore>(environment.master_addr, options);
+  return detail::make_tcp_store(environment.master_addr, options);
 }
 
 #if TORCHKIT_WITH_GLOO

@@ -27,7 +27,7 @@ int main() {
   torchkit::ParamGroupBuilder groups(model);                          // tip 9
   groups.add({"2.weight"}, {.lr = 0.1}).rest();
   const torch::optim::SGDOptions defaults(0.01);
-  torch::optim::SGD optimizer(groups.build(defaults), defaults);
+  auto optimizer = groups.make<torch::optim::SGD>(defaults);
   torchkit::lr::StepLR schedule(optimizer, 10, 0.1);                   // tip 7
   schedule.step();
 
