@@ -138,6 +138,10 @@ extra_packages=()
 if [ "$compiler" = clang++ ]; then
   extra_packages+=(clang)
 fi
+if [ "$cuda" = 1 ]; then
+  # LibTorch's CMake package (Caffe2's cuda.cmake) needs the CUDA toolkit: nvcc and the headers.
+  extra_packages+=(nvidia-cuda-toolkit)
+fi
 if [ "$cuda" = 1 ] && ! in_root dpkg-query -W -f='${Status}' nvidia-cudnn 2>/dev/null | grep -q "install ok installed"; then
   # libtorch-cuda-2.6 depends on nvidia-cudnn (contrib), an installer that downloads cuDNN from
   # NVIDIA when it is configured: that cannot work without the internet, and compiling and

@@ -4952,6 +4952,15 @@ class NoGradScope {
   bool previous_;
 };
 
+// g++ 16 with LibTorch 2.14 reports -Wmaybe-uninitialized inside LibTorch's own headers when this
+// class's destructor is inlined: ~c10::InferenceMode destroys AutogradState's
+// std::optional<c10::SafePyObject>, whose payload g++ cannot prove is only read when engaged. The
+// report is about LibTorch's code (the optional is never engaged on a C++-only path), so it is
+// silenced for this class only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 /// RAII: inference mode (`torch.inference_mode()`, `c10::InferenceMode`): like NoGradScope, and
 /// faster, because tensors created inside skip version counting and view tracking; they can
 /// never be used by autograd later. `InferenceScope(false)` turns inference mode off inside an
@@ -4978,6 +4987,9 @@ class InferenceScope {
   bool previous_;
   c10::InferenceMode guard_;
 };
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 /// RAII: puts a model and every submodule in evaluation mode (`model.eval()`: dropout off,
 /// batch norm uses its running statistics) and, on destruction, gives each module back its own
