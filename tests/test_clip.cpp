@@ -452,6 +452,9 @@ TEST_CASE("version counters: bumped for gradients in a graph, as Python's detach
   torchkit::clip_grad_norm_(std::vector<at::Tensor>{x}, 1.0);
   CHECK(x.grad()._version() > version);
   CHECK(close(x.grad().norm().item<double>(), 1.0, 1e-6));
+  // x.grad() came from a graph that saved x: a reference cycle (PyTorch's create_graph
+  // warning). Break it, as PyTorch's docs advise, or LeakSanitizer rightly reports it.
+  x.mutable_grad() = at::Tensor();
   // A plain gradient is scaled in place, like LibTorch's clip_grad_norm_ (through .data()).
   auto param = torch::zeros({3}, torch::requires_grad());
   param.mutable_grad() = torch::tensor({3.0f, 4.0f, 12.0f});
@@ -621,4 +624,5 @@ TEST_CASE("gradients that require grad (create_graph) are clipped without record
   CHECK(!total.requires_grad());
   CHECK(close(total.item<double>(), std::sqrt(9.0 + 144.0), 1e-6));
   CHECK(close(x.grad().norm().item<double>(), 1.0, 1e-6));
+  x.mutable_grad() = at::Tensor();  // break the x -> grad -> graph -> x cycle (see above)
 }

@@ -247,6 +247,12 @@ TEST_CASE("globs: * any run of characters (dots too), ? one character, and a mat
   CHECK(glob_match("**.bias", "x.y.bias"));
   CHECK_FALSE(glob_match("*.bias", "x.biasx"));
   CHECK(glob_match("*a*a*a", "aaaa"));
+  // A '*' in the text is a plain character; the pattern's '*' still matches any run after it
+  // (regression: fuzz/regressions/fuzz_name_pattern/glob-star-in-name).
+  CHECK(glob_match("a*", "a*bc"));
+  CHECK(glob_match(std::string_view("\0*", 2), std::string_view("\0*x\0", 4)));
+  CHECK(glob_match("*x", "*yx"));
+  CHECK_FALSE(glob_match("a*c", "a*b"));
 }
 
 TEST_CASE("torchkit::regex matches whole names") {

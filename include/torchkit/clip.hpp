@@ -15,6 +15,7 @@
 #include <torchkit/error.hpp>
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/core/InferenceMode.h>
@@ -111,7 +112,14 @@ inline void add_parameter(Collected& collected, const at::Tensor& parameter, std
                  function, parameter_label(collected, index));
   const bool is_cpu = grad.device().is_cpu();
   const std::int64_t numel = grad.numel();
-  void* data = is_cpu && numel > 0 && grad.is_non_overlapping_and_dense() ? grad.data_ptr() : nullptr;
+  const bool dense = grad.is_non_overlapping_and_dense();
+  // An expanded gradient (stride 0) has elements sharing memory: scaling it in place cannot work,
+  // and must be refused here, before any other gradient is touched.
+  TORCHKIT_CHECK(!mutating || dense || at::has_internal_overlap(grad) != at::MemOverlap::Yes,
+                 "{}: the gradient of {} has elements that share memory (strides {}, e.g. made by expand()); it "
+                 "cannot be changed in place: give it its own memory first (grad = grad.clone())",
+                 function, parameter_label(collected, index), detail::shape_string(grad.strides()));
+  void* data = is_cpu && numel > 0 && dense ? grad.data_ptr() : nullptr;
   collected.gradients.push_back(Gradient{&grad, grad.unsafeGetTensorImpl(), data, numel, index, grad.scalar_type(),
                                          // (autograd metadata first: no call for a plain gradient)
                                          is_cpu, grad.unsafeGetTensorImpl()->autograd_meta() != nullptr &&

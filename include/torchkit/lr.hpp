@@ -333,6 +333,11 @@ class Scheduler {
                    type_name_);
     const int64_t last_epoch = reader.read_int("last_epoch");
     const int64_t step_count = reader.read_int("step_count");
+    constexpr int64_t epoch_limit = detail::max_count;  // exact as doubles; no run goes beyond
+    TORCHKIT_CHECK(last_epoch >= -1 && last_epoch < epoch_limit,
+                   "{}: last_epoch in the archive is {}; expected -1 <= last_epoch < 2^53", reader.owner(), last_epoch);
+    TORCHKIT_CHECK(step_count >= 0 && step_count < epoch_limit,
+                   "{}: step_count in the archive is {}; expected 0 <= step_count < 2^53", reader.owner(), step_count);
     auto base_lrs = reader.read_doubles("base_lrs");
     auto last_lr = reader.read_doubles("last_lr");
     auto initial_lrs = reader.read_doubles("initial_lrs");
@@ -958,7 +963,10 @@ class CosineAnnealingWarmRestarts final : public Scheduler {
     int64_t T_i = T_i_;         // NOLINT(readability-identifier-naming)
     if (T_cur >= static_cast<double>(T_i)) {
       T_cur = T_cur - static_cast<double>(T_i);
-      T_i = T_i * options_.T_mult;
+      // Python's integers never overflow; int64 does after about 63 restarts with T_mult = 2.
+      TORCHKIT_CHECK(!__builtin_mul_overflow(T_i, options_.T_mult, &T_i),
+                     "CosineAnnealingWarmRestarts: the next period T_i * T_mult = {} * {} does not fit in int64",
+                     T_i_, options_.T_mult);
     }
     commit(last_epoch_ + 1, T_cur, T_i);
   }
@@ -969,6 +977,8 @@ class CosineAnnealingWarmRestarts final : public Scheduler {
     check_group_count();
     TORCHKIT_CHECK(std::isfinite(epoch) && epoch >= 0,
                    "CosineAnnealingWarmRestarts: Expected non-negative epoch, but got {}", epoch);
+    TORCHKIT_CHECK(epoch < static_cast<double>(detail::max_count),
+                   "CosineAnnealingWarmRestarts: epoch {} is beyond 2^53, the largest epoch a scheduler accepts", epoch);
     const int64_t T_0 = *options_.T_0;       // NOLINT(readability-identifier-naming)
     const int64_t T_mult = options_.T_mult;  // NOLINT(readability-identifier-naming)
     double T_cur = 0;                        // NOLINT(readability-identifier-naming)
@@ -980,11 +990,16 @@ class CosineAnnealingWarmRestarts final : public Scheduler {
         const double periods = epoch / static_cast<double>(T_0) * static_cast<double>(T_mult - 1) + 1;
         const auto n = static_cast<int64_t>(std::log(periods) / std::log(static_cast<double>(T_mult)));
         int64_t power = 1;
-        for (int64_t i = 0; i < n; ++i) {
-          power *= T_mult;
+        bool overflow = false;
+        for (int64_t i = 0; i < n && !overflow; ++i) {
+          overflow = __builtin_mul_overflow(power, T_mult, &power);
         }
-        T_cur = epoch - static_cast<double>(T_0 * (power - 1)) / static_cast<double>(T_mult - 1);
-        T_i = T_0 * power;
+        int64_t restarted = 0;  // T_0 * (power - 1): the epochs before the current period
+        overflow = overflow || __builtin_mul_overflow(T_0, power - 1, &restarted) ||
+                   __builtin_mul_overflow(T_0, power, &T_i);
+        TORCHKIT_CHECK(!overflow, "CosineAnnealingWarmRestarts: the period at epoch {} (T_0={}, T_mult={}) does not fit "
+                       "in int64", epoch, T_0, T_mult);
+        T_cur = epoch - static_cast<double>(restarted) / static_cast<double>(T_mult - 1);
       }
     } else {
       T_i = T_0;
@@ -1043,6 +1058,8 @@ class CosineAnnealingWarmRestarts final : public Scheduler {
     const double T_cur = reader.read_double("T_cur");  // NOLINT(readability-identifier-naming)
     const int64_t T_i = reader.read_int("T_i");        // NOLINT(readability-identifier-naming)
     TORCHKIT_CHECK(T_i > 0, "{}: T_i in the archive must be positive, got {}", reader.owner(), T_i);
+    TORCHKIT_CHECK(std::isfinite(T_cur) && T_cur >= -1, "{}: T_cur in the archive must be finite and >= -1, got {}",
+                   reader.owner(), T_cur);
     if (apply) {
       options_ = options;
       T_cur_ = T_cur;

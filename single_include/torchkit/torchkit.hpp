@@ -3151,6 +3151,7 @@ inline void clamp(at::ScalarType dtype, void* data, std::int64_t size, double bo
 // ---- end torchkit/detail/clip_kernels.hpp ----
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/core/InferenceMode.h>
@@ -3247,7 +3248,14 @@ inline void add_parameter(Collected& collected, const at::Tensor& parameter, std
                  function, parameter_label(collected, index));
   const bool is_cpu = grad.device().is_cpu();
   const std::int64_t numel = grad.numel();
-  void* data = is_cpu && numel > 0 && grad.is_non_overlapping_and_dense() ? grad.data_ptr() : nullptr;
+  const bool dense = grad.is_non_overlapping_and_dense();
+  // An expanded gradient (stride 0) has elements sharing memory: scaling it in place cannot work,
+  // and must be refused here, before any other gradient is touched.
+  TORCHKIT_CHECK(!mutating || dense || at::has_internal_overlap(grad) != at::MemOverlap::Yes,
+                 "{}: the gradient of {} has elements that share memory (strides {}, e.g. made by expand()); it "
+                 "cannot be changed in place: give it its own memory first (grad = grad.clone())",
+                 function, parameter_label(collected, index), detail::shape_string(grad.strides()));
+  void* data = is_cpu && numel > 0 && dense ? grad.data_ptr() : nullptr;
   collected.gradients.push_back(Gradient{&grad, grad.unsafeGetTensorImpl(), data, numel, index, grad.scalar_type(),
                                          // (autograd metadata first: no call for a plain gradient)
                                          is_cpu, grad.unsafeGetTensorImpl()->autograd_meta() != nullptr &&
@@ -5490,8 +5498,15 @@ template <class T>
   return fmt::format("[{}]", fmt::join(values, ", "));
 }
 
+/// The largest count of epochs or steps a scheduler accepts: 2^53, where epochs stop being exact
+/// as doubles (no run gets there); it keeps every epoch computation clear of int64 overflow.
+inline constexpr int64_t max_count = int64_t{1} << 53;
+
+/// A count of epochs or steps: in [1, 2^53].
 inline void check_positive(std::string_view owner, std::string_view name, int64_t value) {
   TORCHKIT_CHECK(value > 0, "{}: {} must be a positive integer, got {}", owner, name, value);
+  TORCHKIT_CHECK(value <= max_count, "{}: {} is {}; the largest count a scheduler accepts is 2^53 = {}", owner, name,
+                 value, max_count);
 }
 
 inline void check_non_negative(std::string_view owner, std::string_view name, double value) {
@@ -5970,6 +5985,11 @@ class Scheduler {
                    type_name_);
     const int64_t last_epoch = reader.read_int("last_epoch");
     const int64_t step_count = reader.read_int("step_count");
+    constexpr int64_t epoch_limit = detail::max_count;  // exact as doubles; no run goes beyond
+    TORCHKIT_CHECK(last_epoch >= -1 && last_epoch < epoch_limit,
+                   "{}: last_epoch in the archive is {}; expected -1 <= last_epoch < 2^53", reader.owner(), last_epoch);
+    TORCHKIT_CHECK(step_count >= 0 && step_count < epoch_limit,
+                   "{}: step_count in the archive is {}; expected 0 <= step_count < 2^53", reader.owner(), step_count);
     auto base_lrs = reader.read_doubles("base_lrs");
     auto last_lr = reader.read_doubles("last_lr");
     auto initial_lrs = reader.read_doubles("initial_lrs");
@@ -6595,7 +6615,10 @@ class CosineAnnealingWarmRestarts final : public Scheduler {
     int64_t T_i = T_i_;         // NOLINT(readability-identifier-naming)
     if (T_cur >= static_cast<double>(T_i)) {
       T_cur = T_cur - static_cast<double>(T_i);
-      T_i = T_i * options_.T_mult;
+      // Python's integers never overflow; int64 does after about 63 restarts with T_mult = 2.
+      TORCHKIT_CHECK(!__builtin_mul_overflow(T_i, options_.T_mult, &T_i),
+                     "CosineAnnealingWarmRestarts: the next period T_i * T_mult = {} * {} does not fit in int64",
+                     T_i_, options_.T_mult);
     }
     commit(last_epoch_ + 1, T_cur, T_i);
   }
@@ -6606,6 +6629,8 @@ class CosineAnnealingWarmRestarts final : public Scheduler {
     check_group_count();
     TORCHKIT_CHECK(std::isfinite(epoch) && epoch >= 0,
                    "CosineAnnealingWarmRestarts: Expected non-negative epoch, but got {}", epoch);
+    TORCHKIT_CHECK(epoch < static_cast<double>(detail::max_count),
+                   "CosineAnnealingWarmRestarts: epoch {} is beyond 2^53, the largest epoch a scheduler accepts", epoch);
     const int64_t T_0 = *options_.T_0;       // NOLINT(readability-identifier-naming)
     const int64_t T_mult = options_.T_mult;  // NOLINT(readability-identifier-naming)
     double T_cur = 0;                        // NOLINT(readability-identifier-naming)
@@ -6617,11 +6642,16 @@ class CosineAnnealingWarmRestarts final : public Scheduler {
         const double periods = epoch / static_cast<double>(T_0) * static_cast<double>(T_mult - 1) + 1;
         const auto n = static_cast<int64_t>(std::log(periods) / std::log(static_cast<double>(T_mult)));
         int64_t power = 1;
-        for (int64_t i = 0; i < n; ++i) {
-          power *= T_mult;
+        bool overflow = false;
+        for (int64_t i = 0; i < n && !overflow; ++i) {
+          overflow = __builtin_mul_overflow(power, T_mult, &power);
         }
-        T_cur = epoch - static_cast<double>(T_0 * (power - 1)) / static_cast<double>(T_mult - 1);
-        T_i = T_0 * power;
+        int64_t restarted = 0;  // T_0 * (power - 1): the epochs before the current period
+        overflow = overflow || __builtin_mul_overflow(T_0, power - 1, &restarted) ||
+                   __builtin_mul_overflow(T_0, power, &T_i);
+        TORCHKIT_CHECK(!overflow, "CosineAnnealingWarmRestarts: the period at epoch {} (T_0={}, T_mult={}) does not fit "
+                       "in int64", epoch, T_0, T_mult);
+        T_cur = epoch - static_cast<double>(restarted) / static_cast<double>(T_mult - 1);
       }
     } else {
       T_i = T_0;
@@ -6680,6 +6710,8 @@ class CosineAnnealingWarmRestarts final : public Scheduler {
     const double T_cur = reader.read_double("T_cur");  // NOLINT(readability-identifier-naming)
     const int64_t T_i = reader.read_int("T_i");        // NOLINT(readability-identifier-naming)
     TORCHKIT_CHECK(T_i > 0, "{}: T_i in the archive must be positive, got {}", reader.owner(), T_i);
+    TORCHKIT_CHECK(std::isfinite(T_cur) && T_cur >= -1, "{}: T_cur in the archive must be finite and >= -1, got {}",
+                   reader.owner(), T_cur);
     if (apply) {
       options_ = options;
       T_cur_ = T_cur;
@@ -7806,7 +7838,7 @@ class NamePattern;
 /// - a glob, when the text holds `*` (any run of characters, dots included) or `?` (exactly one
 ///   character): `"*.bias"`, `"*convolution1*"`. Like a module path, a glob that matches a module
 ///   path covers everything below it: `"features.?"` covers `features.3.weight`;
-/// - `torchkit::regex("…")`: an ECMAScript regular expression that must match the whole
+/// - `torchkit::regex("…")`: an ECMAScript regular expression (no back-references) that must match the whole
 ///   parameter name (`std::regex_match`), e.g. `torchkit::regex(R"(.*conv\d+_1\.weight)")`.
 ///
 /// A tied tensor (one tensor registered in several modules) matches when any of its names does.
@@ -7870,10 +7902,22 @@ class NamePattern {
 /// Throws Error naming the expression when it is not a valid regular expression.
 ///
 ///     torchkit::freeze(model, {torchkit::regex(R"(cnn\.VGG_16\.convolution1_\d\..*)")});
+namespace detail {
+/// ECMAScript; with libstdc++ also its breadth-first matcher (`__polynomial`): time linear in the
+/// name for any expression, and no recursion as deep as the name is long. libstdc++'s default
+/// depth-first matcher takes exponential time on expressions such as `(a|a)*b` (found by
+/// fuzz/fuzz_name_pattern.cpp). Back-references are then refused as invalid expressions.
+#if defined(__GLIBCXX__)
+inline constexpr auto regex_flags = std::regex::ECMAScript | std::regex_constants::__polynomial;
+#else
+inline constexpr auto regex_flags = std::regex::ECMAScript;
+#endif
+}  // namespace detail
+
 [[nodiscard]] inline NamePattern regex(std::string expression) {
   std::shared_ptr<const std::regex> compiled;
   try {
-    compiled = std::make_shared<const std::regex>(expression, std::regex::ECMAScript);
+    compiled = std::make_shared<const std::regex>(expression, detail::regex_flags);
   } catch (const std::regex_error& error) {
     detail::fail("torchkit::regex: \"{}\" is not a valid regular expression ({}); expected an ECMAScript "
                  "expression that matches whole parameter names, e.g. \"cnn\\.conv\\d+\\.weight\"",
@@ -7897,12 +7941,14 @@ namespace detail {
   std::size_t star = std::string_view::npos;
   std::size_t star_text = 0;
   while (t < text.size()) {
-    if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == text[t])) {
-      ++p;
-      ++t;
-    } else if (p < pattern.size() && pattern[p] == '*') {
+    // '*' first: a '*' in the text is an ordinary character, never a match for the wildcard
+    // itself (found by fuzz/fuzz_name_pattern.cpp).
+    if (p < pattern.size() && pattern[p] == '*') {
       star = p++;
       star_text = t;
+    } else if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == text[t])) {
+      ++p;
+      ++t;
     } else if (star != std::string_view::npos) {
       p = star + 1;
       t = ++star_text;

@@ -163,8 +163,15 @@ template <class T>
   return fmt::format("[{}]", fmt::join(values, ", "));
 }
 
+/// The largest count of epochs or steps a scheduler accepts: 2^53, where epochs stop being exact
+/// as doubles (no run gets there); it keeps every epoch computation clear of int64 overflow.
+inline constexpr int64_t max_count = int64_t{1} << 53;
+
+/// A count of epochs or steps: in [1, 2^53].
 inline void check_positive(std::string_view owner, std::string_view name, int64_t value) {
   TORCHKIT_CHECK(value > 0, "{}: {} must be a positive integer, got {}", owner, name, value);
+  TORCHKIT_CHECK(value <= max_count, "{}: {} is {}; the largest count a scheduler accepts is 2^53 = {}", owner, name,
+                 value, max_count);
 }
 
 inline void check_non_negative(std::string_view owner, std::string_view name, double value) {

@@ -43,7 +43,7 @@ class NamePattern;
 /// - a glob, when the text holds `*` (any run of characters, dots included) or `?` (exactly one
 ///   character): `"*.bias"`, `"*convolution1*"`. Like a module path, a glob that matches a module
 ///   path covers everything below it: `"features.?"` covers `features.3.weight`;
-/// - `torchkit::regex("…")`: an ECMAScript regular expression that must match the whole
+/// - `torchkit::regex("…")`: an ECMAScript regular expression (no back-references) that must match the whole
 ///   parameter name (`std::regex_match`), e.g. `torchkit::regex(R"(.*conv\d+_1\.weight)")`.
 ///
 /// A tied tensor (one tensor registered in several modules) matches when any of its names does.
@@ -107,10 +107,22 @@ class NamePattern {
 /// Throws Error naming the expression when it is not a valid regular expression.
 ///
 ///     torchkit::freeze(model, {torchkit::regex(R"(cnn\.VGG_16\.convolution1_\d\..*)")});
+namespace detail {
+/// ECMAScript; with libstdc++ also its breadth-first matcher (`__polynomial`): time linear in the
+/// name for any expression, and no recursion as deep as the name is long. libstdc++'s default
+/// depth-first matcher takes exponential time on expressions such as `(a|a)*b` (found by
+/// fuzz/fuzz_name_pattern.cpp). Back-references are then refused as invalid expressions.
+#if defined(__GLIBCXX__)
+inline constexpr auto regex_flags = std::regex::ECMAScript | std::regex_constants::__polynomial;
+#else
+inline constexpr auto regex_flags = std::regex::ECMAScript;
+#endif
+}  // namespace detail
+
 [[nodiscard]] inline NamePattern regex(std::string expression) {
   std::shared_ptr<const std::regex> compiled;
   try {
-    compiled = std::make_shared<const std::regex>(expression, std::regex::ECMAScript);
+    compiled = std::make_shared<const std::regex>(expression, detail::regex_flags);
   } catch (const std::regex_error& error) {
     detail::fail("torchkit::regex: \"{}\" is not a valid regular expression ({}); expected an ECMAScript "
                  "expression that matches whole parameter names, e.g. \"cnn\\.conv\\d+\\.weight\"",
@@ -134,12 +146,14 @@ namespace detail {
   std::size_t star = std::string_view::npos;
   std::size_t star_text = 0;
   while (t < text.size()) {
-    if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == text[t])) {
-      ++p;
-      ++t;
-    } else if (p < pattern.size() && pattern[p] == '*') {
+    // '*' first: a '*' in the text is an ordinary character, never a match for the wildcard
+    // itself (found by fuzz/fuzz_name_pattern.cpp).
+    if (p < pattern.size() && pattern[p] == '*') {
       star = p++;
       star_text = t;
+    } else if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == text[t])) {
+      ++p;
+      ++t;
     } else if (star != std::string_view::npos) {
       p = star + 1;
       t = ++star_text;
