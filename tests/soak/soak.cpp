@@ -23,6 +23,8 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <unordered_set>
+#include <mutex>
 #include <vector>
 
 namespace {
@@ -41,28 +43,45 @@ class CountingAllocator final : public c10::Allocator {
   c10::DataPtr allocate(std::size_t bytes) const override { return wrap(inner_->allocate(bytes)); }
 #endif
 
-  [[nodiscard]] static std::int64_t live() { return live_.load(); }
+  // raw_allocate()/raw_deallocate() (used by oneDNN) go through this deleter.
+  [[nodiscard]] c10::DeleterFnPtr raw_deleter() const override { return &CountingAllocator::release; }
+
+  [[nodiscard]] static std::int64_t live() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    return static_cast<std::int64_t>(live_.size());
+  }
 
  private:
-  struct Owned {
-    c10::DataPtr inner;
-  };
-
-  static void release(void* context) {
-    delete static_cast<Owned*>(context);
-    live_.fetch_sub(1);
+  // LibTorch's raw_allocate() requires data == context, so the wrapper keeps the inner
+  // allocator's pointer as both and calls its deleter (the same function for every block).
+  // oneDNN frees some blocks through raw_deallocate() that it allocated before this allocator
+  // was installed: only pointers this allocator handed out are counted.
+  static void release(void* data) {
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      live_.erase(data);
+    }
+    inner_deleter_.load()(data);
   }
 
   static c10::DataPtr wrap(c10::DataPtr inner) {
     void* data = inner.get();
+    if (data == nullptr) return inner;  // an empty allocation
+    if (inner.get_context() != data) throw std::runtime_error("soak: the CPU allocator's context is not its data");
+    inner_deleter_.store(inner.get_deleter());
     const c10::Device device = inner.device();
-    auto* owned = new Owned{std::move(inner)};
-    live_.fetch_add(1);
-    return {data, owned, &CountingAllocator::release, device};
+    (void)inner.release_context();  // the wrapper frees it now
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      live_.insert(data);
+    }
+    return {data, data, &CountingAllocator::release, device};
   }
 
   c10::Allocator* inner_;
-  static inline std::atomic<std::int64_t> live_{0};
+  static inline std::mutex mutex_;
+  static inline std::unordered_set<void*> live_;
+  static inline std::atomic<c10::DeleterFnPtr> inner_deleter_{nullptr};
 };
 
 std::int64_t resident_kib() {
