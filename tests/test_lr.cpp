@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -858,6 +859,53 @@ TEST_CASE("load refuses another scheduler's state or another group count, changi
 
   torch::serialize::InputArchive empty;
   CHECK_THROWS_WITH_AS(step_other.load(empty), doctest::Contains("no 'lr_scheduler'"), torchkit::Error);
+}
+
+TEST_CASE("counts beyond 2^53 and periods that overflow int64 are refused, changing nothing") {
+  // Found by fuzz/fuzz_lr_archive.cpp (fuzz/regressions/fuzz_lr_archive/): Python's integers
+  // never overflow, int64 does; every such case is an Error before anything moves.
+  auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.01}}});
+  CHECK_THROWS_WITH_AS(lr::CosineAnnealingLR(*setup.optimizer, int64_t{1} << 60),
+                       doctest::Contains("T_max is 1152921504606846976; the largest count a scheduler accepts is 2^53"),
+                       torchkit::Error);
+  CHECK_THROWS_WITH_AS(lr::StepLR(*setup.optimizer, std::numeric_limits<int64_t>::max()),
+                       doctest::Contains("step_size is 9223372036854775807"), torchkit::Error);
+
+  lr::CosineAnnealingWarmRestarts warm(*setup.optimizer, 1, int64_t{1} << 40);
+  warm.step(3.5);
+  const auto before = warm.to_string();
+  const auto lrs = lrs_of(*setup.optimizer);
+  CHECK_THROWS_WITH_AS(warm.step(8.0e15), doctest::Contains("does not fit in int64"), torchkit::Error);
+  CHECK_THROWS_WITH_AS(warm.step(1e30), doctest::Contains("beyond 2^53"), torchkit::Error);
+  CHECK(warm.to_string() == before);
+  CHECK(lrs_of(*setup.optimizer) == lrs);
+
+  // An archive whose last_epoch would overflow the next step.
+  lr::StepLR step(*setup.optimizer, 3);
+  torch::serialize::OutputArchive out;
+  step.save(out);
+  std::stringstream stream;
+  out.save_to(stream);
+  torch::serialize::InputArchive saved;
+  saved.load_from(stream);
+  torch::serialize::InputArchive saved_state;
+  REQUIRE(saved.try_read("lr_scheduler", saved_state));
+  torch::serialize::OutputArchive corrupted_state;
+  for (const auto& key : saved_state.keys()) {
+    c10::IValue value;
+    REQUIRE(saved_state.try_read(key, value));
+    corrupted_state.write(key, key == "last_epoch" ? c10::IValue(std::numeric_limits<int64_t>::max()) : value);
+  }
+  torch::serialize::OutputArchive corrupted;
+  corrupted.write("lr_scheduler", corrupted_state);
+  std::stringstream corrupted_bytes;
+  corrupted.save_to(corrupted_bytes);
+  torch::serialize::InputArchive in;
+  in.load_from(corrupted_bytes);
+  const auto step_before = step.to_string();
+  CHECK_THROWS_WITH_AS(step.load(in), doctest::Contains("last_epoch in the archive is 9223372036854775807"),
+                       torchkit::Error);
+  CHECK(step.to_string() == step_before);
 }
 
 TEST_CASE("to_string and operator<<") {

@@ -1,17 +1,34 @@
 #!/usr/bin/env bash
-# Builds torchkit's libFuzzer targets (fuzz/, clang) and runs each for a bounded time, starting
-# from its committed corpus (fuzz/corpus/<target>) and past findings (fuzz/regressions/<target>).
-# Any crash, sanitizer report, leak, timeout or non-torchkit exception fails the run and leaves
-# the input in <build>/findings/; copy it into fuzz/regressions/<target>/ once fixed.
+# Builds torchkit's libFuzzer targets (fuzz/, clang) and runs each from its committed corpus
+# (fuzz/corpus/<target>) and past findings (fuzz/regressions/<target>). Any crash, sanitizer
+# report, leak, timeout or non-torchkit exception fails the run and leaves the input in
+# <build>/findings/; once fixed, copy it into fuzz/regressions/<target>/ with a telling name.
 #
-#   bash tools/fuzz.sh [seconds per target, default 45]
+#   bash tools/fuzz.sh                  CI mode: a fixed seed and a fixed number of runs per target
+#                                       (about 35 s each here), from a fresh working corpus, so a
+#                                       run passes or fails the same way on every machine
+#   bash tools/fuzz.sh --explore [S]    looking for new findings: a random seed, S seconds a
+#                                       target (default 300), keeping the working corpus
 #   TORCHKIT_FUZZ_TARGETS="fuzz_lr_archive fuzz_one_hot" bash tools/fuzz.sh   (only these)
 # In CI it runs in the Debian 13 root with clang 19 (LibTorch 1.13's headers do not compile as
 # C++20 under Debian 12's clang 14):
 #   bash tools/debian-root.sh trixie --cxx clang++ -- bash tools/fuzz.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${1:-45}
+explore=0
+seconds=300
+if [ "${1:-}" = --explore ]; then
+  explore=1
+  seconds=${2:-300}
+fi
+# CI mode: runs per target (about 35 s each on the 2-core development machine).
+declare -A runs=(
+  [fuzz_device_list]=1400000
+  [fuzz_image_options]=800000
+  [fuzz_lr_archive]=16000
+  [fuzz_name_pattern]=350000
+  [fuzz_one_hot]=550000
+)
 # clang with its runtime libraries (libFuzzer, the sanitizers, FuzzedDataProvider.h) and
 # llvm-symbolizer for readable reports.
 TORCHKIT_EXTRA_PACKAGES="${TORCHKIT_EXTRA_PACKAGES:-} clang libclang-rt-dev llvm" bash tools/install-deps.sh
@@ -33,11 +50,18 @@ for target in fuzz/fuzz_*.cpp; do
     continue
   fi
   work=$build_dir/corpus/$name
+  if [ "$explore" = 1 ]; then
+    mode=(-max_total_time="$seconds")
+    echo "fuzz: $name for ${seconds} s"
+  else
+    rm -rf "$work"
+    mode=(-seed=1 -runs="${runs[$name]:-100000}" -max_total_time=600)
+    echo "fuzz: $name, ${runs[$name]:-100000} runs from seed 1"
+  fi
   mkdir -p "$work" "fuzz/corpus/$name" "fuzz/regressions/$name"
-  echo "fuzz: $name for ${seconds} s"
-  if ! "$build_dir/fuzz/$name" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
+  if ! "$build_dir/fuzz/$name" "${mode[@]}" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
       -artifact_prefix="$build_dir/findings/$name-" "$work" "fuzz/corpus/$name" "fuzz/regressions/$name" \
-      > "$build_dir/findings/$name.log" 2>&1; then
+    > "$build_dir/findings/$name.log" 2>&1; then
     echo "fuzz: $name FOUND a problem:"
     tail -n 60 "$build_dir/findings/$name.log"
     status=1

@@ -2035,6 +2035,14 @@ class ReduceLROnPlateau {
     TORCHKIT_CHECK(last_lr.size() == min_lrs.size() && optimizer_lrs.size() == min_lrs.size(),
                    "{}: the archive was saved for {} parameter groups, the optimizer has {}", reader.owner(),
                    last_lr.size(), min_lrs.size());
+    // Counters beyond 2^53 cannot come from a run, and would overflow the next step.
+    const auto check_counter = [&](std::string_view name, int64_t value) {
+      TORCHKIT_CHECK(value >= 0 && value < detail::max_count, "{}: {} in the archive is {}; expected 0 <= {} < 2^53",
+                     reader.owner(), name, value, name);
+    };
+    check_counter("num_bad_epochs", num_bad_epochs);
+    check_counter("cooldown_counter", cooldown_counter);
+    check_counter("last_epoch", last_epoch);
     options_ = std::move(options);
     min_lrs_ = std::move(min_lrs);
     best_ = best;
