@@ -27,7 +27,7 @@ declare -A runs=(
   [fuzz_device_list]=1400000
   [fuzz_image_options]=800000
   [fuzz_lr_archive]=16000
-  [fuzz_name_pattern]=350000
+  [fuzz_name_pattern]=300000
   [fuzz_one_hot]=550000
 )
 # clang with its runtime libraries (libFuzzer, the sanitizers, FuzzedDataProvider.h) and
