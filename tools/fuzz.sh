@@ -6,8 +6,9 @@
 #
 #   bash tools/fuzz.sh                  CI mode: a fixed seed and a fixed number of runs per target
 #                                       (about 35 s each here, never more than 60 s), from a fresh
-#                                       working corpus: a slower machine runs a prefix of the same
-#                                       inputs, so a run that passes here passes there
+#                                       working corpus: every run tries nearly the same inputs
+#                                       (libFuzzer is not bit-for-bit repeatable, but close), so CI
+#                                       does not wander into new territory; --explore does that
 #   bash tools/fuzz.sh --explore [S]    looking for new findings: a random seed, S seconds a
 #                                       target (default 300), keeping the working corpus
 #   TORCHKIT_FUZZ_TARGETS="fuzz_lr_archive fuzz_one_hot" bash tools/fuzz.sh   (only these)
