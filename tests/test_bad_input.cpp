@@ -535,6 +535,11 @@ Rows batch_rows() {
 }
 
 Rows clip_rows() {
+  const auto nan_in_last_weight = [](Fixture& f) {
+    at::Tensor grad = f.parameter("4.weight").grad().clone();
+    grad[1][2] = nan;
+    set_grad(f, "4.weight", grad);
+  };
   return {
       // clip_grad_norm_
       {"clip.hpp:clip_grad_norm_", "max_norm = -1", "clip_grad_norm_: max_norm must be a positive number, got -1",
@@ -630,21 +635,13 @@ Rows clip_rows() {
       {"clip.hpp:clip_grad_norm_", "error_if_nonfinite, a nan gradient, inf-norm (fast path)",
        "clip_grad_norm_: the total norm of order inf of the gradients is nan (non-finite)",
        [](Fixture& f) { (void)torchkit::clip_grad_norm_(f.model, 1e-3, infinity, {.error_if_nonfinite = true}); },
-       [](Fixture& f) {
-         at::Tensor grad = f.parameter("4.weight").grad().clone();
-         grad[1][2] = nan;
-         set_grad(f, "4.weight", grad);
-       }},
+       nan_in_last_weight},
       {"clip.hpp:clip_grad_norm_", "error_if_nonfinite, a nan gradient, inf-norm (reference path)",
        "clip_grad_norm_: the total norm of order inf of the gradients is nan (non-finite)",
        [](Fixture& f) {
          (void)torchkit::clip_grad_norm_(f.model, 1e-3, infinity, {.error_if_nonfinite = true, .foreach = false});
        },
-       [](Fixture& f) {
-         at::Tensor grad = f.parameter("4.weight").grad().clone();
-         grad[1][2] = nan;
-         set_grad(f, "4.weight", grad);
-       }},
+       nan_in_last_weight},
       {"clip.hpp:clip_grad_norm_", "error_if_nonfinite, a nan in a bfloat16 gradient, p = 3",
        "clip_grad_norm_: the total norm of order 3 of the gradients is nan (non-finite)",
        [](Fixture& f) {
