@@ -1,7 +1,9 @@
 #pragma once
 /// @file detail/summary_build.hpp
-/// Internals of summary.hpp: the module tree of a model, and the turning of an observed forward
-/// pass into one row per module call.
+/// Stage 2 of summary.hpp, building rows: the module tree of a model, and the turning of what
+/// the forward pass was seen to do (detail/summary_trace.hpp) into one Summary::Row per module
+/// call, with parameter counts, mult-adds and the totals. Nothing here prints anything
+/// (detail/summary_format.hpp draws the tables).
 ///
 /// LibTorch has no forward hooks, so module calls are reconstructed:
 /// - `Sequential` containers are walked exactly: each child is run by summary itself, so its
@@ -15,7 +17,13 @@
 ///   called for the span of their descendants' calls and output what the last of them output.
 /// - A module called again gets a new row marked recursive. A module never called still gets a
 ///   row, with an empty shape.
+///
+/// A new per-row value (for a new column) is computed here, in SummaryBuilder::finish(), into a
+/// new Summary::Row field. A layer type whose operators are named unlike the class goes in
+/// operator_keys_of_type(). SummaryBuilder is a template over the row type (Summary::Row) so
+/// that this header compiles on its own.
 
+#include <torchkit/concepts.hpp>
 #include <torchkit/detail/config.hpp>
 #include <torchkit/detail/summary_trace.hpp>
 
@@ -133,6 +141,7 @@ inline std::string observed_operator_key(std::string_view name) {
 
 /// A parameter registered on a module itself.
 struct OwnParameter {
+  std::string name;  ///< as registered (`weight`, `weight_ih_l0`)
   const c10::TensorImpl* impl = nullptr;
   int64_t count = 0;
   bool trainable = false;
@@ -152,30 +161,26 @@ struct ModuleNode {
   int64_t params = 0;          ///< parameters of the module and its descendants, each once
   int64_t trainable_params = 0;
   int64_t own_params = 0;      ///< parameters registered on this module itself
-  std::vector<std::pair<std::string, int64_t>> own_parameter_sizes;  ///< name, element count
   std::vector<OwnParameter> own_parameters;
   std::vector<int> own_state;  ///< state indices of its own parameters and buffers
-  std::vector<std::string> operator_keys;  ///< for parameter-free leaves: operators it runs
   bool leaf() const { return children.empty(); }
 };
 
-/// One row of a summary as built (torchkit::Summary::Row plus layout information).
-struct RowRecord {
-  int node = 0;
-  int depth = 0;
-  std::vector<int64_t> output_shape;
-  int64_t output_element_size = 0;
-  bool called = false;       ///< a call observed in the forward pass
-  bool recursive = false;    ///< the module had a row before
-  bool placeholder = false;  ///< a container shown again so that the tree stays a tree
-  int64_t mult_adds = 0;
-  int depth_index = 0;       ///< torchinfo's "depth-idx" index, 0 where none
+/// The totals of a summary, counted as torchinfo counts them.
+struct SummaryTotals {
+  int64_t total_params = 0;            ///< each parameter tensor once
+  int64_t trainable_params = 0;
+  int64_t total_mult_adds = 0;         ///< leaf calls' mult-adds
+  int64_t forward_backward_bytes = 0;  ///< 2 x the outputs of leaf calls with parameters
+  int64_t param_bytes = 0;
 };
 
-/// Builds the rows of one summary: the module tree, the observed calls, and the layout.
+/// Builds the rows of one summary (`Row` is Summary::Row, the one row model): the module tree,
+/// the observed calls, and per row its counts and torchinfo's layout fields.
+template <class Row>
 class SummaryBuilder {
  public:
-  explicit SummaryBuilder(torch::nn::Module& root) {
+  explicit SummaryBuilder(torch::nn::Module& root) : root_(root) {
     add_node(root, "", 0, -1);
     count_subtree_parameters();
     call_count_.assign(nodes_.size(), 0);
@@ -183,20 +188,19 @@ class SummaryBuilder {
   }
 
   const std::vector<ModuleNode>& nodes() const { return nodes_; }
-  std::vector<RowRecord>& rows() { return rows_; }
+  const std::vector<Row>& rows() const { return rows_; }
   Recorder& recorder() { return recorder_; }
 
   /// Appends the row of a new call of `node`; returns its index.
   int open_call(int node) {
-    RowRecord row;
-    row.node = node;
+    Row row;
     row.depth = nodes_[static_cast<std::size_t>(node)].depth;
     row.called = true;
     ++call_count_[static_cast<std::size_t>(node)];
     // Recursive: this module object had a row before (a module registered twice is one module).
     row.recursive = !seen_modules_.insert(nodes_[static_cast<std::size_t>(node)].module).second;
     appeared_[static_cast<std::size_t>(node)] = true;
-    rows_.push_back(std::move(row));
+    push_row(node, std::move(row));
     return static_cast<int>(rows_.size()) - 1;
   }
 
@@ -240,21 +244,37 @@ class SummaryBuilder {
     }
   }
 
-  /// Adds the rows of modules never called, numbers the rows, computes mult-adds.
+  /// Adds the rows of modules never called, numbers the rows, fills in each row's module
+  /// (name, type, counts) and computes mult-adds and the totals. Call once, after the forward
+  /// pass (or without one, for the parameters-only summary).
   void finish() {
-    if (rows_.empty() || rows_.front().node != 0) {
-      RowRecord root;
-      root.node = 0;
-      rows_.insert(rows_.begin(), root);
+    if (rows_.empty() || row_nodes_.front() != 0) {
+      insert_row(0, 0, Row{});
       appeared_[0] = true;
       seen_modules_.insert(nodes_[0].module);
     }
     add_rows_of_modules_never_called();
     number_rows();
+    describe_modules();
     compute_mult_adds();
+    count_totals();
   }
 
+  /// The finished rows (moved out).
+  std::vector<Row> take_rows() { return std::move(rows_); }
+  const SummaryTotals& totals() const { return totals_; }
+
  private:
+  void push_row(int node, Row row) {
+    rows_.push_back(std::move(row));
+    row_nodes_.push_back(node);
+  }
+  void insert_row(std::size_t position, int node, Row row) {
+    rows_.insert(rows_.begin() + static_cast<std::ptrdiff_t>(position), std::move(row));
+    row_nodes_.insert(row_nodes_.begin() + static_cast<std::ptrdiff_t>(position), node);
+  }
+  const ModuleNode& node_of_row(std::size_t row) const { return nodes_[static_cast<std::size_t>(row_nodes_[row])]; }
+
   struct OpenCall {
     int node;
     int row;
@@ -283,9 +303,8 @@ class SummaryBuilder {
       for (const auto& item : module.named_parameters(/*recurse=*/false)) {
         const at::Tensor& parameter = item.value();
         node.own_params += parameter.numel();
-        node.own_parameter_sizes.emplace_back(item.key(), parameter.numel());
         node.own_parameters.push_back(
-            OwnParameter{parameter.unsafeGetTensorImpl(), parameter.numel(), parameter.requires_grad()});
+            OwnParameter{item.key(), parameter.unsafeGetTensorImpl(), parameter.numel(), parameter.requires_grad()});
         add_state(index, parameter);
       }
       for (const auto& item : module.named_buffers(/*recurse=*/false)) {
@@ -300,8 +319,7 @@ class SummaryBuilder {
     ModuleNode& node = nodes_[static_cast<std::size_t>(index)];
     node.subtree_end = static_cast<int>(nodes_.size());
     if (node.leaf() && node.own_state.empty()) {
-      node.operator_keys = operator_keys_of_type(node.type);
-      for (const std::string& key : node.operator_keys) {
+      for (const std::string& key : operator_keys_of_type(node.type)) {
         parameter_free_by_key_[key].push_back(index);
       }
     }
@@ -496,13 +514,12 @@ class SummaryBuilder {
       if (nodes_[static_cast<std::size_t>(node)].callable) {
         row = open_call(node);
       } else {
-        RowRecord record;
-        record.node = node;
+        Row record;
         record.depth = nodes_[static_cast<std::size_t>(node)].depth;
         record.placeholder = appeared_[static_cast<std::size_t>(node)];
         record.recursive = !seen_modules_.insert(nodes_[static_cast<std::size_t>(node)].module).second;
         appeared_[static_cast<std::size_t>(node)] = true;
-        rows_.push_back(std::move(record));
+        push_row(node, std::move(record));
         row = static_cast<int>(rows_.size()) - 1;
       }
       if (i > 0) {
@@ -526,7 +543,7 @@ class SummaryBuilder {
       }
       const int parent = nodes_[node].parent;
       std::size_t position = 0;
-      while (rows_[position].node != parent) {
+      while (row_nodes_[position] != parent) {
         ++position;
       }
       const int parent_depth = rows_[position].depth;
@@ -534,18 +551,17 @@ class SummaryBuilder {
       while (position < rows_.size() && rows_[position].depth > parent_depth) {
         ++position;
       }
-      RowRecord row;
-      row.node = static_cast<int>(node);
+      Row row;
       row.depth = nodes_[node].depth;
       row.recursive = !seen_modules_.insert(nodes_[node].module).second;
-      rows_.insert(rows_.begin() + static_cast<std::ptrdiff_t>(position), std::move(row));
+      insert_row(position, static_cast<int>(node), std::move(row));
       appeared_[node] = true;
     }
   }
 
   void number_rows() {
     std::vector<int> counters;
-    for (RowRecord& row : rows_) {
+    for (Row& row : rows_) {
       if (row.depth == 0 || row.placeholder) {
         continue;
       }
@@ -556,7 +572,8 @@ class SummaryBuilder {
     }
   }
 
-  /// torchinfo's rule, per parameter of a leaf module: `weight`/`bias` of a Conv: count times
+  /// torchinfo's rule (torchinfo 1.7, layer_info.py, LayerInfo.calculate_macs; the layer type
+  /// tests are its `"Conv" in class_name` / `"Linear" in class_name`), per parameter of a leaf module: `weight`/`bias` of a Conv: count times
   /// N times the spatial output size; of a Linear: count times prod(output[:-1]); of anything
   /// else: count times output[0]; other parameters named `*weight*`/`*bias*` (RNN weights such as
   /// `weight_ih_l0`): count times prod(output[:2]).
@@ -574,7 +591,9 @@ class SummaryBuilder {
     const bool conv = node.type.find("Conv") != std::string::npos;
     const bool linear = node.type.find("Linear") != std::string::npos;
     int64_t total = 0;
-    for (const auto& [name, count] : node.own_parameter_sizes) {
+    for (const OwnParameter& parameter : node.own_parameters) {
+      const std::string& name = parameter.name;
+      const int64_t count = parameter.count;
       if (name == "weight" || name == "bias") {
         if (conv) {
           total += count * output[0] * product(2, output.size());
@@ -590,23 +609,61 @@ class SummaryBuilder {
     return total;
   }
 
+  /// What each row shows of its module: name, type, counts, whether it is a leaf or a container.
+  void describe_modules() {
+    for (std::size_t i = 0; i < rows_.size(); ++i) {
+      const ModuleNode& node = node_of_row(i);
+      Row& row = rows_[i];
+      row.name = node.name;
+      row.type = node.type;
+      row.params = node.params;
+      row.trainable_params = node.trainable_params;
+      row.own_params = node.own_params;
+      row.leaf = node.leaf();
+      row.container = node.sequential || !node.callable;
+    }
+  }
+
   void compute_mult_adds() {
-    for (RowRecord& row : rows_) {
-      const ModuleNode& node = nodes_[static_cast<std::size_t>(row.node)];
-      row.mult_adds = node.leaf() ? leaf_mult_adds(node, row.output_shape) : 0;
+    for (std::size_t i = 0; i < rows_.size(); ++i) {
+      const ModuleNode& node = node_of_row(i);
+      rows_[i].mult_adds = node.leaf() ? leaf_mult_adds(node, rows_[i].output_shape) : 0;
     }
     // A container's mult-adds are those of the leaf calls nested in its call.
     for (std::size_t i = 0; i < rows_.size(); ++i) {
-      if (nodes_[static_cast<std::size_t>(rows_[i].node)].leaf()) {
+      if (rows_[i].leaf) {
         continue;
       }
       int64_t sum = 0;
       for (std::size_t j = i + 1; j < rows_.size() && rows_[j].depth > rows_[i].depth; ++j) {
-        if (nodes_[static_cast<std::size_t>(rows_[j].node)].leaf()) {
+        if (rows_[j].leaf) {
           sum += rows_[j].mult_adds;
         }
       }
       rows_[i].mult_adds = sum;
+    }
+  }
+
+  /// torchinfo's totals: parameters (each tensor once) and their bytes; mult-adds of the leaf
+  /// calls; 2 x the output bytes of every call of a leaf module with parameters.
+  void count_totals() {
+    for (const Row& row : rows_) {
+      if (row.leaf && row.called) {
+        totals_.total_mult_adds += row.mult_adds;
+        if (row.params > 0 && !row.output_shape.empty()) {
+          int64_t elements = 1;
+          for (const int64_t size : row.output_shape) {
+            elements *= size;
+          }
+          totals_.forward_backward_bytes += 2 * row.output_element_size * elements;
+        }
+      }
+    }
+    for (const NamedParameter& parameter : named_parameters_of(root_)) {
+      const int64_t count = parameter.tensor.numel();
+      totals_.total_params += count;
+      totals_.trainable_params += parameter.tensor.requires_grad() ? count : 0;
+      totals_.param_bytes += count * static_cast<int64_t>(parameter.tensor.element_size());
     }
   }
 
@@ -616,7 +673,10 @@ class SummaryBuilder {
   std::vector<int> call_count_;
   std::vector<bool> appeared_;
   std::unordered_set<const torch::nn::Module*> seen_modules_;
-  std::vector<RowRecord> rows_;
+  torch::nn::Module& root_;
+  std::vector<Row> rows_;
+  std::vector<int> row_nodes_;  ///< the module node of each row
+  SummaryTotals totals_;
   Recorder recorder_;
 };
 

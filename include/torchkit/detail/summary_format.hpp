@@ -1,10 +1,22 @@
 #pragma once
 /// @file detail/summary_format.hpp
-/// Internals of summary.hpp: the number and table formatting torchinfo and pytorch-summary use
-/// (Python's `{:,}`, `{:.2f}`, left/right alignment by characters, the `├─`/`└─` tree).
+/// Stage 3 of summary.hpp, formatting: draws the tables. Everything a Summary prints is drawn
+/// here, from its public accessors only: the Tree style (torchinfo's table) and the Flat style
+/// (pytorch-summary's), and the number formats both use (Python's `{:,}`, `{:.2f}`, alignment
+/// by characters, the `├─`/`└─` tree).
+///
+/// A new column goes here: a title in tree_table()'s `titles`, a value in its row loop, and a
+/// SummaryOptions flag (summary.hpp) that switches it on. What the column shows must already be
+/// in Summary::Row (computed in detail/summary_build.hpp).
+///
+/// The functions are templates over the Summary type so that this header compiles on its own
+/// without the public header (nlohmann/json's detail headers do the same with BasicJsonType).
+
+#include <torchkit/detail/shape.hpp>
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -108,6 +120,226 @@ inline std::string tree_prefix(const std::vector<bool>& continues) {
     }
   }
   return prefix;
+}
+
+// --- the Tree style (torchinfo) -----------------------------------------------------------
+
+/// torchinfo's column width (`col_width=25`, the default of torchinfo.summary()) and the least
+/// width of the "Layer (type:depth-idx)" column (`layer_name_width=40`, torchinfo's
+/// FormattingOptions in formatting.py, which widens it to the longest title rounded up to a
+/// multiple of 5, as tree_name_width() does).
+inline constexpr std::size_t tree_column_width = 25;
+inline constexpr std::size_t tree_least_name_width = 40;
+
+/// A row's title: `Net`, `Conv2d: 1-1`; a placeholder (torchinfo repeats a container so that
+/// the tree stays a tree) has no index: `ModuleList: 1`.
+template <class Row>
+std::string tree_title(const Row& row) {
+  if (row.depth == 0) {
+    return row.type;
+  }
+  return row.placeholder ? fmt::format("{}: {}", row.type, row.depth)
+                         : fmt::format("{}: {}-{}", row.type, row.depth, row.depth_index);
+}
+
+/// The width of the title column: torchinfo's 40, or the longest title (indented 5 characters a
+/// level) plus one, rounded up to a multiple of 5.
+template <class Row>
+std::size_t tree_name_width(const std::vector<Row>& rows) {
+  std::size_t longest = 0;
+  for (const Row& row : rows) {
+    longest = std::max(longest, characters(tree_title(row)) + static_cast<std::size_t>(row.depth) * 5 + 1);
+  }
+  return longest >= tree_least_name_width ? (longest + 4) / 5 * 5 : tree_least_name_width;
+}
+
+/// torchinfo's leftover_params: a container's parameters not shown by the rows below it
+/// (leaf rows count their parameters, container rows their own leftover; repeated rows none).
+template <class Row>
+std::vector<int64_t> leftover_params(const std::vector<Row>& rows) {
+  std::vector<int64_t> leftover(rows.size(), 0);
+  for (std::size_t i = rows.size(); i-- > 0;) {
+    int64_t children = 0;
+    for (std::size_t j = i + 1; j < rows.size() && rows[j].depth > rows[i].depth; ++j) {
+      if (!rows[j].recursive) {
+        children += rows[j].leaf ? rows[j].params : leftover[j];
+      }
+    }
+    leftover[i] = rows[i].params - children;
+  }
+  return leftover;
+}
+
+/// Which tree lines go on below visible row `v`: level l continues where a later visible row of
+/// depth l follows before any shallower one.
+template <class Row>
+std::vector<bool> tree_continues(const std::vector<Row>& rows, const std::vector<std::size_t>& visible, std::size_t v) {
+  const int own_depth = rows[visible[v]].depth;
+  std::vector<bool> continues(static_cast<std::size_t>(own_depth), false);
+  for (int level = 1; level <= own_depth; ++level) {
+    for (std::size_t w = v + 1; w < visible.size(); ++w) {
+      const int depth = rows[visible[w]].depth;
+      if (depth < level) {
+        break;
+      }
+      if (depth == level) {
+        continues[static_cast<std::size_t>(level - 1)] = true;
+        break;
+      }
+    }
+  }
+  return continues;
+}
+
+/// The Tree table of a summary: torchinfo's layout, column by column.
+template <class Summary>
+std::string tree_table(const Summary& summary) {
+  using Row = typename Summary::Row;
+  const std::vector<Row>& rows = summary.rows();
+  const auto& options = summary.options();
+  const bool forward_pass = summary.has_forward_pass();
+  const int max_depth = options.depth;
+  std::vector<std::string> titles;
+  if (forward_pass) {
+    titles.emplace_back("Output Shape");
+  }
+  titles.emplace_back("Param #");
+  const bool mult_adds_column = forward_pass && options.show_mult_adds;
+  if (mult_adds_column) {
+    titles.emplace_back("Mult-Adds");
+  }
+  if (options.show_trainable) {
+    titles.emplace_back("Trainable");
+  }
+  const std::size_t name_width = tree_name_width(rows);
+  const std::string divider(titles.size() * tree_column_width + name_width, '=');
+  auto format_row = [&](const std::string& name, const std::vector<std::string>& values) {
+    std::string line = pad_right(name, name_width) + " ";
+    for (const std::string& value : values) {
+      line += pad_right(value, tree_column_width) + " ";
+    }
+    line.erase(line.find_last_not_of(' ') + 1);
+    return line + "\n";
+  };
+
+  std::vector<std::size_t> visible;
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    if (rows[i].depth <= max_depth) {
+      visible.push_back(i);
+    }
+  }
+  const std::vector<int64_t> leftover = leftover_params(rows);
+  std::string table = divider + "\n" + format_row("Layer (type:depth-idx)", titles) + divider + "\n";
+  for (std::size_t v = 0; v < visible.size(); ++v) {
+    const std::size_t i = visible[v];
+    const Row& row = rows[i];
+    // torchinfo's rules: a row at the depth limit shows its whole subtree's count, a container
+    // above it only what its visible children do not show; "(n)" marks a frozen count.
+    const bool at_max_depth = row.depth == max_depth;
+    std::vector<std::string> values;
+    if (forward_pass) {
+      values.push_back(row.output_shape.empty() ? "--" : shape_string(row.output_shape));
+    }
+    if (row.params == 0) {
+      values.emplace_back("--");
+    } else if (row.recursive) {
+      values.emplace_back("(recursive)");
+    } else if (at_max_depth || row.leaf) {
+      const std::string count = with_thousands(row.params);
+      values.push_back(row.trainable_params > 0 ? count : "(" + count + ")");
+    } else {
+      values.push_back(leftover[i] > 0 ? with_thousands(leftover[i]) : "--");
+    }
+    if (mult_adds_column) {
+      values.push_back(row.mult_adds > 0 && (row.leaf || at_max_depth) ? with_thousands(row.mult_adds) : "--");
+    }
+    if (options.show_trainable) {
+      values.emplace_back(row.params == 0                      ? "--"
+                          : row.trainable_params == 0          ? "False"
+                          : row.trainable_params == row.params ? "True"
+                                                               : "Partial");
+    }
+    table += format_row(tree_prefix(tree_continues(rows, visible, v)) + tree_title(row), values);
+  }
+  table += divider + "\n";
+  table += "Total params: " + with_thousands(summary.total_params()) + "\n";
+  table += "Trainable params: " + with_thousands(summary.trainable_params()) + "\n";
+  table += "Non-trainable params: " + with_thousands(summary.non_trainable_params()) + "\n";
+  if (forward_pass) {
+    table += "Total mult-adds" + mult_adds_with_unit(summary.total_mult_adds()) + "\n" + divider + "\n";
+    table += "Input size (MB): " + megabytes(summary.input_bytes()) + "\n";
+    table += "Forward/backward pass size (MB): " + megabytes(summary.forward_backward_bytes()) + "\n";
+    table += "Params size (MB): " + megabytes(summary.param_bytes()) + "\n";
+    table += "Estimated Total Size (MB): " + megabytes(summary.total_bytes()) + "\n";
+  }
+  return table + divider;
+}
+
+// --- the Flat style (pytorch-summary) -----------------------------------------------------
+
+/// pytorch-summary's line: `"{:>20}  {:>25} {:>15}"` between rules of 64 characters
+/// (torchsummary.py's summary()).
+inline constexpr std::size_t flat_rule_width = 64;
+
+inline std::string flat_line(const std::string& name, const std::string& shape, const std::string& params) {
+  return pad_left(name, 20) + "  " + pad_left(shape, 25) + " " + pad_left(params, 15) + "\n";
+}
+
+/// pytorch-summary numbers a module when its forward returns: children before parents. The
+/// order of the rows in which it prints them.
+template <class Row>
+std::vector<std::size_t> return_order(const std::vector<Row>& rows) {
+  std::vector<std::size_t> order;
+  std::vector<std::size_t> pending;
+  auto emit_down_to = [&](int depth) {
+    while (!pending.empty() && rows[pending.back()].depth >= depth) {
+      order.push_back(pending.back());
+      pending.pop_back();
+    }
+  };
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    emit_down_to(rows[i].depth);
+    pending.push_back(i);
+  }
+  emit_down_to(0);
+  return order;
+}
+
+/// The Flat table of a summary; `batch_synthesized`: the batch dimension was made by summary()
+/// and is printed as -1, as pytorch-summary does.
+template <class Summary>
+std::string flat_table(const Summary& summary, bool batch_synthesized) {
+  const auto& rows = summary.rows();
+  const bool forward_pass = summary.has_forward_pass();
+  const std::string thin(flat_rule_width, '-');
+  const std::string thick(flat_rule_width, '=');
+  std::string table = thin + "\n" + flat_line("Layer (type)", "Output Shape", "Param #") + thick + "\n";
+  int number = 0;
+  for (const std::size_t i : return_order(rows)) {
+    const auto& row = rows[i];
+    if (row.container || row.placeholder || (forward_pass && !row.called)) {
+      continue;
+    }
+    std::vector<int64_t> shape = row.output_shape;
+    if (batch_synthesized && !shape.empty()) {
+      shape[0] = -1;
+    }
+    const std::string params = row.recursive && row.own_params > 0 ? "(recursive)" : with_thousands(row.own_params);
+    table += flat_line(fmt::format("{}-{}", row.type, ++number), shape.empty() ? "--" : shape_string(shape), params);
+  }
+  table += thick + "\n";
+  table += "Total params: " + with_thousands(summary.total_params()) + "\n";
+  table += "Trainable params: " + with_thousands(summary.trainable_params()) + "\n";
+  table += "Non-trainable params: " + with_thousands(summary.non_trainable_params()) + "\n";
+  table += thin + "\n";
+  if (forward_pass) {
+    table += "Input size (MB): " + megabytes(summary.input_bytes()) + "\n";
+    table += "Forward/backward pass size (MB): " + megabytes(summary.forward_backward_bytes()) + "\n";
+    table += "Params size (MB): " + megabytes(summary.param_bytes()) + "\n";
+    table += "Estimated Total Size (MB): " + megabytes(summary.total_bytes()) + "\n";
+    table += thin;
+  }
+  return table;
 }
 
 }  // namespace torchkit::detail::summary_impl

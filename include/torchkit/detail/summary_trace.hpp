@@ -1,24 +1,51 @@
 #pragma once
 /// @file detail/summary_trace.hpp
-/// Internals of summary.hpp: observes the ATen operators a forward pass runs, with thread-local
-/// `at::RecordFunction` callbacks, and records for each top-level operator which module state
-/// (parameters, buffers) it read and the shape of its first tensor output.
+/// Stage 1 of summary.hpp, running the model: makes the inputs, runs one forward pass (in eval
+/// mode, under no-grad) and sees what it does. A `Sequential` is run child by child; inside any
+/// other forward the ATen operators it runs are observed with thread-local
+/// `at::RecordFunction` callbacks, recording for each top-level operator which module state
+/// (parameters, buffers) it read and the shape of its first tensor output. What is seen is
+/// handed to the row builder (detail/summary_build.hpp) as it happens: `open_call`,
+/// `attribute_region`, `set_output`.
 ///
 /// Only operators at nesting depth 0 are recorded (`aten::linear` is recorded, the `aten::t` and
 /// `aten::addmm` it runs inside are not). The callbacks are thread-local, so two threads can
 /// observe two forward passes at once; an operator that runs on another thread (inside an
 /// intra-op parallel region) finds no recorder there and is ignored.
+///
+/// A new kind of model argument or forward signature goes here (forward_target, can_run,
+/// run_model). The drivers are templates over the builder so that this header compiles on its
+/// own.
 
+#include <torchkit/concepts.hpp>
 #include <torchkit/detail/config.hpp>
+#include <torchkit/detail/shape.hpp>
+#include <torchkit/error.hpp>
+#include <torchkit/grad_mode.hpp>
 
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/ivalue.h>
 #include <ATen/record_function.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Type.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/any.h>
+#include <torch/nn/modules/container/sequential.h>
 
+#include <fmt/format.h>
+
+#include <concepts>
 #include <cstdint>
 #include <exception>
 #include <memory>
+#include <optional>
+#include <stdexcept>
 #include <string>
+#include <tuple>
+#include <type_traits>
+#include <typeinfo>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -256,5 +283,378 @@ class RecordingRegion {
  private:
   Recorder& recorder_;
 };
+
+// --- running the model ---------------------------------------------------------------------
+
+template <class M>
+concept AnyModuleModel = std::same_as<std::remove_cvref_t<M>, torch::nn::AnyModule>;
+
+/// What summary() accepts: a module, a module holder, a shared_ptr to a module, an AnyModule.
+template <class M>
+concept SummaryModel = ModuleLike<M> || AnyModuleModel<M>;
+
+/// The object whose `forward` summary calls: the module itself in its concrete type.
+template <class M>
+decltype(auto) forward_target(M& model) {
+  using Model = std::remove_cvref_t<M>;
+  if constexpr (AnyModuleModel<M>) {
+    TORCHKIT_CHECK(!model.is_empty(), "summary: the AnyModule is empty");
+    return (model);
+  } else if constexpr (is_module_holder_v<Model>) {
+    TORCHKIT_CHECK(!model.is_empty(), "summary: the module holder is empty (it was constructed with nullptr)");
+    return *model;
+  } else if constexpr (is_module_pointer_v<Model>) {
+    TORCHKIT_CHECK(model != nullptr, "summary: the module pointer is null");
+    return *model;
+  } else {
+    return (model);
+  }
+}
+
+/// The module as a Sequential when it is exactly one (not a subclass with a forward of its own):
+/// then summary walks its children itself.
+inline torch::nn::SequentialImpl* exact_sequential(torch::nn::Module* module) {
+  return module != nullptr && typeid(*module) == typeid(torch::nn::SequentialImpl)
+             ? dynamic_cast<torch::nn::SequentialImpl*>(module)
+             : nullptr;
+}
+
+template <class M>
+torch::nn::Module& root_module(M& model) {
+  if constexpr (AnyModuleModel<M>) {
+    TORCHKIT_CHECK(!model.is_empty(), "summary: the AnyModule is empty");
+    return *model.ptr();
+  } else {
+    return module_of(model);
+  }
+}
+
+/// The shape and element size of the first tensor in what a forward returned.
+struct OutputShape {
+  std::vector<int64_t> shape;
+  int64_t element_size = 0;
+};
+
+inline std::optional<OutputShape> shape_of(const at::Tensor& tensor) {
+  if (!tensor.defined()) {
+    return std::nullopt;
+  }
+  const auto sizes = tensor.sizes();
+  return OutputShape{std::vector<int64_t>(sizes.begin(), sizes.end()), static_cast<int64_t>(tensor.element_size())};
+}
+
+template <class T>
+inline constexpr bool is_tuple_v = false;
+template <class... T>
+inline constexpr bool is_tuple_v<std::tuple<T...>> = true;
+template <class A, class B>
+inline constexpr bool is_tuple_v<std::pair<A, B>> = true;
+
+template <class T>
+std::optional<OutputShape> first_output(T& value) {
+  using Value = std::remove_cvref_t<T>;
+  if constexpr (std::is_same_v<Value, at::Tensor>) {
+    return shape_of(value);
+  } else if constexpr (is_tuple_v<Value>) {
+    std::optional<OutputShape> found;
+    std::apply([&](auto&... elements) { ((found = found ? found : first_output(elements)), ...); }, value);
+    return found;
+  } else if constexpr (std::is_same_v<Value, std::vector<at::Tensor>>) {
+    return value.empty() ? std::nullopt : shape_of(value.front());
+  } else if constexpr (std::is_same_v<Value, torch::nn::AnyValue>) {
+    if (auto* tensor = value.template try_get<at::Tensor>()) {
+      return shape_of(*tensor);
+    }
+    if (auto* lstm = value.template try_get<std::tuple<at::Tensor, std::tuple<at::Tensor, at::Tensor>>>()) {
+      return shape_of(std::get<0>(*lstm));
+    }
+    if (auto* pair = value.template try_get<std::tuple<at::Tensor, at::Tensor>>()) {
+      return shape_of(std::get<0>(*pair));
+    }
+    if (auto* tensors = value.template try_get<std::vector<at::Tensor>>()) {
+      return tensors->empty() ? std::nullopt : shape_of(tensors->front());
+    }
+    return std::nullopt;
+  } else {
+    return std::nullopt;
+  }
+}
+
+/// Sets a call's output to the last recorded operator's output (for a forward that returns
+/// nothing, or something that is no tensor and no tuple of tensors).
+template <class Builder>
+void set_output_from_region(Builder& builder, int row) {
+  if (const OpRecord* op = builder.last_output_of_region()) {
+    builder.set_output(row, op->output_shape, op->output_element_size);
+  }
+}
+
+/// Sets a call's output: what the forward returned, else the last operator's output.
+template <class Builder, class T>
+void set_call_output(Builder& builder, int row, T& result) {
+  if (auto output = first_output(result)) {
+    builder.set_output(row, std::move(output->shape), output->element_size);
+  } else {
+    set_output_from_region(builder, row);
+  }
+}
+
+/// Calls `call` (a forward) as the region of `node`'s call in `row`, then attributes the
+/// operators it ran to `node`'s submodules.
+template <class Builder, class Call>
+void run_region(Builder& builder, int node, int row, Call&& call) {
+  using Result = decltype(call());
+  if constexpr (std::is_void_v<Result>) {
+    {
+      RecordingRegion region(builder.recorder());
+      call();
+    }
+    builder.attribute_region(node);
+    set_output_from_region(builder, row);
+  } else {
+    std::optional<std::decay_t<Result>> result;
+    {
+      RecordingRegion region(builder.recorder());
+      result.emplace(call());
+    }
+    builder.attribute_region(node);
+    set_call_output(builder, row, *result);
+  }
+}
+
+template <class Builder, class... Args>
+torch::nn::AnyValue walk_sequential(Builder& builder, int node, torch::nn::SequentialImpl& sequential,
+                                    Args&&... inputs);
+
+/// Sets the output of a walked Sequential's call: what it returned, else its last child's output.
+template <class Builder>
+void set_sequential_output(Builder& builder, int row, torch::nn::AnyValue& output) {
+  if (auto shape = first_output(output)) {
+    builder.set_output(row, std::move(shape->shape), shape->element_size);
+    return;
+  }
+  const auto& rows = builder.rows();
+  const int depth = rows[static_cast<std::size_t>(row)].depth;
+  for (std::size_t i = rows.size(); i-- > static_cast<std::size_t>(row) + 1;) {
+    if (rows[i].depth == depth + 1) {
+      builder.set_output(row, rows[i].output_shape, rows[i].output_element_size);
+      return;
+    }
+  }
+}
+
+/// Runs one child of a Sequential as its own call.
+template <class Builder, class... Args>
+torch::nn::AnyValue run_sequential_child(Builder& builder, int node, torch::nn::AnyModule& child,
+                                         Args&&... inputs) {
+  const int row = builder.open_call(node);
+  if (auto* sequential = exact_sequential(child.ptr().get())) {
+    torch::nn::AnyValue output = walk_sequential(builder, node, *sequential, std::forward<Args>(inputs)...);
+    set_sequential_output(builder, row, output);
+    return output;
+  }
+  std::optional<torch::nn::AnyValue> output;
+  {
+    RecordingRegion region(builder.recorder());
+    output.emplace(child.any_forward(std::forward<Args>(inputs)...));
+  }
+  builder.attribute_region(node);
+  set_call_output(builder, row, *output);
+  return std::move(*output);
+}
+
+/// Runs a Sequential child by child, as `Sequential::forward` does.
+template <class Builder, class... Args>
+torch::nn::AnyValue walk_sequential(Builder& builder, int node, torch::nn::SequentialImpl& sequential,
+                                    Args&&... inputs) {
+  const std::vector<int> children = builder.nodes()[static_cast<std::size_t>(node)].children;
+  if (sequential.is_empty()) {
+    throw std::runtime_error("Cannot call forward() on an empty Sequential");
+  }
+  TORCHKIT_CHECK(children.size() == sequential.size(),
+                 "summary: the Sequential '{}' has {} modules but {} registered children",
+                 builder.nodes()[static_cast<std::size_t>(node)].name, sequential.size(), children.size());
+  auto module = sequential.begin();
+  torch::nn::AnyValue value = run_sequential_child(builder, children[0], *module, std::forward<Args>(inputs)...);
+  std::size_t index = 1;
+  for (++module; module != sequential.end(); ++module, ++index) {
+    value = run_sequential_child(builder, children[index], *module, std::move(value));
+  }
+  return value;
+}
+
+/// Thrown (and passed on unchanged) where the model's forward does not take the inputs.
+class ForwardSignatureError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// The error for a model whose forward summary cannot call with the inputs.
+template <class Target>
+ForwardSignatureError forward_signature_error(const std::string& what, const std::string& tried) {
+  if constexpr (std::is_same_v<Target, torch::nn::Module>) {
+    return ForwardSignatureError(fmt::format(
+        "summary: the model is passed as torch::nn::Module, which has no forward(); pass it as its own type "
+        "(Net, std::shared_ptr<NetImpl>) or as a torch::nn::AnyModule; inputs tried: {}",
+        tried));
+  } else {
+    return ForwardSignatureError(
+        fmt::format("summary: {}::forward does not take {}; inputs tried: {}", c10::demangle(typeid(Target).name()), what, tried));
+  }
+}
+
+/// Whether summary can run the model on arguments of these types: a forward that takes them,
+/// or a Sequential or AnyModule (they check the arguments when called).
+template <class M, class... Args>
+bool can_run(M& model) {
+  using Target = std::remove_cvref_t<decltype(forward_target(model))>;
+  if constexpr (AnyModuleModel<M> || std::is_same_v<Target, torch::nn::SequentialImpl> ||
+                requires(Target& target) { target.forward(std::declval<Args>()...); }) {
+    return true;
+  } else {
+    return exact_sequential(&root_module(model)) != nullptr;
+  }
+}
+
+/// Runs the model's forward on `inputs...` as the model's call (row 0). A Sequential is walked
+/// child by child; any other forward is one region.
+template <class Builder, class M, class... Args>
+void run_model(Builder& builder, M& model, Args&&... inputs) {
+  auto& target = forward_target(model);
+  using Target = std::remove_cvref_t<decltype(target)>;
+  const int row = builder.open_call(0);
+  if (auto* sequential = exact_sequential(&root_module(model))) {
+    torch::nn::AnyValue output = walk_sequential(builder, 0, *sequential, std::forward<Args>(inputs)...);
+    set_sequential_output(builder, row, output);
+  } else if constexpr (AnyModuleModel<M>) {
+    run_region(builder, 0, row, [&] { return target.any_forward(std::forward<Args>(inputs)...); });
+  } else if constexpr (requires { target.forward(std::forward<Args>(inputs)...); }) {
+    run_region(builder, 0, row, [&]() -> decltype(auto) { return target.forward(std::forward<Args>(inputs)...); });
+  } else {
+    throw forward_signature_error<Target>("these arguments", "");  // can_run() said no before
+  }
+}
+
+inline constexpr std::size_t max_tensor_inputs = 8;
+
+/// Calls run_model with the tensors of `inputs` as separate arguments.
+template <std::size_t N = 1, class Builder, class M>
+void run_model_on_tensors(Builder& builder, M& model, std::vector<at::Tensor>& inputs, const std::string& tried) {
+  if (inputs.size() == N) {
+    [&]<std::size_t... I>(std::index_sequence<I...> /*unused*/) {
+      if (!can_run<M, decltype(((void)I, inputs[0]))...>(model)) {
+        using Target = std::remove_cvref_t<decltype(forward_target(model))>;
+        throw forward_signature_error<Target>(fmt::format("{} tensor argument{}", N, N == 1 ? "" : "s"), tried);
+      }
+      run_model(builder, model, inputs[I]...);
+    }(std::make_index_sequence<N>{});
+  } else if constexpr (N < max_tensor_inputs) {
+    run_model_on_tensors<N + 1>(builder, model, inputs, tried);
+  } else {
+    throw ForwardSignatureError(fmt::format("summary: at most {} inputs are supported, got {}; inputs tried: {}",
+                                            max_tensor_inputs, inputs.size(), tried));
+  }
+}
+
+/// The inputs as an error names them: "[2, 3, 224, 224], [2, 10] (Long)" (dtype where not float).
+inline std::string describe_shapes(const std::vector<at::Tensor>& tensors) {
+  std::string text;
+  for (const at::Tensor& tensor : tensors) {
+    text += (text.empty() ? "" : ", ") + detail::shape_string(tensor.sizes());
+    if (tensor.scalar_type() != at::kFloat) {
+      text += fmt::format(" ({})", c10::toString(tensor.scalar_type()));
+    }
+  }
+  return text;
+}
+
+template <class T>
+std::string describe_argument(const T& value) {
+  using Value = std::remove_cvref_t<T>;
+  if constexpr (std::is_same_v<Value, at::Tensor>) {
+    return value.defined() ? detail::shape_string(value.sizes()) : "undefined tensor";
+  } else if constexpr (std::is_same_v<Value, std::vector<at::Tensor>>) {
+    return "[" + describe_shapes(value) + "]";
+  } else if constexpr (std::is_arithmetic_v<Value>) {
+    return fmt::format("{}", value);
+  } else {
+    return c10::demangle(typeid(Value).name());
+  }
+}
+
+template <class T>
+int64_t bytes_of_argument(const T& value) {
+  using Value = std::remove_cvref_t<T>;
+  if constexpr (std::is_same_v<Value, at::Tensor>) {
+    return value.defined() ? static_cast<int64_t>(value.nbytes()) : 0;
+  } else if constexpr (std::is_same_v<Value, std::vector<at::Tensor>>) {
+    int64_t bytes = 0;
+    for (const at::Tensor& tensor : value) {
+      bytes += tensor.defined() ? static_cast<int64_t>(tensor.nbytes()) : 0;
+    }
+    return bytes;
+  } else {
+    return 0;
+  }
+}
+
+
+/// Runs `run()` (the forward pass, driving `builder`) with the model in eval mode, under
+/// no-grad, with the operator callbacks installed; restores everything, also when the forward
+/// throws; then finishes the builder.
+template <class Builder, class Run>
+void run_forward_pass(Builder& builder, torch::nn::Module& root, const std::string& tried, Run&& run) {
+  {
+    EvalScope eval(root);
+    NoGradScope no_grad;
+    ObservationScope observation(builder.recorder());
+    try {
+      run();
+    } catch (const ForwardSignatureError&) {
+      throw;
+    } catch (const c10::Error& error) {
+      throw Error(fmt::format("summary: the forward pass of {} failed for input shapes {}: {}",
+                              builder.nodes().front().type, tried, error.what_without_backtrace()));
+    } catch (const std::exception& error) {
+      throw Error(fmt::format("summary: the forward pass of {} failed for input shapes {}: {}",
+                              builder.nodes().front().type, tried, error.what()));
+    }
+  }
+  builder.finish();
+}
+
+/// The device check for generated inputs: the model's tensors must be where the inputs go.
+inline void check_model_device(const torch::nn::Module& root, c10::Device device) {
+  auto mismatch = [&](const at::Tensor& tensor) {
+    return tensor.device().type() != device.type() ||
+           (device.has_index() && tensor.device().has_index() && tensor.device().index() != device.index());
+  };
+  for (const auto& item : root.named_parameters(/*recurse=*/true)) {
+    TORCHKIT_CHECK(!mismatch(item.value()),
+                   "summary: parameter '{}' is on {} but the inputs would be made on {}; pass "
+                   "SummaryOptions{{.device = ...}} with the model's device",
+                   item.key(), item.value().device().str(), device.str());
+  }
+  for (const auto& item : root.named_buffers(/*recurse=*/true)) {
+    TORCHKIT_CHECK(!mismatch(item.value()),
+                   "summary: buffer '{}' is on {} but the inputs would be made on {}; pass "
+                   "SummaryOptions{{.device = ...}} with the model's device",
+                   item.key(), item.value().device().str(), device.str());
+  }
+}
+
+/// A generated input: uniform [0, 1) from a private generator (the global one is not touched)
+/// for floating dtypes, zeros for integer dtypes (valid indices for an Embedding).
+inline at::Tensor make_input(const std::vector<int64_t>& shape, at::ScalarType dtype, c10::Device device) {
+  at::Tensor input;
+  if (at::isFloatingType(dtype) || at::isComplexType(dtype)) {
+    at::Generator generator = at::detail::createCPUGenerator(/*seed_val=*/0);
+    const at::ScalarType drawn = dtype == at::kDouble ? at::kDouble : at::kFloat;
+    input = at::rand(shape, generator, at::TensorOptions().dtype(drawn)).to(dtype);
+  } else {
+    input = at::zeros(shape, at::TensorOptions().dtype(dtype));
+  }
+  return device.is_cpu() ? input : input.to(device);
+}
 
 }  // namespace torchkit::detail::summary_impl
