@@ -10,7 +10,9 @@
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 #endif
 
+#include <algorithm>
 #include <barrier>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -400,3 +402,360 @@ TEST_CASE("Gloo: a one-rank world from a torchrun-like environment (TCP store on
 
 #endif  // TORCHKIT_WITH_GLOO
 #endif  // TORCHKIT_HAS_C10D
+
+// ---------------------------------------------------------------------------------------------
+// torchkit::dist: data-parallel training.
+// ---------------------------------------------------------------------------------------------
+
+TEST_CASE("dist::DistributedSampler yields Python 1.13's DistributedSampler indices") {
+  const auto golden = torchkit::test::load_golden("distributed.json");
+  const auto& cases = golden.at("sampler");
+  REQUIRE(cases.size() > 1000);
+  std::size_t checked = 0;
+  for (const auto& item : cases) {
+    torchkit::dist::DistributedSampler sampler(
+        item.at("size").get<int64_t>(), item.at("num_replicas").get<int64_t>(), item.at("rank").get<int64_t>(),
+        {.shuffle = item.at("shuffle").get<bool>(), .seed = item.at("seed").get<int64_t>(),
+         .drop_last = item.at("drop_last").get<bool>()});
+    sampler.set_epoch(item.at("epoch").get<int64_t>());
+    const auto expected = item.at("indices").get<std::vector<int64_t>>();
+    CAPTURE(item.dump().substr(0, 160));
+    CHECK(sampler.indices() == expected);
+    CHECK(sampler.size() == static_cast<int64_t>(expected.size()));
+    ++checked;
+  }
+  MESSAGE("sampler cases: ", checked);
+}
+
+TEST_CASE("dist::DistributedSampler: the ranks together cover the data set; epochs reshuffle") {
+  for (const int64_t size : {0, 5, 17, 64}) {
+    for (const int64_t replicas : {1, 3, 4}) {
+      for (const bool drop_last : {false, true}) {
+        std::vector<int64_t> all;
+        for (int64_t rank = 0; rank < replicas; ++rank) {
+          torchkit::dist::DistributedSampler sampler(size, replicas, rank, {.seed = 3, .drop_last = drop_last});
+          sampler.set_epoch(2);
+          const auto mine = sampler.indices();
+          CHECK(static_cast<int64_t>(mine.size()) == sampler.size());
+          all.insert(all.end(), mine.begin(), mine.end());
+        }
+        std::sort(all.begin(), all.end());
+        const int64_t distinct = std::unique(all.begin(), all.end()) - all.begin();
+        // Padding repeats indices, dropping leaves fewer than size % replicas out.
+        CHECK(distinct == (drop_last ? size - size % replicas : size));
+      }
+    }
+  }
+  torchkit::dist::DistributedSampler sampler(50, 2, 1);
+  const auto first = sampler.indices();
+  CHECK(sampler.indices() == first);  // the same epoch, the same order
+  sampler.set_epoch(1);
+  CHECK(sampler.epoch() == 1);
+  CHECK(sampler.indices() != first);
+  torchkit::dist::DistributedSampler ordered(7, 3, 2, {.shuffle = false});
+  CHECK(ordered.indices() == std::vector<int64_t>{2, 5, 1});  // padded with index 0, 1 from the start
+  CHECK(ordered.total_size() == 9);
+}
+
+TEST_CASE("dist::DistributedSampler rejects bad arguments") {
+  using torchkit::dist::DistributedSampler;
+  CHECK(message_of<torchkit::Error>([] { (void)DistributedSampler(10, 2, 2); })
+            .find("DistributedSampler: rank 2 is outside [0, 2)") != std::string::npos);
+  CHECK(message_of<torchkit::Error>([] { (void)DistributedSampler(10, 2, -1); })
+            .find("rank -1 is outside [0, 2)") != std::string::npos);
+  CHECK(message_of<torchkit::Error>([] { (void)DistributedSampler(10, 0, 0); })
+            .find("num_replicas must be >= 1, got 0") != std::string::npos);
+  CHECK(message_of<torchkit::Error>([] { (void)DistributedSampler(-1, 2, 0); })
+            .find("the data set size must be >= 0, got -1") != std::string::npos);
+}
+
+TEST_CASE("dist::is_rank_zero and rank_zero_out follow RANK") {
+  const auto saved = torchkit::detail::get_environment("RANK");
+  torchkit::detail::set_environment("RANK", std::nullopt);
+  CHECK(torchkit::dist::is_rank_zero());
+  CHECK(&torchkit::dist::rank_zero_out() == &std::cout);
+  torchkit::detail::set_environment("RANK", "0");
+  CHECK(torchkit::dist::is_rank_zero());
+  torchkit::detail::set_environment("RANK", "1");
+  CHECK_FALSE(torchkit::dist::is_rank_zero());
+  std::ostream& out = torchkit::dist::rank_zero_out();
+  CHECK(&out != &std::cout);
+  out << "dropped " << 42 << "\n";
+  CHECK(out.good());
+  torchkit::dist::print("dropped too {}\n", 1);
+  torchkit::detail::set_environment("RANK", "x");
+  CHECK_FALSE(torchkit::dist::is_rank_zero());
+  torchkit::detail::set_environment("RANK", saved);
+}
+
+#if TORCHKIT_WITH_GLOO
+
+namespace {
+
+/// A small classifier: 6 -> 16 -> tanh -> 3 (and, when `extra`, a head used only on request).
+struct NetImpl : torch::nn::Module {
+  explicit NetImpl(bool extra = false) {
+    first = register_module("first", torch::nn::Linear(6, 16));
+    second = register_module("second", torch::nn::Linear(16, 3));
+    if (extra) side = register_module("side", torch::nn::Linear(6, 3));
+    never = register_module("never", torch::nn::Linear(2, 2));  // takes part in no loss
+    never->weight.requires_grad_(false);
+    never->bias.requires_grad_(false);
+  }
+  at::Tensor forward(const at::Tensor& x, bool use_side = false) {
+    at::Tensor y = second(torch::tanh(first(x)));
+    if (use_side) y = y + side(x);
+    return y;
+  }
+  torch::nn::Linear first{nullptr}, second{nullptr}, side{nullptr}, never{nullptr};
+};
+TORCH_MODULE(Net);
+
+/// Runs body(rank, group) on `size` threads, each with a Gloo group over one HashStore.
+template <class Body>
+void on_gloo_ranks(int size, Body body, std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  on_ranks(size, [&](int rank) {
+    auto group = torchkit::make_gloo_group(store, rank, size, timeout);
+    body(rank, group);
+  });
+}
+
+bool same_parameters(torch::nn::Module& a, torch::nn::Module& b, double tolerance) {
+  const auto left = a.named_parameters();
+  const auto right = b.named_parameters();
+  for (const auto& item : left) {
+    const at::Tensor& other = right[item.key()];
+    if (!at::allclose(item.value(), other, tolerance, tolerance)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("dist: k SGD steps on two half-batches equal one process on the whole batch") {
+  torch::manual_seed(11);
+  const at::Tensor inputs = torch::randn({3, 8, 6});  // 3 steps of a global batch of 8
+  const at::Tensor labels = torch::randint(0, 3, {3, 8}, torch::kLong);
+  for (const int64_t accumulation : {int64_t{1}, int64_t{2}}) {
+    for (const bool clip : {false, true}) {
+      CAPTURE(accumulation);
+      CAPTURE(clip);
+      torch::manual_seed(100);
+      Net reference;  // rank 0's initial weights
+      std::vector<Net> models;
+      for (int rank = 0; rank < 2; ++rank) {
+        torch::manual_seed(100 + rank);  // rank 1 starts elsewhere: broadcast must fix it
+        models.emplace_back();
+      }
+      torch::optim::SGD reference_optimizer(reference->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+      for (int64_t step = 0; step < 3; ++step) {
+        reference_optimizer.zero_grad();
+        torch::nn::functional::cross_entropy(reference->forward(inputs[step]), labels[step]).backward();
+        if (clip) torchkit::clip_grad_norm_(*reference, 0.05);
+        reference_optimizer.step();
+      }
+      std::vector<int64_t> bucket_counts(2);
+      on_gloo_ranks(2, [&](int rank, const auto& group) {
+        Net& model = models[static_cast<std::size_t>(rank)];
+        torchkit::dist::broadcast_parameters(model, group);
+        // A small bucket size: several buckets, one tensor larger than a bucket.
+        torchkit::dist::GradientReducer reducer(model, group, {.bucket_bytes = 200, .accumulation_steps = accumulation});
+        bucket_counts[static_cast<std::size_t>(rank)] = reducer.buckets();
+        torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+        for (int64_t step = 0; step < 3; ++step) {
+          optimizer.zero_grad();
+          const at::Tensor half_x = inputs[step].narrow(0, 4 * rank, 4);
+          const at::Tensor half_y = labels[step].narrow(0, 4 * rank, 4);
+          for (int64_t micro = 0; micro < accumulation; ++micro) {
+            const int64_t n = 4 / accumulation;
+            const auto loss = torch::nn::functional::cross_entropy(model->forward(half_x.narrow(0, micro * n, n)),
+                                                                   half_y.narrow(0, micro * n, n));
+            (loss / static_cast<double>(accumulation)).backward();
+            const bool reduced = reducer.reduce();
+            CHECK(reduced == (micro == accumulation - 1));
+          }
+          if (clip) torchkit::clip_grad_norm_(*model, 0.05);
+          optimizer.step();
+        }
+      });
+      CHECK(bucket_counts[0] == bucket_counts[1]);
+      // Reverse order, 200 bytes: second.bias + second.weight (204 bytes), then first.bias +
+      // first.weight (448 bytes: a tensor larger than the cap joins the open bucket and closes it).
+      CHECK(bucket_counts[0] == 2);
+      CHECK(same_parameters(*models[0], *reference, 1e-6));
+      CHECK(same_parameters(*models[1], *reference, 1e-6));
+      // Training changed them: the comparison is not between initial weights.
+      torch::manual_seed(100);
+      Net initial;
+      CHECK_FALSE(same_parameters(*initial, *reference, 1e-3));
+    }
+  }
+}
+
+TEST_CASE("dist::GradientReducer: buckets in reverse registration order; sum without averaging") {
+  torch::manual_seed(1);
+  std::vector<Net> models(2);
+  on_gloo_ranks(2, [&](int rank, const auto& group) {
+    Net& model = models[static_cast<std::size_t>(rank)];
+    torchkit::dist::GradientReducer one(model, group);
+    CHECK(one.buckets() == 1);
+    torchkit::dist::GradientReducer reducer(model, group, {.bucket_bytes = 64 * 4, .average = false});
+    const auto names = reducer.bucket_names();
+    // 12 + 192 + 64 bytes reach the cap of 256; first.weight (384 bytes) starts the next.
+    REQUIRE(names.size() == 2);
+    CHECK(names[0] == std::vector<std::string>{"second.bias", "second.weight", "first.bias"});
+    CHECK(names[1] == std::vector<std::string>{"first.weight"});
+    for (auto& p : model->parameters()) {
+      if (p.requires_grad()) p.mutable_grad() = torch::full_like(p, static_cast<double>(rank + 1));
+    }
+    CHECK(reducer.reduce());
+    for (auto& p : model->parameters()) {
+      if (p.requires_grad()) CHECK(p.grad().eq(3.0).all().item<bool>());
+    }
+    torchkit::dist::allreduce_gradients(model, *group);  // averages: (3 + 3) / 2
+    for (auto& p : model->parameters()) {
+      if (p.requires_grad()) CHECK(p.grad().eq(3.0).all().item<bool>());
+      if (!p.requires_grad()) CHECK_FALSE(p.grad().defined());
+    }
+  });
+}
+
+TEST_CASE("dist::GradientReducer: a parameter without a gradient on one rank") {
+  torch::manual_seed(2);
+  std::vector<Net> models{Net(true), Net(true)};
+  const at::Tensor x = torch::randn({4, 6});
+  std::vector<std::string> messages(2);
+  on_gloo_ranks(2, [&](int rank, const auto& group) {
+    Net& model = models[static_cast<std::size_t>(rank)];
+    torchkit::dist::broadcast_parameters(model, group);
+    model->forward(x, /*use_side=*/rank == 0).sum().backward();
+    const auto before = model->second->weight.grad().clone();
+    {
+      torchkit::dist::GradientReducer reducer(model, group);
+      messages[static_cast<std::size_t>(rank)] = message_of<torchkit::Error>([&] { (void)reducer.reduce(); });
+      CHECK(model->second->weight.grad().equal(before));  // nothing half-applied
+      CHECK(model->side->weight.grad().defined() == (rank == 0));
+    }
+    torchkit::dist::GradientReducer reducer(model, group, {.find_unused_parameters = true});
+    const auto side_before = rank == 0 ? model->side->weight.grad().clone() : at::Tensor();
+    CHECK(reducer.reduce());
+    // Rank 1 contributed zeros: both ranks hold rank 0's gradient over 2.
+    REQUIRE(model->side->weight.grad().defined());
+    if (rank == 0) CHECK(at::allclose(model->side->weight.grad(), side_before / 2));
+    CHECK_FALSE(model->never->weight.grad().defined());
+  });
+  CHECK(at::equal(models[0]->side->weight.grad(), models[1]->side->weight.grad()));
+  for (const auto& message : messages) {
+    CAPTURE(message);
+    CHECK(message.find("GradientReducer::reduce: parameter 'side.") != std::string::npos);
+    CHECK(message.find("has no gradient on 1 of 2 ranks") != std::string::npos);
+    CHECK(message.find("find_unused_parameters = true") != std::string::npos);
+  }
+  CHECK(messages[0].find("(this rank, 0: has one)") != std::string::npos);
+  CHECK(messages[1].find("(this rank, 1: has none)") != std::string::npos);
+}
+
+TEST_CASE("dist::broadcast_parameters copies parameters and buffers and names a structural difference") {
+  torch::manual_seed(3);
+  auto make = [] {
+    return torch::nn::Sequential(torch::nn::Linear(4, 5), torch::nn::BatchNorm1d(5), torch::nn::Linear(5, 2));
+  };
+  std::vector<torch::nn::Sequential> models{make(), make()};
+  models[0]->forward(torch::randn({6, 4}));  // rank 0's batch norm statistics move
+  on_gloo_ranks(2, [&](int rank, const auto& group) {
+    torchkit::dist::broadcast_parameters(models[static_cast<std::size_t>(rank)], group, /*root=*/0);
+  });
+  for (const auto& item : models[0]->named_parameters()) {
+    CHECK(item.value().equal(models[1]->named_parameters()[item.key()]));
+  }
+  for (const auto& item : models[0]->named_buffers()) {
+    CHECK(item.value().equal(models[1]->named_buffers()[item.key()]));
+  }
+  CHECK(models[1]->named_buffers()["1.num_batches_tracked"].item<int64_t>() == 1);
+
+  // Rank 1's second layer is wider: both ranks throw, nothing changes.
+  std::vector<torch::nn::Sequential> different{
+      make(), torch::nn::Sequential(torch::nn::Linear(4, 5), torch::nn::BatchNorm1d(5), torch::nn::Linear(5, 3))};
+  const auto before = different[1]->named_parameters()["0.weight"].clone();
+  std::vector<std::string> messages(2);
+  on_gloo_ranks(2, [&](int rank, const auto& group) {
+    messages[static_cast<std::size_t>(rank)] = message_of<torchkit::Error>(
+        [&] { torchkit::dist::broadcast_parameters(different[static_cast<std::size_t>(rank)], group); });
+  });
+  CAPTURE(messages[0]);
+  CAPTURE(messages[1]);
+  CHECK(messages[1].find("broadcast_parameters: the model on rank 1 differs from rank 0's: entry 4 is "
+                         "'2.weight parameter Float [3, 5]' here but '2.weight parameter Float [2, 5]' on rank 0") !=
+        std::string::npos);
+  CHECK(messages[0].find("the model on rank(s) 1 differs from rank 0's") != std::string::npos);
+  CHECK(different[1]->named_parameters()["0.weight"].equal(before));
+
+  // A missing layer; the reducer's own check.
+  std::vector<torch::nn::Sequential> shorter{make(), torch::nn::Sequential(torch::nn::Linear(4, 5))};
+  on_gloo_ranks(2, [&](int rank, const auto& group) {
+    auto& model = shorter[static_cast<std::size_t>(rank)];
+    const auto message = message_of<torchkit::Error>([&] { torchkit::dist::broadcast_parameters(model, group); });
+    if (rank == 1) CHECK(message.find("this rank has 2 parameters and buffers, rank 0 has 9; the first one missing here is "
+                                          "'1.weight parameter Float [5]'") != std::string::npos);
+    CHECK(message_of<torchkit::Error>([&] { torchkit::dist::GradientReducer reducer(model, group); })
+              .find("GradientReducer: the trainable parameters differ across the ranks") != std::string::npos);
+  });
+}
+
+TEST_CASE("dist: bad options and a root outside the group") {
+  Net model;
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  auto group = torchkit::make_gloo_group(store, 0, 1);
+  CHECK(message_of<torchkit::Error>([&] { torchkit::dist::GradientReducer r(model, group, {.bucket_bytes = 0}); })
+            .find("GradientReducer: bucket_bytes must be > 0, got 0") != std::string::npos);
+  CHECK(message_of<torchkit::Error>(
+            [&] { torchkit::dist::GradientReducer r(model, group, {.accumulation_steps = 0}); })
+            .find("accumulation_steps must be >= 1, got 0") != std::string::npos);
+  CHECK(message_of<torchkit::Error>([&] { torchkit::dist::broadcast_parameters(model, group, 1); })
+            .find("broadcast_parameters: root 1 is outside [0, 1)") != std::string::npos);
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> null_group;
+  CHECK(message_of<torchkit::Error>([&] { torchkit::dist::GradientReducer r(model, null_group); })
+            .find("the process group is null") != std::string::npos);
+  // A sparse gradient: refused before any communication.
+  torchkit::dist::GradientReducer reducer(model, group);
+  model->first->weight.mutable_grad() = torch::zeros_like(model->first->weight).to_sparse();
+  CHECK(message_of<torchkit::Error>([&] { (void)reducer.reduce(); })
+            .find("the gradient of 'first.weight' is sparse") != std::string::npos);
+}
+
+TEST_CASE("dist: a rank that never joins or dies gives an error within the timeout") {
+  using clock = std::chrono::steady_clock;
+  // Never joins: rank 1 of 2 does not exist.
+  auto start = clock::now();
+  auto store = c10::make_intrusive<c10d::HashStore>();
+  CHECK(message_of<torchkit::Error>([&] { (void)torchkit::make_gloo_group(store, 0, 2, std::chrono::seconds(2)); })
+            .find("make_gloo_group: rank 0 of 2 could not connect to the other ranks within 2000 ms") !=
+        std::string::npos);
+  CHECK(clock::now() - start < std::chrono::seconds(20));
+
+  // Dies: rank 1 joins, then leaves without reducing.
+  Net model;
+  model->forward(torch::randn({2, 6})).sum().backward();
+  const auto before = model->first->weight.grad().clone();
+  std::string message;
+  start = clock::now();
+  on_gloo_ranks(
+      2,
+      [&](int rank, const auto& group) {
+        if (rank == 1) {
+          Net twin;
+          torchkit::dist::GradientReducer joined(twin, group);
+          return;  // then leaves: its group is destroyed, the connection closes
+        }
+        torchkit::dist::GradientReducer reducer(model, group);
+        message = message_of<torchkit::Error>([&] { (void)reducer.reduce(); });
+      },
+      std::chrono::seconds(3));
+  CAPTURE(message);
+  CHECK(message.find("a collective failed on rank 0 of 2") != std::string::npos);
+  CHECK(model->first->weight.grad().equal(before));
+  CHECK(clock::now() - start < std::chrono::seconds(30));
+}
+
+#endif  // TORCHKIT_WITH_GLOO
