@@ -771,8 +771,9 @@ class ClipGrad {
     return total;
   }
 
-  /// The total norm the last call returned (0 before the first call). Reads it from the
-  /// device when the gradients live on an accelerator (one sync).
+  /// The total norm the last call returned (0 before the first call). When the gradients live
+  /// on an accelerator the norm is on the device: the first read after a call syncs once (the
+  /// value is then cached on the host).
   [[nodiscard]] double last_norm() const {
     if (last_norm_on_device_.defined()) {
       last_norm_ = last_norm_on_device_.item<double>();
@@ -783,6 +784,8 @@ class ClipGrad {
   /// How many times the functor ran.
   [[nodiscard]] std::int64_t steps() const noexcept { return steps_; }
   /// How many of those steps had a total norm above max_norm (and so scaled the gradients).
+  /// When the gradients live on an accelerator the count of the steps since the last read is
+  /// on the device: reading it syncs once (then it is cached on the host).
   [[nodiscard]] std::int64_t clipped_steps() const {
     if (pending_clipped_.defined()) {
       clipped_steps_ += pending_clipped_.item<std::int64_t>();
@@ -795,6 +798,7 @@ class ClipGrad {
   [[nodiscard]] const ClipOptions& options() const noexcept { return options_; }
 
   /// `ClipGrad(max_norm=20, norm_type=2, steps=100, clipped_steps=12, last_norm=3.25)`.
+  /// Reads last_norm() and clipped_steps(), so on an accelerator it syncs as they do.
   [[nodiscard]] std::string to_string() const {
     return fmt::format("ClipGrad(max_norm={}, norm_type={}, steps={}, clipped_steps={}, last_norm={})", max_norm_,
                        norm_type_, steps_, clipped_steps(), last_norm());
@@ -811,5 +815,11 @@ class ClipGrad {
   mutable std::int64_t clipped_steps_ = 0;
   mutable at::Tensor pending_clipped_;
 };
+
+namespace detail {
+/// ClipGrad formats with `{fmt}` as its to_string() (detail/formatter.hpp).
+template <>
+inline constexpr bool formats_with_to_string<ClipGrad> = true;
+}  // namespace detail
 
 }  // namespace torchkit
