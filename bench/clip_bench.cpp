@@ -1,5 +1,5 @@
 // Tip 3: gradient clipping. torchkit::clip_grad_norm_ beside LibTorch's
-// torch::nn::utils::clip_grad_norm_, in the same binary at the same thread count (1), on four
+// torch::nn::utils::clip_grad_norm_, in the same binary at the same thread count, on four
 // gradient sets:
 //   a_2000x512  2,000 tensors of 512 floats (norm/bias-heavy models, adapters); also as
 //               a_2000x512_interleaved, each gradient allocated beside its parameter
@@ -8,7 +8,13 @@
 //   d_8x4M      8 tensors of 4M floats
 // and, per set, the floor: one plain read pass and one scale pass over as many bytes in one
 // contiguous tensor, done by LibTorch (`at::norm` + `mul_`, floor_libtorch) and by torchkit's
-// own kernels (floor_kernels). Ratios: time(x) / time(floor_libtorch).
+// own kernels (floor_kernels). Every CPU benchmark runs on 1 and 2 intra-op threads (/threads:N).
+//
+// torchkit's rows carry the ratios directly, measured in the same run at the same thread count:
+//   vs_libtorch  LibTorch's time / torchkit's (above 1: torchkit is faster)
+//   vs_floor     torchkit's time / floor_kernels' (1 is the memory floor)
+// The fast path runs with the best kernels this CPU has (torchkit) and, pinned, with every
+// other instruction set it has (torchkit_isa_avx2, ...), so each path is measured here.
 //
 // Every set is allocated on first use, once. Each iteration clips to 0.999 of the norm the
 // previous one returned, so every call really scales (a norm below max_norm would let torchkit
@@ -23,8 +29,11 @@
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <chrono>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -156,30 +165,90 @@ void finish(benchmark::State& state, const GradientSet& set) {
   state.counters["tensors"] = static_cast<double>(set.params.size());
 }
 
-void torchkit_clip(benchmark::State& state, const std::string& name, c10::Device device) {
-  at::set_num_threads(1);
+/// Runs `step` `iterations` times after a warm-up and returns the fastest of five rounds, in
+/// seconds per call (the ratio counters' reference times).
+double seconds_per_call(const std::function<void()>& step, int iterations) {
+  for (int i = 0; i < iterations; ++i) step();
+  double best = 1e30;
+  for (int round = 0; round < 5; ++round) {
+    const auto begin = std::chrono::steady_clock::now();
+    for (int i = 0; i < iterations; ++i) step();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count());
+  }
+  return best / iterations;
+}
+
+/// LibTorch's clip and torchkit's floor for one set at one thread count, measured once.
+struct References {
+  double libtorch = 0;
+  double floor = 0;
+};
+
+void clip_with_libtorch(GradientSet& set, double& norm, const c10::Device& device) {
+  norm = torch::nn::utils::clip_grad_norm_(set.params, norm * shrink) * shrink;
+  synchronize(device);
+}
+
+void floor_pass(GradientSet& set, double& factor) {
+  using namespace torchkit::detail::clip;
+  benchmark::DoNotOptimize(reduce(at::kFloat, NormKind::two, set.flat.data_ptr(), set.elements, 2.0));
+  scale(at::kFloat, set.flat.data_ptr(), set.elements, factor);
+  factor = 1 / factor;  // 0.5, 2, 0.5, ...: exact, no decay
+}
+
+const References& references(const std::string& name, int threads) {
+  static std::map<std::pair<std::string, int>, References> cache;
+  auto [slot, inserted] = cache.try_emplace({name, threads});
+  if (inserted) {
+    at::set_num_threads(threads);
+    auto& set = gradient_set(name, at::kCPU);
+    // About 20 ms a round.
+    const int iterations = static_cast<int>(std::clamp<int64_t>(40'000'000 / (set.elements * 12 + 1), 3, 2000));
+    double norm = set.restore();
+    slot->second.libtorch = seconds_per_call([&] { clip_with_libtorch(set, norm, at::kCPU); }, iterations);
+    double factor = 0.5;
+    slot->second.floor = seconds_per_call([&] { floor_pass(set, factor); }, iterations);
+    set.restore();
+  }
+  return slot->second;
+}
+
+using Isa = torchkit::detail::clip::Isa;
+
+void torchkit_clip(benchmark::State& state, const std::string& name, c10::Device device, int isa) {
+  const int threads = static_cast<int>(state.range(0));
+  std::optional<torchkit::detail::clip::ForceIsa> pin;
+  if (isa >= 0) pin.emplace(static_cast<Isa>(isa));
+  const References* reference = device.is_cpu() ? &references(name, threads) : nullptr;
+  at::set_num_threads(threads);
   auto& set = gradient_set(name, device);
   double norm = set.restore();
+  const auto begin = std::chrono::steady_clock::now();
   for (auto _ : state) {
     norm = torchkit::clip_grad_norm_(set.params, norm * shrink).item<double>() * shrink;
     synchronize(device);
   }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count() /
+                         static_cast<double>(std::max<benchmark::IterationCount>(1, state.iterations()));
   finish(state, set);
+  if (reference != nullptr) {
+    state.counters["vs_libtorch"] = reference->libtorch / seconds;
+    state.counters["vs_floor"] = seconds / reference->floor;
+  }
 }
 
 void libtorch_clip(benchmark::State& state, const std::string& name, c10::Device device) {
-  at::set_num_threads(1);
+  at::set_num_threads(static_cast<int>(state.range(0)));
   auto& set = gradient_set(name, device);
   double norm = set.restore();
   for (auto _ : state) {
-    norm = torch::nn::utils::clip_grad_norm_(set.params, norm * shrink) * shrink;
-    synchronize(device);
+    clip_with_libtorch(set, norm, device);
   }
   finish(state, set);
 }
 
 void torchkit_reference_clip(benchmark::State& state, const std::string& name, c10::Device device) {
-  at::set_num_threads(1);
+  at::set_num_threads(static_cast<int>(state.range(0)));
   auto& set = gradient_set(name, device);
   double norm = set.restore();
   for (auto _ : state) {
@@ -191,7 +260,7 @@ void torchkit_reference_clip(benchmark::State& state, const std::string& name, c
 
 // The floor: LibTorch reading every byte once for the norm, then scaling every byte once.
 void floor_libtorch(benchmark::State& state, const std::string& name, c10::Device device) {
-  at::set_num_threads(1);
+  at::set_num_threads(static_cast<int>(state.range(0)));
   auto& set = gradient_set(name, device);
   double factor = 0.5;
   for (auto _ : state) {
@@ -203,22 +272,36 @@ void floor_libtorch(benchmark::State& state, const std::string& name, c10::Devic
   finish(state, set);
 }
 
-// The same two passes with torchkit's kernels over the one contiguous buffer (CPU only).
+// The same two passes with torchkit's kernels over the one contiguous buffer (CPU, one thread:
+// the kernels themselves are single-threaded; the fast path splits the work).
 void floor_kernels(benchmark::State& state, const std::string& name) {
-  at::set_num_threads(1);
+  at::set_num_threads(static_cast<int>(state.range(0)));
   auto& set = gradient_set(name, at::kCPU);
   double factor = 0.5;
   for (auto _ : state) {
-    using namespace torchkit::detail::clip;
-    benchmark::DoNotOptimize(reduce(at::kFloat, NormKind::two, set.flat.data_ptr(), set.elements, 2.0));
-    scale(at::kFloat, set.flat.data_ptr(), set.elements, factor);
-    factor = 1 / factor;
+    floor_pass(set, factor);
+  }
+  finish(state, set);
+}
+
+// What any clip of these parameters must do besides the two passes: visit every parameter and
+// read its gradient's data pointer, element count and dtype (LibTorch's own accessors).
+void floor_metadata(benchmark::State& state, const std::string& name) {
+  at::set_num_threads(static_cast<int>(state.range(0)));
+  auto& set = gradient_set(name, at::kCPU);
+  for (auto _ : state) {
+    for (const auto& param : set.params) {
+      const at::Tensor& grad = param.grad();
+      benchmark::DoNotOptimize(grad.data_ptr());
+      benchmark::DoNotOptimize(grad.numel());
+      benchmark::DoNotOptimize(grad.scalar_type());
+    }
   }
   finish(state, set);
 }
 
 void torchkit_clip_value(benchmark::State& state, const std::string& name) {
-  at::set_num_threads(1);
+  at::set_num_threads(static_cast<int>(state.range(0)));
   auto& set = gradient_set(name, at::kCPU);
   for (auto _ : state) {
     torchkit::clip_grad_value_(set.params, 10.0);  // reads and writes every element, changes none
@@ -227,7 +310,7 @@ void torchkit_clip_value(benchmark::State& state, const std::string& name) {
 }
 
 void libtorch_clip_value(benchmark::State& state, const std::string& name) {
-  at::set_num_threads(1);
+  at::set_num_threads(static_cast<int>(state.range(0)));
   auto& set = gradient_set(name, at::kCPU);
   for (auto _ : state) {
     torch::nn::utils::clip_grad_value_(set.params, 10.0);
@@ -235,33 +318,43 @@ void libtorch_clip_value(benchmark::State& state, const std::string& name) {
   finish(state, set);
 }
 
+template <class... Args>
+void add(const std::string& name, bool cpu, Args&&... args) {
+  auto* benchmark = benchmark::RegisterBenchmark(name.c_str(), std::forward<Args>(args)...);
+  benchmark->Unit(benchmark::kMicrosecond)->UseRealTime()->ArgName("threads");
+  if (cpu) {
+    benchmark->Arg(1)->Arg(2);
+  } else {
+    benchmark->Arg(1);
+  }
+}
+
 void register_all() {
   std::vector<c10::Device> devices = {at::kCPU};
   if (torch::cuda::is_available()) devices.emplace_back(at::kCUDA, 0);
+  const auto best = torchkit::detail::clip::cpu_isa();
   for (const auto& device : devices) {
-    const std::string suffix = device.is_cuda() ? "/cuda" : "";
+    const bool cpu = device.is_cpu();
+    const std::string suffix = cpu ? "" : "/cuda";
     for (const auto& [name, shapes] : set_shapes()) {
       const std::string prefix = "clip_grad_norm/" + name + "/";
-      benchmark::RegisterBenchmark((prefix + "torchkit" + suffix).c_str(), torchkit_clip, name, device)
-          ->Unit(benchmark::kMicrosecond)->UseRealTime();
-      benchmark::RegisterBenchmark((prefix + "libtorch" + suffix).c_str(), libtorch_clip, name, device)
-          ->Unit(benchmark::kMicrosecond)->UseRealTime();
-      benchmark::RegisterBenchmark((prefix + "floor_libtorch" + suffix).c_str(), floor_libtorch, name, device)
-          ->Unit(benchmark::kMicrosecond)->UseRealTime();
-      if (device.is_cpu()) {
-        benchmark::RegisterBenchmark((prefix + "floor_kernels").c_str(), floor_kernels, name)
-            ->Unit(benchmark::kMicrosecond)->UseRealTime();
-        benchmark::RegisterBenchmark((prefix + "torchkit_reference_path").c_str(), torchkit_reference_clip, name,
-                                     device)
-            ->Unit(benchmark::kMicrosecond)->UseRealTime();
+      add(prefix + "torchkit" + suffix, cpu, torchkit_clip, name, device, -1);
+      add(prefix + "libtorch" + suffix, cpu, libtorch_clip, name, device);
+      add(prefix + "floor_libtorch" + suffix, cpu, floor_libtorch, name, device);
+      if (cpu) {
+        add(prefix + "floor_kernels", cpu, floor_kernels, name);
+        add(prefix + "torchkit_reference_path", cpu, torchkit_reference_clip, name, device);
+        add(prefix + "floor_metadata", cpu, floor_metadata, name);
+        for (int isa = 0; isa < static_cast<int>(best); ++isa) {
+          add(prefix + "torchkit_isa_" + torchkit::detail::clip::isa_name(static_cast<Isa>(isa)), cpu, torchkit_clip,
+              name, device, isa);
+        }
       }
     }
   }
   for (const std::string name : {"a_2000x512", "b_bert"}) {
-    benchmark::RegisterBenchmark(("clip_grad_value/" + name + "/torchkit").c_str(), torchkit_clip_value, name)
-        ->Unit(benchmark::kMicrosecond)->UseRealTime();
-    benchmark::RegisterBenchmark(("clip_grad_value/" + name + "/libtorch").c_str(), libtorch_clip_value, name)
-        ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    add("clip_grad_value/" + name + "/torchkit", true, torchkit_clip_value, name);
+    add("clip_grad_value/" + name + "/libtorch", true, libtorch_clip_value, name);
   }
 }
 

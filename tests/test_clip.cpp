@@ -5,7 +5,9 @@
 
 #include "test_support.hpp"
 
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <list>
 #include <span>
@@ -299,6 +301,147 @@ TEST_CASE("both paths agree on large gradients split over runs and threads") {
     }
   }
   at::set_num_threads(threads);
+}
+
+/// The bits of a tensor, as integers of the same width (so that NaNs compare too).
+at::Tensor bits_of(const at::Tensor& tensor) {
+  switch (tensor.element_size()) {
+    case 2: return tensor.view(at::kShort);
+    case 4: return tensor.view(at::kInt);
+    default: return tensor.view(at::kLong);
+  }
+}
+
+TEST_CASE("every instruction set the CPU has gives the same bits as the portable kernels") {
+  namespace kernels = torchkit::detail::clip;
+  using kernels::Isa;
+  const auto best = kernels::cpu_isa();
+  MESSAGE("kernels on this CPU: portable up to " << kernels::isa_name(best));
+  torch::manual_seed(23);
+  // Sizes around every vector, block and conversion-buffer boundary, and a run's length.
+  const std::vector<int64_t> sizes = {0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129, 511, 512, 513, 4099, 65536};
+  const std::vector<double> orders = {0.0, 1.0, 2.0, 3.5, infinity};
+  for (const auto dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
+    for (const int64_t size : sizes) {
+      // Values of every magnitude, exact zeros, and (for the max-norm) a NaN in some tensors.
+      auto values = (torch::randn({size}, at::kDouble) * torch::pow(10.0, torch::randint(-3, 4, {size}, at::kDouble)));
+      if (size > 4) values.index_put_({torch::indexing::Slice(0, size, 5)}, 0.0);
+      const auto source = values.to(dtype);
+      std::vector<double> portable_partials;
+      at::Tensor portable_scaled, portable_clamped;
+      for (int level = 0; level <= static_cast<int>(best); ++level) {
+        const auto isa = static_cast<Isa>(level);
+        CAPTURE(std::string(kernels::isa_name(isa)));
+        CAPTURE(std::string(c10::toString(dtype)));
+        CAPTURE(size);
+        const kernels::ForceIsa pin(isa);
+        REQUIRE(kernels::active_isa() == isa);
+        std::vector<double> partials;
+        for (const double p : orders) {
+          partials.push_back(kernels::reduce(dtype, kernels::norm_kind_of(p), source.data_ptr(), size, p));
+        }
+        auto scaled = source.clone();
+        kernels::scale(dtype, scaled.data_ptr(), size, 0.3);
+        auto clamped = source.clone();
+        kernels::clamp(dtype, clamped.data_ptr(), size, 0.7);
+        // The batched form over runs gives the same partials as one call per run.
+        const std::vector<kernels::Run> runs = {{source.data_ptr(), size / 2, 0, dtype},
+                                                {static_cast<char*>(source.data_ptr()) + size / 2 * source.element_size(),
+                                                 size - size / 2, 0, dtype}};
+        double batched[2] = {};
+        kernels::reduce_runs(runs.data(), 2, kernels::NormKind::two, 2.0, batched);
+        CHECK(batched[0] == kernels::reduce(dtype, kernels::NormKind::two, runs[0].data, runs[0].size, 2.0));
+        CHECK(batched[1] == kernels::reduce(dtype, kernels::NormKind::two, runs[1].data, runs[1].size, 2.0));
+        if (isa == Isa::portable) {
+          portable_partials = partials;
+          portable_scaled = scaled;
+          portable_clamped = clamped;
+          // An independent check of the portable kernels: ATen in double.
+          const auto wide = source.to(at::kDouble);
+          CHECK(partials[0] == static_cast<double>(wide.ne(0).sum().item<int64_t>()));
+          CHECK(close(partials[1], wide.abs().sum().item<double>(), 1e-5));
+          CHECK(close(partials[2], wide.square().sum().item<double>(), 1e-5));
+          CHECK(partials[4] == (size == 0 ? 0.0 : wide.abs().max().item<double>()));
+          CHECK(torch::equal(scaled, source.mul(at::scalar_tensor(0.3, at::kDouble).to(dtype))));
+          // (In float: LibTorch 1.13 has no float16 clamp on the CPU; the bound rounded first.)
+          const double bound = at::scalar_tensor(0.7, at::kDouble).to(dtype).item<double>();
+          CHECK(torch::equal(clamped, source.to(at::kDouble).clamp(-bound, bound).to(dtype)));
+          continue;
+        }
+        for (std::size_t k = 0; k < orders.size(); ++k) {
+          CAPTURE(orders[k]);
+          // Bit for bit (NaN compares as NaN).
+          CHECK(std::bit_cast<std::uint64_t>(partials[k]) == std::bit_cast<std::uint64_t>(portable_partials[k]));
+        }
+        CHECK(torch::equal(bits_of(scaled), bits_of(portable_scaled)));
+        CHECK(torch::equal(bits_of(clamped), bits_of(portable_clamped)));
+      }
+    }
+  }
+}
+
+TEST_CASE("the bfloat16 and float16 conversions of every path round as c10 does") {
+  namespace kernels = torchkit::detail::clip;
+  // Every 16-bit pattern (NaNs and infinities included), scaled by factors that round up, down
+  // and to ties, and clamped: each path against c10's scalar conversions.
+  auto all = torch::arange(0, 65536, at::kInt).to(at::kShort);
+  for (const auto dtype : {at::kBFloat16, at::kHalf}) {
+    const auto source = all.view(dtype);
+    for (const double factor : {0.3, 1.0 + 1.0 / 256, 0.5 + 1.0 / 512, 3.0}) {
+      auto expected = source.clone();
+      for (int64_t i = 0; i < expected.numel(); ++i) {
+        auto* data = static_cast<std::uint16_t*>(expected.data_ptr()) + i;
+        if (dtype == at::kHalf) {
+          const float rounded = static_cast<float>(c10::Half(static_cast<float>(factor)));
+          *data = c10::Half(static_cast<float>(c10::Half(*data, c10::Half::from_bits())) * rounded).x;
+        } else {
+          const float rounded = static_cast<float>(c10::BFloat16(static_cast<float>(factor)));
+          *data = c10::BFloat16(static_cast<float>(c10::BFloat16(*data, c10::BFloat16::from_bits())) * rounded).x;
+        }
+      }
+      for (int level = 0; level <= static_cast<int>(kernels::cpu_isa()); ++level) {
+        CAPTURE(std::string(kernels::isa_name(static_cast<kernels::Isa>(level))));
+        CAPTURE(std::string(c10::toString(dtype)));
+        CAPTURE(factor);
+        const kernels::ForceIsa pin(static_cast<kernels::Isa>(level));
+        auto scaled = source.clone();
+        kernels::scale(dtype, scaled.data_ptr(), scaled.numel(), factor);
+        CHECK(torch::equal(scaled.view(at::kShort), expected.view(at::kShort)));
+      }
+    }
+  }
+}
+
+TEST_CASE("clip_grad_norm_ returns the same total and gradients on every instruction set") {
+  namespace kernels = torchkit::detail::clip;
+  torch::manual_seed(29);
+  auto make = [] {
+    std::vector<at::Tensor> params;
+    for (const auto dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
+      for (const int64_t size : {int64_t{100003}, int64_t{512}, int64_t{1}}) {
+        auto p = torch::zeros({size}, torch::TensorOptions().dtype(dtype).requires_grad(true));
+        torch::manual_seed(size);
+        p.mutable_grad() = torch::randn({size}).to(dtype);
+        params.push_back(p);
+      }
+    }
+    return params;
+  };
+  std::vector<at::Tensor> first;
+  at::Tensor first_total;
+  for (int level = 0; level <= static_cast<int>(kernels::cpu_isa()); ++level) {
+    CAPTURE(std::string(kernels::isa_name(static_cast<kernels::Isa>(level))));
+    const kernels::ForceIsa pin(static_cast<kernels::Isa>(level));
+    auto params = make();
+    const auto total = torchkit::clip_grad_norm_(params, 1.0);
+    if (level == 0) {
+      first = params;
+      first_total = total;
+      continue;
+    }
+    CHECK(torch::equal(total, first_total));
+    for (std::size_t i = 0; i < params.size(); ++i) CHECK(torch::equal(params[i].grad(), first[i].grad()));
+  }
 }
 
 TEST_CASE("the fast path is as accurate as float64 on a large float32 gradient") {
