@@ -44,6 +44,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <typeinfo>
 #include <utility>
 #include <vector>
@@ -912,6 +913,103 @@ Rows distributed_rows() {
          set_environment("WORLD_SIZE", "1");
          set_environment("RANK", std::nullopt);
        }},
+      {"distributed.hpp:make_gloo_group", "rank 1 of 2 never joins",
+       "make_gloo_group: rank 0 of 2 could not connect to the other ranks within 1000 ms",
+       [](Fixture&) {
+         (void)torchkit::make_gloo_group(c10::make_intrusive<c10d::HashStore>(), 0, 2, std::chrono::seconds(1));
+       }},
+  });
+#endif
+  append(rows, {
+      {"distributed.hpp:DistributedSampler", "rank 2 of num_replicas 2",
+       "DistributedSampler: rank 2 is outside [0, 2) (num_replicas = 2)",
+       [](Fixture&) { (void)torchkit::dist::DistributedSampler(10, 2, 2); }},
+      {"distributed.hpp:DistributedSampler", "rank -1", "DistributedSampler: rank -1 is outside [0, 4)",
+       [](Fixture&) { (void)torchkit::dist::DistributedSampler(10, 4, -1); }},
+      {"distributed.hpp:DistributedSampler", "num_replicas 0", "DistributedSampler: num_replicas must be >= 1, got 0",
+       [](Fixture&) { (void)torchkit::dist::DistributedSampler(10, 0, 0); }},
+      {"distributed.hpp:DistributedSampler", "size -5", "DistributedSampler: the data set size must be >= 0, got -5",
+       [](Fixture&) { (void)torchkit::dist::DistributedSampler(-5, 1, 0); }},
+  });
+#if TORCHKIT_WITH_GLOO
+  const auto solo_gloo = [] { return torchkit::make_gloo_group(c10::make_intrusive<c10d::HashStore>(), 0, 1); };
+  append(rows, {
+      {"distributed.hpp:GradientReducer", "bucket_bytes = 0", "GradientReducer: bucket_bytes must be > 0, got 0",
+       [solo_gloo](Fixture& f) { torchkit::dist::GradientReducer reducer(f.model, solo_gloo(), {.bucket_bytes = 0}); }},
+      {"distributed.hpp:GradientReducer", "bucket_bytes = -1", "GradientReducer: bucket_bytes must be > 0, got -1",
+       [solo_gloo](Fixture& f) {
+         torchkit::dist::GradientReducer reducer(f.model, solo_gloo(), {.bucket_bytes = -1});
+       }},
+      {"distributed.hpp:GradientReducer", "accumulation_steps = 0",
+       "GradientReducer: accumulation_steps must be >= 1, got 0",
+       [solo_gloo](Fixture& f) {
+         torchkit::dist::GradientReducer reducer(f.model, solo_gloo(), {.accumulation_steps = 0});
+       }},
+      {"distributed.hpp:GradientReducer", "a null group", "GradientReducer: the process group is null",
+       [](Fixture& f) {
+         const c10::intrusive_ptr<c10d::ProcessGroupGloo> none;
+         torchkit::dist::GradientReducer reducer(f.model, none);
+       }},
+      {"distributed.hpp:GradientReducer::reduce", "a sparse gradient",
+       "GradientReducer::reduce: the gradient of '4.bias' is sparse",
+       [solo_gloo](Fixture& f) {
+         torchkit::dist::GradientReducer reducer(f.model, solo_gloo());
+         (void)reducer.reduce();
+       },
+       [](Fixture& f) { set_grad(f, "4.bias", f.parameter("4.bias").grad().to_sparse()); }},
+      {"distributed.hpp:GradientReducer::reduce", "a misshapen gradient",
+       "GradientReducer::reduce: the gradient of '4.bias' is Float [3] on cpu, its parameter Float [5] on cpu",
+       [solo_gloo](Fixture& f) {
+         torchkit::dist::GradientReducer reducer(f.model, solo_gloo());
+         (void)reducer.reduce();
+       },
+       [](Fixture& f) { set_grad(f, "4.bias", torch::ones({3})); }},
+      {"distributed.hpp:GradientReducer::reduce", "a parameter without a gradient",
+       "GradientReducer::reduce: parameter '4.bias' has no gradient on 1 of 1 ranks (this rank, 0: has none)",
+       [solo_gloo](Fixture& f) {
+         torchkit::dist::GradientReducer reducer(f.model, solo_gloo());
+         (void)reducer.reduce();
+       },
+       [](Fixture& f) { set_grad(f, "4.bias", at::Tensor()); }},
+      {"distributed.hpp:allreduce_gradients", "accumulation_steps = 2",
+       "allreduce_gradients: accumulation_steps must be 1 in the one-shot form, got 2",
+       [solo_gloo](Fixture& f) {
+         auto group = solo_gloo();
+         torchkit::dist::allreduce_gradients(f.model, *group, {.accumulation_steps = 2});
+       }},
+      {"distributed.hpp:allreduce_gradients", "bucket_bytes = 0", "GradientReducer: bucket_bytes must be > 0, got 0",
+       [solo_gloo](Fixture& f) {
+         auto group = solo_gloo();
+         torchkit::dist::allreduce_gradients(f.model, *group, {.bucket_bytes = 0});
+       }},
+      {"distributed.hpp:broadcast_parameters", "root 1 of a group of 1",
+       "broadcast_parameters: root 1 is outside [0, 1)",
+       [solo_gloo](Fixture& f) { torchkit::dist::broadcast_parameters(f.model, solo_gloo(), 1); }},
+      {"distributed.hpp:broadcast_parameters", "a null group", "broadcast_parameters: the process group is null",
+       [](Fixture& f) {
+         const c10::intrusive_ptr<c10d::ProcessGroupGloo> none;
+         torchkit::dist::broadcast_parameters(f.model, none);
+       }},
+      {"distributed.hpp:broadcast_parameters", "rank 1 (the root) holds another model",
+       "broadcast_parameters: the model on rank 0 differs from rank 1's: entry 0 is '0.weight parameter Float "
+       "[4, 3, 3, 3]' here but '0.weight parameter Float [2, 2]' on rank 1; no parameter was changed",
+       [](Fixture& f) {
+         auto store = c10::make_intrusive<c10d::HashStore>();
+         std::thread root([&] {
+           try {
+             torchkit::dist::broadcast_parameters(f.held<torch::nn::Sequential>(0),
+                                                  torchkit::make_gloo_group(store, 1, 2, std::chrono::seconds(30)), 1);
+           } catch (const torchkit::Error&) {  // the root throws too
+           }
+         });
+         struct Join {
+           std::thread& thread;
+           ~Join() { thread.join(); }
+         } join{root};
+         torchkit::dist::broadcast_parameters(f.model, torchkit::make_gloo_group(store, 0, 2, std::chrono::seconds(30)),
+                                              1);
+       },
+       [](Fixture& f) { (void)f.hold<torch::nn::Sequential>(torch::nn::Linear(2, 2)); }},
   });
 #endif
   return rows;
@@ -971,16 +1069,16 @@ Rows freeze_rows() {
        "FreezeByName: pattern \"nope\" (pattern 1 of 1) matches no parameter",
        [](Fixture& f) { torchkit::FreezeByName frozen(f.model, {"nope"}); }},
       {"freeze.hpp:FreezeByName", "all_except keeping an int64 parameter trainable",
-       "FreezeByName(all_except): parameter \"steps\" has dtype Long, which cannot require gradients",
+       "FreezeByName: parameter \"steps\" has dtype Long, which cannot require gradients",
        [](Fixture& f) { torchkit::FreezeByName frozen(f.model, {"steps"}, torchkit::FreezeMode::all_except); },
        integer_parameter},
       {"detail/name_pattern.hpp:regex", "\"4.(weight\"",
-       "torchkit::regex: \"4.(weight\" is not a valid regular expression",
+       "regex: \"4.(weight\" is not a valid regular expression",
        [](Fixture&) { (void)torchkit::regex("4.(weight"); }},
       {"detail/name_pattern.hpp:NamePattern::NamePattern", "a null const char*",
        "NamePattern: the pattern is a null pointer",
        [](Fixture&) { torchkit::NamePattern pattern(static_cast<const char*>(nullptr)); }},
-      {"concepts.hpp:module_of", "an empty module holder", "torchkit: the module holder is empty",
+      {"concepts.hpp:module_of", "an empty module holder", "module_of: the module holder is empty",
        [](Fixture&) {
          torch::nn::Linear empty{nullptr};
          (void)torchkit::module_of(empty);
@@ -992,12 +1090,12 @@ Rows freeze_rows() {
 
 Rows grad_mode_memory_rows() {
   return {
-      {"grad_mode.hpp:EvalScope", "an empty module holder", "torchkit: the module holder is empty",
+      {"grad_mode.hpp:EvalScope", "an empty module holder", "EvalScope: the module holder is empty",
        [](Fixture&) {
          torch::nn::Sequential empty{nullptr};
          torchkit::EvalScope eval(empty);
        }},
-      {"grad_mode.hpp:EvalScope", "a null module pointer", "torchkit: the module pointer is null",
+      {"grad_mode.hpp:EvalScope", "a null module pointer", "EvalScope: the module pointer is null",
        [](Fixture&) {
          std::shared_ptr<torch::nn::Module> null;
          torchkit::EvalScope eval(null);
@@ -1088,16 +1186,16 @@ Rows param_groups_rows() {
   return {
       // build
       {"param_groups.hpp:ParamGroupBuilder::build", "defaults' lr = -0.1",
-       "ParamGroupBuilder::build: the defaults' lr is -0.1; expected a finite value >= 0",
+       "ParamGroupBuilder::build: the defaults' lr must be a finite number >= 0, got -0.1",
        [](Fixture& f) { (void)ParamGroupBuilder(f.model).rest().build(SGDOptions(-0.1)); }},
       {"param_groups.hpp:ParamGroupBuilder::build", "defaults' weight_decay = nan",
-       "ParamGroupBuilder::build: the defaults' weight_decay is nan",
+       "ParamGroupBuilder::build: the defaults' weight_decay must be a finite number >= 0, got nan",
        [](Fixture& f) { (void)ParamGroupBuilder(f.model).rest().build(SGDOptions(0.1).weight_decay(nan)); }},
       {"param_groups.hpp:ParamGroupBuilder::build", "a group lr = -1",
-       "ParamGroupBuilder::build: the lr of group 0 (\"0\") is -1",
+       "ParamGroupBuilder::build: the lr of group 0 (\"0\") must be a finite number >= 0, got -1",
        [](Fixture& f) { (void)ParamGroupBuilder(f.model).add({"0"}, {.lr = -1.0}).rest().build(SGDOptions(0.1)); }},
       {"param_groups.hpp:ParamGroupBuilder::build", "a group weight_decay = inf",
-       "ParamGroupBuilder::build: the weight_decay of group 1 (head) is inf",
+       "ParamGroupBuilder::build: the weight_decay of group 1 (head) must be a finite number >= 0, got inf",
        [](Fixture& f) {
          (void)ParamGroupBuilder(f.model)
              .add({"0"})
@@ -1138,7 +1236,7 @@ Rows param_groups_rows() {
        [](Fixture& f) { (void)ParamGroupBuilder(f.model).rest().no_weight_decay({"*.beta"}).build(SGDOptions(0.1)); }},
       // make
       {"param_groups.hpp:ParamGroupBuilder::make", "defaults' lr = -1",
-       "ParamGroupBuilder::build: the defaults' lr is -1",
+       "ParamGroupBuilder::build: the defaults' lr must be a finite number >= 0, got -1",
        [](Fixture& f) { (void)ParamGroupBuilder(f.model).rest().make<torch::optim::SGD>(SGDOptions(-1.0)); }},
       {"param_groups.hpp:ParamGroupBuilder::make", "a pattern matching nothing",
        "ParamGroupBuilder::build: group 0 (\"fc\"): pattern \"fc\" (pattern 1 of 1) matches no parameter",
@@ -1151,7 +1249,7 @@ Rows param_groups_rows() {
        "ParamGroupBuilder::describe: no groups were declared",
        [](Fixture& f) { (void)ParamGroupBuilder(f.model).describe(); }},
       {"param_groups.hpp:ParamGroupBuilder::describe", "defaults' weight_decay = -1",
-       "ParamGroupBuilder::describe: the defaults' weight_decay is -1",
+       "ParamGroupBuilder::describe: the defaults' weight_decay must be a finite number >= 0, got -1",
        [](Fixture& f) { (void)ParamGroupBuilder(f.model).rest().describe(SGDOptions(0.1).weight_decay(-1.0)); }},
       {"param_groups.hpp:ParamGroupBuilder::group_names", "a group lr = nan",
        "ParamGroupBuilder::group_names: the lr of group 0 (\"0\") is nan",
@@ -1185,7 +1283,7 @@ Rows param_groups_rows() {
          torchkit::restore_group_options(*f.optimizer, groups_like(f, /*adam_group=*/1));
        }},
       {"param_groups.hpp:ParamGroupBuilder::build", "defaults' lr = inf",
-       "ParamGroupBuilder::build: the defaults' lr is inf",
+       "ParamGroupBuilder::build: the defaults' lr must be a finite number >= 0, got inf",
        [](Fixture& f) { (void)ParamGroupBuilder(f.model).rest().build(torch::optim::AdamOptions(infinity)); }},
   };
 }
@@ -1218,7 +1316,7 @@ Rows summary_rows() {
          torch::nn::AnyModule empty;
          (void)torchkit::summary(empty, {3});
        }},
-      {"summary.hpp:summary", "a null module pointer", "torchkit: the module pointer is null",
+      {"summary.hpp:summary", "a null module pointer", "summary: the module pointer is null",
        [](Fixture&) {
          std::shared_ptr<torch::nn::LinearImpl> null;
          (void)torchkit::summary(null, {3});

@@ -467,7 +467,7 @@ TEST_CASE("empty patterns, empty lists, invalid regexes, null pointers: Error na
   CHECK(flags_of(*net) == found);
 
   message = message_of<torchkit::Error>([&] { (void)torchkit::regex("cnn.(VGG"); });
-  CHECK(message.find("torchkit::regex: \"cnn.(VGG\" is not a valid regular expression") == 0);
+  CHECK(message.find("regex: \"cnn.(VGG\" is not a valid regular expression") == 0);
   message = message_of<torchkit::Error>([&] { (void)torchkit::freeze(net, {torchkit::regex("")}); });
   CHECK(message.find("pattern 1 of 1 is empty") != std::string::npos);
 
@@ -489,3 +489,45 @@ TEST_CASE("a parameter that cannot require gradients is an error before anything
   // Freezing an integer parameter that is already frozen is fine.
   CHECK(torchkit::freeze_all_except(model, {"scale"}).changed().empty());
 }
+
+// --- PatternList: every way of writing a list of patterns is the same one argument ---------
+
+TEST_CASE("PatternList: braced lists, ranges of strings or patterns and single patterns select alike") {
+  auto net = std::make_shared<torch::nn::Sequential>(torch::nn::Linear(3, 4), torch::nn::ReLU(), torch::nn::Linear(4, 2));
+  auto frozen_names = [&](auto&& patterns) {
+    const auto report = torchkit::freeze(*net, std::forward<decltype(patterns)>(patterns));
+    (void)torchkit::unfreeze(*net, {"*"});
+    return report.changed();
+  };
+  const std::vector<std::string> expected{"0.weight", "0.bias"};
+  CHECK(frozen_names(std::initializer_list<torchkit::NamePattern>{"0"}) == expected);
+  CHECK(frozen_names("0") == expected);                                   // one const char*
+  CHECK(frozen_names(std::string("0")) == expected);                      // one std::string
+  CHECK(frozen_names(std::string_view("0")) == expected);                 // one std::string_view
+  CHECK(frozen_names(torchkit::regex("0\\..*")) == expected);             // one NamePattern
+  CHECK(frozen_names(std::vector<std::string>{"0.weight", "0.bias"}) == expected);
+  CHECK(frozen_names(std::vector<torchkit::NamePattern>{"0.weight", torchkit::regex("0\\.b.*")}) == expected);
+  CHECK(frozen_names(std::array<std::string_view, 2>{"0.bias", "0.weight"}) == expected);
+  CHECK(frozen_names(std::set<std::string>{"0.weight", "0.bias"}) == expected);
+  CHECK(frozen_names(torchkit::PatternList{"0.weight", "0.bias"}) == expected);
+  // Braced lists mixing strings and regexes, as every example writes them.
+  CHECK(torchkit::freeze(*net, {"0.weight", torchkit::regex("0\\.b.*")}).changed() == expected);
+  (void)torchkit::unfreeze(*net, {"*"});
+
+  const torchkit::PatternList list{"0", "*.bias", torchkit::regex("2\\..*")};
+  CHECK(list.size() == 3);
+  CHECK(list.to_string() == R"("0", "*.bias", regex("2\..*"))");
+  CHECK(torchkit::PatternList().empty());
+  CHECK(message_of<torchkit::Error>([&] { (void)torchkit::freeze(*net, torchkit::PatternList{}); })
+            .starts_with("freeze: no patterns given"));
+}
+
+TEST_CASE("{fmt} formats NamePattern, PatternList and FreezeReport with only freeze.hpp included") {
+  auto net = std::make_shared<torch::nn::Sequential>(torch::nn::Linear(3, 4));
+  const auto report = torchkit::requires_grad_report(*net);
+  CHECK(fmt::format("{}", report) == report.to_string());
+  CHECK(fmt::format("{}", torchkit::NamePattern("*.bias")) == "\"*.bias\"");
+  CHECK(fmt::format("{:>14}", torchkit::regex("a.*")) == "  regex(\"a.*\")");  // the spec applies to the text
+  CHECK(fmt::format("{}", torchkit::PatternList{"a", "b"}) == R"("a", "b")");
+}
+

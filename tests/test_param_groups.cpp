@@ -446,21 +446,21 @@ TEST_CASE("build names what is wrong: unmatched pattern, unclaimed parameter, ba
     torchkit::ParamGroupBuilder negative_lr(net);
     negative_lr.add({"*convolution1*"}, {.lr = 0.01}).add({"*"}, {.lr = -0.1});
     CHECK(message_of<torchkit::Error>([&] { (void)negative_lr.build(defaults); }) ==
-          "ParamGroupBuilder::build: the lr of group 1 (\"*\") is -0.1; expected a finite value >= 0");
+          "ParamGroupBuilder::build: the lr of group 1 (\"*\") must be a finite number >= 0, got -0.1");
 
     torchkit::ParamGroupBuilder nan_decay(net);
     nan_decay.rest({.weight_decay = std::numeric_limits<double>::quiet_NaN(), .name = "everything"});
     CHECK(message_of<torchkit::Error>([&] { (void)nan_decay.build(defaults); }) ==
-          "ParamGroupBuilder::build: the weight_decay of group 0 (everything) is nan; expected a finite value >= 0");
+          "ParamGroupBuilder::build: the weight_decay of group 0 (everything) must be a finite number >= 0, got nan");
 
     torchkit::ParamGroupBuilder fine(net);
     fine.rest();
     CHECK(message_of<torchkit::Error>([&] { (void)fine.build(torch::optim::SGDOptions(-0.5)); }) ==
-          "ParamGroupBuilder::build: the defaults' lr is -0.5; expected a finite value >= 0");
+          "ParamGroupBuilder::build: the defaults' lr must be a finite number >= 0, got -0.5");
     CHECK_THROWS_WITH_AS((void)fine.build(torch::optim::SGDOptions(0.1).weight_decay(-1)),
-                         doctest::Contains("the defaults' weight_decay is -1"), torchkit::Error);
+                         doctest::Contains("the defaults' weight_decay must be a finite number >= 0, got -1"), torchkit::Error);
     CHECK_THROWS_WITH_AS((void)fine.describe(torch::optim::SGDOptions(std::numeric_limits<double>::infinity())),
-                         doctest::Contains("the defaults' lr is inf"), torchkit::Error);
+                         doctest::Contains("the defaults' lr must be a finite number >= 0, got inf"), torchkit::Error);
   }
   SUBCASE("empty patterns, empty lists, invalid regexes") {
     torchkit::ParamGroupBuilder empty_pattern(net);

@@ -15,6 +15,7 @@
 #include <memory>
 #include <ranges>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <unordered_set>
 #include <utility>
@@ -76,21 +77,25 @@ concept OptimizerOptions =
       options.weight_decay(value);
     };
 
-/// The module behind any ModuleLike. Throws Error for an empty holder or a null pointer.
+/// The module behind any ModuleLike.
+///
+/// @param caller  the public name the error message starts with (the function that was called
+///                with `model`), "module_of" when called directly.
+/// @throws Error for an empty holder or a null pointer.
 ///
 ///     torch::nn::Linear linear(4, 2);
 ///     torch::nn::Module& module = torchkit::module_of(linear);
 template <ModuleLike M>
-[[nodiscard]] decltype(auto) module_of(M&& model) {
+[[nodiscard]] decltype(auto) module_of(M&& model, std::string_view caller = "module_of") {
   using Model = std::remove_cvref_t<M>;
   if constexpr (detail::is_module_v<Model>) {
     return static_cast<std::conditional_t<std::is_const_v<std::remove_reference_t<M>>,
                                           const torch::nn::Module&, torch::nn::Module&>>(model);
   } else if constexpr (detail::is_module_holder_v<Model>) {
-    TORCHKIT_CHECK(!model.is_empty(), "torchkit: the module holder is empty (it was constructed with nullptr)");
+    TORCHKIT_CHECK(!model.is_empty(), "{}: the module holder is empty (it was constructed with nullptr)", caller);
     return static_cast<torch::nn::Module&>(*model.ptr());
   } else {
-    TORCHKIT_CHECK(model != nullptr, "torchkit: the module pointer is null");
+    TORCHKIT_CHECK(model != nullptr, "{}: the module pointer is null", caller);
     return static_cast<torch::nn::Module&>(*model);
   }
 }

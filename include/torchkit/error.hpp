@@ -2,6 +2,8 @@
 /// @file error.hpp
 /// torchkit::Error, the one exception type for bad arguments, and TORCHKIT_CHECK.
 
+#include <torchkit/detail/formatter.hpp>  // {fmt} for every printable torchkit type
+
 #include <fmt/format.h>
 
 #include <stdexcept>

@@ -1,30 +1,33 @@
 #pragma once
 /// @file format.hpp
-/// {fmt} support: every printable torchkit type formats with `fmt::format("{}", value)`, and
-/// tensor shapes format as Python prints them.
+/// torchkit::Shape, a tensor shape that formats as Python prints it.
+///
+/// Every printable torchkit type (Summary, FreezeReport, NamePattern, PatternList, MemoryStats,
+/// ClipGrad, OneHot, every scheduler of torchkit::lr) formats with `{fmt}` through its
+/// `to_string()` wherever its own header is included: the formatter is in
+/// detail/formatter.hpp, and each type is marked next to its definition. This header is only
+/// needed for Shape; it still includes the headers of those types, so that code which included
+/// it for them compiles as before.
 ///
 ///     fmt::print("{}\n", torchkit::summary(model, {3, 224, 224}));
-///     fmt::print("{}\n", torchkit::requires_grad_report(model));
 ///     fmt::print("input {}\n", torchkit::Shape(batch.sizes()));      // input [1, 3, 224, 224]
 ///
-/// A printable type's text is its `to_string()`; the string format spec applies to it, so
-/// `{:>40}` pads a short text such as a MemoryStats line.
+/// The string format spec applies to the text, so `{:>40}` pads a short text such as a
+/// MemoryStats line.
 
 #include <torchkit/clip.hpp>
+#include <torchkit/detail/formatter.hpp>
 #include <torchkit/detail/shape.hpp>
 #include <torchkit/freeze.hpp>
 #include <torchkit/lr.hpp>
 #include <torchkit/memory.hpp>
+#include <torchkit/name_pattern.hpp>
 #include <torchkit/one_hot.hpp>
 #include <torchkit/summary.hpp>
 
 #include <c10/util/ArrayRef.h>
-#include <fmt/format.h>
 
-#include <concepts>
-#include <cstdint>
-#include <string_view>
-#include <type_traits>
+#include <string>
 
 namespace torchkit {
 
@@ -39,25 +42,9 @@ struct Shape {
 };
 
 namespace detail {
-
-/// True for the torchkit types that format through their `to_string()`.
-template <class T>
-inline constexpr bool formats_with_to_string =
-    std::same_as<T, Shape> || std::same_as<T, Summary> || std::same_as<T, FreezeReport> ||
-    std::same_as<T, NamePattern> || std::same_as<T, MemoryStats> || std::same_as<T, ClipGrad> ||
-    std::same_as<T, OneHot> || std::same_as<T, lr::ReduceLROnPlateau> || std::derived_from<T, lr::Scheduler>;
-
+/// Shape formats with `{fmt}` as its to_string() (detail/formatter.hpp).
+template <>
+inline constexpr bool formats_with_to_string<Shape> = true;
 }  // namespace detail
-}  // namespace torchkit
 
-/// Formats Summary, FreezeReport, NamePattern, MemoryStats, ClipGrad, OneHot, every
-/// scheduler of torchkit::lr and torchkit::Shape with their `to_string()`.
-template <class T>
-  requires torchkit::detail::formats_with_to_string<T>
-struct fmt::formatter<T> : fmt::formatter<std::string_view> {
-  template <class FormatContext>
-  auto format(const T& value, FormatContext& context) const -> decltype(context.out()) {
-    const std::string text = value.to_string();
-    return fmt::formatter<std::string_view>::format(std::string_view(text), context);
-  }
-};
+}  // namespace torchkit

@@ -12,6 +12,7 @@
 
 #include <torchkit/concepts.hpp>
 #include <torchkit/detail/name_pattern.hpp>
+#include <torchkit/name_pattern.hpp>
 #include <torchkit/error.hpp>
 
 #include <ATen/core/Tensor.h>
@@ -22,7 +23,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <initializer_list>
 #include <ostream>
 #include <ranges>
 #include <span>
@@ -130,6 +130,12 @@ struct FreezeReport {
   }
 };
 
+namespace detail {
+/// FreezeReport formats with `{fmt}` as its to_string() (detail/formatter.hpp).
+template <>
+inline constexpr bool formats_with_to_string<FreezeReport> = true;
+}  // namespace detail
+
 /// What FreezeByName freezes.
 enum class FreezeMode {
   matching,    ///< the matching parameters (as torchkit::freeze)
@@ -202,58 +208,33 @@ enum class FreezeAction { freeze, unfreeze, freeze_all_except };
 /// @param model     a module, module holder or shared_ptr to a module
 /// @param patterns  names, module paths, globs or torchkit::regex(...) (see NamePattern)
 /// @returns         every parameter's flag before and after
-/// @throws Error    for an empty list, an empty pattern, or a pattern that matches no parameter
-///                  (the message lists the three closest names); the model is unchanged then.
+/// @throws Error    for an empty list, an empty pattern, a pattern that matches no parameter
+///                  (the message lists the three closest names), or a selected trainable
+///                  parameter that is not a leaf tensor (computed from other tensors: its flag
+///                  cannot be turned off); the model is unchanged then.
 ///
 ///     const std::vector<std::string> no_grad{"cnn.VGG_16.convolution1_1.weight", "cnn.VGG_16.convolution1_1.bias"};
 ///     auto report = torchkit::freeze(net, no_grad);
 ///     torchkit::freeze(net, {"cnn.VGG_16.convolution1_2", "*.bias"});
 template <ModuleLike M>
-FreezeReport freeze(M& model, const std::vector<std::string>& patterns) {
-  const auto table = detail::parameter_table(model);
-  return detail::set_requires_grad_by_name("freeze", table, detail::to_patterns(patterns), detail::FreezeAction::freeze);
-}
-/// Freezes the parameters selected by `patterns` (names, module paths, globs, torchkit::regex).
-template <ModuleLike M>
-FreezeReport freeze(M& model, std::initializer_list<NamePattern> patterns) {
-  const auto table = detail::parameter_table(model);
-  return detail::set_requires_grad_by_name("freeze", table, std::span(patterns.begin(), patterns.size()),
-                                           detail::FreezeAction::freeze);
-}
-/// Freezes the parameters selected by any range of patterns.
-template <ModuleLike M, NamePatternRange R>
-FreezeReport freeze(M& model, R&& patterns) {
-  const auto table = detail::parameter_table(model);
-  return detail::set_requires_grad_by_name("freeze", table, detail::collect_patterns(std::forward<R>(patterns)),
-                                           detail::FreezeAction::freeze);
+FreezeReport freeze(M& model, const PatternList& patterns) {
+  const auto table = detail::parameter_table(model, "freeze");
+  return detail::set_requires_grad_by_name("freeze", table, patterns.patterns(), detail::FreezeAction::freeze);
 }
 
 /// Makes every parameter that one of `patterns` selects trainable (`requires_grad = true`); the
 /// others keep their flag. Python: `p.requires_grad = True` for the chosen names.
 ///
-/// @throws Error as freeze(), and when a selected parameter cannot require gradients (an integer
-///         dtype or a non-leaf tensor); the model is unchanged then.
+/// @throws Error for an empty list, an empty pattern, a pattern that matches no parameter, or a
+///         selected parameter that cannot require gradients (an integer dtype); the model is
+///         unchanged then. (A non-leaf parameter always requires grad already, so unfreeze never
+///         has to change one.)
 ///
 ///     torchkit::unfreeze(net, {"cnn.VGG_16.convolution1_2"});
 template <ModuleLike M>
-FreezeReport unfreeze(M& model, const std::vector<std::string>& patterns) {
-  const auto table = detail::parameter_table(model);
-  return detail::set_requires_grad_by_name("unfreeze", table, detail::to_patterns(patterns),
-                                           detail::FreezeAction::unfreeze);
-}
-/// Makes the parameters selected by `patterns` trainable.
-template <ModuleLike M>
-FreezeReport unfreeze(M& model, std::initializer_list<NamePattern> patterns) {
-  const auto table = detail::parameter_table(model);
-  return detail::set_requires_grad_by_name("unfreeze", table, std::span(patterns.begin(), patterns.size()),
-                                           detail::FreezeAction::unfreeze);
-}
-/// Makes the parameters selected by any range of patterns trainable.
-template <ModuleLike M, NamePatternRange R>
-FreezeReport unfreeze(M& model, R&& patterns) {
-  const auto table = detail::parameter_table(model);
-  return detail::set_requires_grad_by_name("unfreeze", table, detail::collect_patterns(std::forward<R>(patterns)),
-                                           detail::FreezeAction::unfreeze);
+FreezeReport unfreeze(M& model, const PatternList& patterns) {
+  const auto table = detail::parameter_table(model, "unfreeze");
+  return detail::set_requires_grad_by_name("unfreeze", table, patterns.patterns(), detail::FreezeAction::unfreeze);
 }
 
 /// Freezes every parameter except the ones `patterns` select, which are made trainable:
@@ -261,29 +242,14 @@ FreezeReport unfreeze(M& model, R&& patterns) {
 /// loop (`if name in no_grad: False else: True`) seen from the other side, e.g. fine-tuning
 /// only the classifier head.
 ///
-/// @throws Error as unfreeze(); the model is unchanged then.
+/// @throws Error as unfreeze(), and for a trainable non-leaf parameter it would freeze (as
+///         freeze()); the model is unchanged then.
 ///
 ///     torchkit::freeze_all_except(net, {"classifier"});
 template <ModuleLike M>
-FreezeReport freeze_all_except(M& model, const std::vector<std::string>& patterns) {
-  const auto table = detail::parameter_table(model);
-  return detail::set_requires_grad_by_name("freeze_all_except", table, detail::to_patterns(patterns),
-                                           detail::FreezeAction::freeze_all_except);
-}
-/// Freezes every parameter except the ones `patterns` select.
-template <ModuleLike M>
-FreezeReport freeze_all_except(M& model, std::initializer_list<NamePattern> patterns) {
-  const auto table = detail::parameter_table(model);
-  return detail::set_requires_grad_by_name("freeze_all_except", table, std::span(patterns.begin(), patterns.size()),
-                                           detail::FreezeAction::freeze_all_except);
-}
-/// Freezes every parameter except the ones any range of patterns selects.
-template <ModuleLike M, NamePatternRange R>
-FreezeReport freeze_all_except(M& model, R&& patterns) {
-  const auto table = detail::parameter_table(model);
-  return detail::set_requires_grad_by_name("freeze_all_except", table,
-                                           detail::collect_patterns(std::forward<R>(patterns)),
-                                           detail::FreezeAction::freeze_all_except);
+FreezeReport freeze_all_except(M& model, const PatternList& patterns) {
+  const auto table = detail::parameter_table(model, "freeze_all_except");
+  return detail::set_requires_grad_by_name("freeze_all_except", table, patterns.patterns(), detail::FreezeAction::freeze_all_except);
 }
 
 /// RAII: freezes parameters by name on construction and, on destruction, restores every
@@ -300,15 +266,11 @@ FreezeReport freeze_all_except(M& model, R&& patterns) {
 ///     }  // every flag is back
 class FreezeByName {
  public:
+  /// Freezes what `patterns` select (FreezeMode::matching) or everything else
+  /// (FreezeMode::all_except).
   template <ModuleLike M>
-  FreezeByName(M& model, const std::vector<std::string>& patterns, FreezeMode mode = FreezeMode::matching)
-      : FreezeByName(detail::parameter_table(model), detail::to_patterns(patterns), mode) {}
-  template <ModuleLike M>
-  FreezeByName(M& model, std::initializer_list<NamePattern> patterns, FreezeMode mode = FreezeMode::matching)
-      : FreezeByName(detail::parameter_table(model), std::vector<NamePattern>(patterns), mode) {}
-  template <ModuleLike M, NamePatternRange R>
-  FreezeByName(M& model, R&& patterns, FreezeMode mode = FreezeMode::matching)
-      : FreezeByName(detail::parameter_table(model), detail::collect_patterns(std::forward<R>(patterns)), mode) {}
+  FreezeByName(M& model, const PatternList& patterns, FreezeMode mode = FreezeMode::matching)
+      : FreezeByName(detail::parameter_table(model, "FreezeByName"), patterns, mode) {}
 
   FreezeByName(const FreezeByName&) = delete;
   FreezeByName& operator=(const FreezeByName&) = delete;
@@ -332,9 +294,9 @@ class FreezeByName {
   [[nodiscard]] const FreezeReport& report() const noexcept { return report_; }
 
  private:
-  FreezeByName(std::vector<detail::ParameterEntry> table, std::vector<NamePattern> patterns, FreezeMode mode)
+  FreezeByName(std::vector<detail::ParameterEntry> table, const PatternList& patterns, FreezeMode mode)
       : report_(detail::set_requires_grad_by_name(
-            mode == FreezeMode::matching ? "FreezeByName" : "FreezeByName(all_except)", table, patterns,
+            "FreezeByName", table, patterns.patterns(),
             mode == FreezeMode::matching ? detail::FreezeAction::freeze : detail::FreezeAction::freeze_all_except)) {
     // set_requires_grad_by_name validated before changing anything; the report has every flag as found.
     saved_.reserve(table.size());
@@ -356,7 +318,7 @@ class FreezeByName {
 ///     // ...
 template <ModuleLike M>
 [[nodiscard]] FreezeReport requires_grad_report(const M& model) {
-  return detail::flags_of(detail::parameter_table(model));
+  return detail::flags_of(detail::parameter_table(model, "requires_grad_report"));
 }
 
 /// The parameters that require gradients, each tensor once, in model order: the tip's

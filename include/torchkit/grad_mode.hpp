@@ -112,7 +112,7 @@ class EvalScope {
   template <ModuleLike M>
     requires(!std::is_const_v<std::remove_reference_t<M>>)
   explicit EvalScope(M& model) {
-    torch::nn::Module& root = module_of(model);  // throws before anything changes
+    torch::nn::Module& root = module_of(model, "EvalScope");  // throws before anything changes
     using Model = std::remove_cvref_t<M>;
     if constexpr (detail::is_module_holder_v<Model>) {
       owner_ = model.ptr();

@@ -50,6 +50,12 @@ struct MemoryStats {
 };
 
 namespace detail {
+/// MemoryStats formats with `{fmt}` as its to_string() (detail/formatter.hpp).
+template <>
+inline constexpr bool formats_with_to_string<MemoryStats> = true;
+}  // namespace detail
+
+namespace detail {
 
 /// A byte count in binary units: `512 B`, `1.50 KiB`, `20.00 MiB`, `3.25 GiB`.
 [[nodiscard]] inline std::string format_bytes(std::int64_t bytes) {

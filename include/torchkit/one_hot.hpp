@@ -241,4 +241,10 @@ class OneHot {
   OneHotOptions options_;
 };
 
+namespace detail {
+/// OneHot formats with `{fmt}` as its to_string() (detail/formatter.hpp).
+template <>
+inline constexpr bool formats_with_to_string<OneHot> = true;
+}  // namespace detail
+
 }  // namespace torchkit

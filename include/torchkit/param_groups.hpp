@@ -8,6 +8,8 @@
 
 #include <torchkit/concepts.hpp>
 #include <torchkit/detail/name_pattern.hpp>
+#include <torchkit/detail/validate.hpp>
+#include <torchkit/name_pattern.hpp>
 #include <torchkit/error.hpp>
 
 #include <ATen/core/Tensor.h>
@@ -22,7 +24,6 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -134,20 +135,11 @@ class ParamGroupBuilder {
  public:
   /// Reads `model`'s parameters (a module, module holder or shared_ptr to a module).
   template <ModuleLike M>
-  explicit ParamGroupBuilder(const M& model) : parameters_(detail::parameter_table(model)) {}
+  explicit ParamGroupBuilder(const M& model) : parameters_(detail::parameter_table(model, "ParamGroupBuilder")) {}
 
   /// Adds a group of the parameters that `patterns` select (and no earlier group claimed).
-  ParamGroupBuilder& add(const std::vector<std::string>& patterns, GroupOptions options = {}) {
-    return add_group(detail::to_patterns(patterns), std::move(options));
-  }
-  /// Adds a group of the parameters that `patterns` select (and no earlier group claimed).
-  ParamGroupBuilder& add(std::initializer_list<NamePattern> patterns, GroupOptions options = {}) {
-    return add_group(std::vector<NamePattern>(patterns), std::move(options));
-  }
-  /// Adds a group of the parameters that a range of patterns selects.
-  template <NamePatternRange R>
-  ParamGroupBuilder& add(R&& patterns, GroupOptions options = {}) {
-    return add_group(detail::collect_patterns(std::forward<R>(patterns)), std::move(options));
+  ParamGroupBuilder& add(const PatternList& patterns, GroupOptions options = {}) {
+    return add_group(patterns.patterns(), std::move(options));
   }
 
   /// Adds the group that collects every parameter no `add()` group claims. Without it, such a
@@ -159,17 +151,8 @@ class ParamGroupBuilder {
 
   /// Gives the parameters that `patterns` select weight decay 0 (e.g. biases and norm weights),
   /// splitting every group in two (see the class comment). May be called more than once.
-  ParamGroupBuilder& no_weight_decay(const std::vector<std::string>& patterns) {
-    return add_no_weight_decay(detail::to_patterns(patterns));
-  }
-  /// Gives the parameters that `patterns` select weight decay 0.
-  ParamGroupBuilder& no_weight_decay(std::initializer_list<NamePattern> patterns) {
-    return add_no_weight_decay(std::vector<NamePattern>(patterns));
-  }
-  /// Gives the parameters that a range of patterns selects weight decay 0.
-  template <NamePatternRange R>
-  ParamGroupBuilder& no_weight_decay(R&& patterns) {
-    return add_no_weight_decay(detail::collect_patterns(std::forward<R>(patterns)));
+  ParamGroupBuilder& no_weight_decay(const PatternList& patterns) {
+    return add_no_weight_decay(patterns.patterns());
   }
 
   /// Whether frozen parameters (`requires_grad == false`) go into the groups too (default: no).
@@ -190,8 +173,8 @@ class ParamGroupBuilder {
   ///     torch::optim::SGD optimizer(builder.build(torch::optim::SGDOptions(0.1)), torch::optim::SGDOptions(0.1));
   template <OptimizerOptions O>
   [[nodiscard]] std::vector<torch::optim::OptimizerParamGroup> build(const O& defaults) const {
-    check_value("ParamGroupBuilder::build", "the defaults' lr", static_cast<double>(defaults.lr()));
-    check_value("ParamGroupBuilder::build", "the defaults' weight_decay", static_cast<double>(defaults.weight_decay()));
+    detail::check_finite_non_negative("ParamGroupBuilder::build", "the defaults' lr", static_cast<double>(defaults.lr()));
+    detail::check_finite_non_negative("ParamGroupBuilder::build", "the defaults' weight_decay", static_cast<double>(defaults.weight_decay()));
     const auto planned = plan("ParamGroupBuilder::build");
     std::vector<torch::optim::OptimizerParamGroup> result;
     result.reserve(planned.groups.size());
@@ -249,8 +232,8 @@ class ParamGroupBuilder {
   ///     std::cout << builder.describe(torch::optim::AdamOptions(1e-3).weight_decay(1e-3));
   template <OptimizerOptions O>
   [[nodiscard]] std::string describe(const O& defaults) const {
-    check_value("ParamGroupBuilder::describe", "the defaults' lr", static_cast<double>(defaults.lr()));
-    check_value("ParamGroupBuilder::describe", "the defaults' weight_decay",
+    detail::check_finite_non_negative("ParamGroupBuilder::describe", "the defaults' lr", static_cast<double>(defaults.lr()));
+    detail::check_finite_non_negative("ParamGroupBuilder::describe", "the defaults' weight_decay",
                 static_cast<double>(defaults.weight_decay()));
     return describe_with("ParamGroupBuilder::describe",
                          std::pair<double, double>{static_cast<double>(defaults.lr()),
@@ -284,11 +267,6 @@ class ParamGroupBuilder {
   ParamGroupBuilder& add_no_weight_decay(std::vector<NamePattern> patterns) {
     no_weight_decay_.push_back(std::move(patterns));
     return *this;
-  }
-
-  static void check_value(std::string_view context, std::string_view what, double value) {
-    TORCHKIT_CHECK(std::isfinite(value) && value >= 0, "{}: {} is {}; expected a finite value >= 0", context, what,
-                   value);
   }
 
   [[nodiscard]] std::string display_name(std::size_t index) const {
@@ -332,10 +310,10 @@ class ParamGroupBuilder {
       const Group& group = groups_[g];
       const std::string where = fmt::format("group {} ({})", g, display_name(g));
       if (group.options.lr) {
-        check_value(context, fmt::format("the lr of {}", where), *group.options.lr);
+        detail::check_finite_non_negative(context, fmt::format("the lr of {}", where), *group.options.lr);
       }
       if (group.options.weight_decay) {
-        check_value(context, fmt::format("the weight_decay of {}", where), *group.options.weight_decay);
+        detail::check_finite_non_negative(context, fmt::format("the weight_decay of {}", where), *group.options.weight_decay);
       }
       if (group.is_rest) {
         TORCHKIT_CHECK(rest_index == none,

@@ -164,6 +164,12 @@ class Summary {
   SummaryOptions options_;
 };
 
+namespace detail {
+/// Summary formats with `{fmt}` as its to_string() (detail/formatter.hpp).
+template <>
+inline constexpr bool formats_with_to_string<Summary> = true;
+}  // namespace detail
+
 namespace detail::summary_impl {
 
 /// Makes a Summary from a finished builder.

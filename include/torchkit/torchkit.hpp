@@ -19,6 +19,7 @@
 #include <torchkit/grad_mode.hpp>
 #include <torchkit/memory.hpp>
 #include <torchkit/lr.hpp>
+#include <torchkit/name_pattern.hpp>
 #include <torchkit/freeze.hpp>
 #include <torchkit/param_groups.hpp>
 #include <torchkit/distributed.hpp>

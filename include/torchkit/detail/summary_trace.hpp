@@ -325,7 +325,7 @@ torch::nn::Module& root_module(M& model) {
     TORCHKIT_CHECK(!model.is_empty(), "summary: the AnyModule is empty");
     return *model.ptr();
   } else {
-    return module_of(model);
+    return module_of(model, "summary");
   }
 }
 
