@@ -44,6 +44,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <typeinfo>
 #include <utility>
 #include <vector>
@@ -912,6 +913,103 @@ Rows distributed_rows() {
          set_environment("WORLD_SIZE", "1");
          set_environment("RANK", std::nullopt);
        }},
+      {"distributed.hpp:make_gloo_group", "rank 1 of 2 never joins",
+       "make_gloo_group: rank 0 of 2 could not connect to the other ranks within 1000 ms",
+       [](Fixture&) {
+         (void)torchkit::make_gloo_group(c10::make_intrusive<c10d::HashStore>(), 0, 2, std::chrono::seconds(1));
+       }},
+  });
+#endif
+  append(rows, {
+      {"distributed.hpp:DistributedSampler", "rank 2 of num_replicas 2",
+       "DistributedSampler: rank 2 is outside [0, 2) (num_replicas = 2)",
+       [](Fixture&) { (void)torchkit::dist::DistributedSampler(10, 2, 2); }},
+      {"distributed.hpp:DistributedSampler", "rank -1", "DistributedSampler: rank -1 is outside [0, 4)",
+       [](Fixture&) { (void)torchkit::dist::DistributedSampler(10, 4, -1); }},
+      {"distributed.hpp:DistributedSampler", "num_replicas 0", "DistributedSampler: num_replicas must be >= 1, got 0",
+       [](Fixture&) { (void)torchkit::dist::DistributedSampler(10, 0, 0); }},
+      {"distributed.hpp:DistributedSampler", "size -5", "DistributedSampler: the data set size must be >= 0, got -5",
+       [](Fixture&) { (void)torchkit::dist::DistributedSampler(-5, 1, 0); }},
+  });
+#if TORCHKIT_WITH_GLOO
+  const auto solo_gloo = [] { return torchkit::make_gloo_group(c10::make_intrusive<c10d::HashStore>(), 0, 1); };
+  append(rows, {
+      {"distributed.hpp:GradientReducer", "bucket_bytes = 0", "GradientReducer: bucket_bytes must be > 0, got 0",
+       [solo_gloo](Fixture& f) { torchkit::dist::GradientReducer reducer(f.model, solo_gloo(), {.bucket_bytes = 0}); }},
+      {"distributed.hpp:GradientReducer", "bucket_bytes = -1", "GradientReducer: bucket_bytes must be > 0, got -1",
+       [solo_gloo](Fixture& f) {
+         torchkit::dist::GradientReducer reducer(f.model, solo_gloo(), {.bucket_bytes = -1});
+       }},
+      {"distributed.hpp:GradientReducer", "accumulation_steps = 0",
+       "GradientReducer: accumulation_steps must be >= 1, got 0",
+       [solo_gloo](Fixture& f) {
+         torchkit::dist::GradientReducer reducer(f.model, solo_gloo(), {.accumulation_steps = 0});
+       }},
+      {"distributed.hpp:GradientReducer", "a null group", "GradientReducer: the process group is null",
+       [](Fixture& f) {
+         const c10::intrusive_ptr<c10d::ProcessGroupGloo> none;
+         torchkit::dist::GradientReducer reducer(f.model, none);
+       }},
+      {"distributed.hpp:GradientReducer::reduce", "a sparse gradient",
+       "GradientReducer::reduce: the gradient of '4.bias' is sparse",
+       [solo_gloo](Fixture& f) {
+         torchkit::dist::GradientReducer reducer(f.model, solo_gloo());
+         (void)reducer.reduce();
+       },
+       [](Fixture& f) { set_grad(f, "4.bias", f.parameter("4.bias").grad().to_sparse()); }},
+      {"distributed.hpp:GradientReducer::reduce", "a misshapen gradient",
+       "GradientReducer::reduce: the gradient of '4.bias' is Float [3] on cpu, its parameter Float [5] on cpu",
+       [solo_gloo](Fixture& f) {
+         torchkit::dist::GradientReducer reducer(f.model, solo_gloo());
+         (void)reducer.reduce();
+       },
+       [](Fixture& f) { set_grad(f, "4.bias", torch::ones({3})); }},
+      {"distributed.hpp:GradientReducer::reduce", "a parameter without a gradient",
+       "GradientReducer::reduce: parameter '4.bias' has no gradient on 1 of 1 ranks (this rank, 0: has none)",
+       [solo_gloo](Fixture& f) {
+         torchkit::dist::GradientReducer reducer(f.model, solo_gloo());
+         (void)reducer.reduce();
+       },
+       [](Fixture& f) { set_grad(f, "4.bias", at::Tensor()); }},
+      {"distributed.hpp:allreduce_gradients", "accumulation_steps = 2",
+       "allreduce_gradients: accumulation_steps must be 1 in the one-shot form, got 2",
+       [solo_gloo](Fixture& f) {
+         auto group = solo_gloo();
+         torchkit::dist::allreduce_gradients(f.model, *group, {.accumulation_steps = 2});
+       }},
+      {"distributed.hpp:allreduce_gradients", "bucket_bytes = 0", "GradientReducer: bucket_bytes must be > 0, got 0",
+       [solo_gloo](Fixture& f) {
+         auto group = solo_gloo();
+         torchkit::dist::allreduce_gradients(f.model, *group, {.bucket_bytes = 0});
+       }},
+      {"distributed.hpp:broadcast_parameters", "root 1 of a group of 1",
+       "broadcast_parameters: root 1 is outside [0, 1)",
+       [solo_gloo](Fixture& f) { torchkit::dist::broadcast_parameters(f.model, solo_gloo(), 1); }},
+      {"distributed.hpp:broadcast_parameters", "a null group", "broadcast_parameters: the process group is null",
+       [](Fixture& f) {
+         const c10::intrusive_ptr<c10d::ProcessGroupGloo> none;
+         torchkit::dist::broadcast_parameters(f.model, none);
+       }},
+      {"distributed.hpp:broadcast_parameters", "rank 1 (the root) holds another model",
+       "broadcast_parameters: the model on rank 0 differs from rank 1's: entry 0 is '0.weight parameter Float "
+       "[4, 3, 3, 3]' here but '0.weight parameter Float [2, 2]' on rank 1; no parameter was changed",
+       [](Fixture& f) {
+         auto store = c10::make_intrusive<c10d::HashStore>();
+         std::thread root([&] {
+           try {
+             torchkit::dist::broadcast_parameters(f.held<torch::nn::Sequential>(0),
+                                                  torchkit::make_gloo_group(store, 1, 2, std::chrono::seconds(30)), 1);
+           } catch (const torchkit::Error&) {  // the root throws too
+           }
+         });
+         struct Join {
+           std::thread& thread;
+           ~Join() { thread.join(); }
+         } join{root};
+         torchkit::dist::broadcast_parameters(f.model, torchkit::make_gloo_group(store, 0, 2, std::chrono::seconds(30)),
+                                              1);
+       },
+       [](Fixture& f) { (void)f.hold<torch::nn::Sequential>(torch::nn::Linear(2, 2)); }},
   });
 #endif
   return rows;
