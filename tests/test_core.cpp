@@ -8,11 +8,13 @@
 #include <list>
 #include <span>
 
-TEST_CASE("version") {
-  CHECK(torchkit::version() == "0.1.0");
-  CHECK(TORCHKIT_VERSION_MAJOR == 0);
-  CHECK(TORCHKIT_VERSION_MINOR == 1);
-  CHECK(TORCHKIT_VERSION_PATCH == 0);
+TEST_CASE("version: the string and the number are built from the three macros") {
+  // The number itself is checked against CMake, vcpkg and Conan by tests/packaging/check_version.py.
+  CHECK(torchkit::version() ==
+        fmt::format("{}.{}.{}", TORCHKIT_VERSION_MAJOR, TORCHKIT_VERSION_MINOR, TORCHKIT_VERSION_PATCH));
+  CHECK(std::string_view(TORCHKIT_VERSION_STRING) == torchkit::version());
+  CHECK(TORCHKIT_VERSION == TORCHKIT_VERSION_MAJOR * 10000 + TORCHKIT_VERSION_MINOR * 100 + TORCHKIT_VERSION_PATCH);
+  static_assert(torchkit::version() == TORCHKIT_VERSION_STRING);  // usable at compile time
   CHECK(TORCHKIT_TORCH_AT_LEAST(1, 13));
 }
 
