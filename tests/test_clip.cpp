@@ -444,6 +444,36 @@ TEST_CASE("clip_grad_norm_ returns the same total and gradients on every instruc
   }
 }
 
+TEST_CASE("a set large enough to be split over threads gives the same bits on one and two threads") {
+  namespace kernels = torchkit::detail::clip;
+  REQUIRE(kernels::parallel_min_elements <= 3 * (int64_t{1} << 20));
+  auto make = [] {
+    std::vector<at::Tensor> params;
+    const std::vector<std::pair<int64_t, at::ScalarType>> specs = {
+        {int64_t{1} << 21, at::kFloat}, {(int64_t{1} << 19) + 7, at::kDouble}, {300001, at::kBFloat16}, {5, at::kFloat}};
+    torch::manual_seed(31);
+    for (const auto& [size, dtype] : specs) {
+      auto p = torch::zeros({size}, torch::TensorOptions().dtype(dtype).requires_grad(true));
+      p.mutable_grad() = torch::randn({size}).to(dtype);
+      params.push_back(p);
+    }
+    return params;
+  };
+  const int threads = at::get_num_threads();
+  for (const double p : {2.0, 1.0, infinity}) {
+    CAPTURE(p);
+    at::set_num_threads(1);
+    auto one = make();
+    const auto one_total = torchkit::clip_grad_norm_(one, 10.0, p);
+    at::set_num_threads(2);
+    auto two = make();
+    const auto two_total = torchkit::clip_grad_norm_(two, 10.0, p);
+    CHECK(torch::equal(one_total, two_total));
+    for (std::size_t i = 0; i < one.size(); ++i) CHECK(torch::equal(one[i].grad(), two[i].grad()));
+  }
+  at::set_num_threads(threads);
+}
+
 TEST_CASE("the fast path is as accurate as float64 on a large float32 gradient") {
   torch::manual_seed(11);
   auto param = torch::zeros({1000003}, torch::requires_grad());
