@@ -14,6 +14,7 @@
 #include <torchkit/distributed.hpp>
 
 #include <benchmark/benchmark.h>
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #if TORCHKIT_WITH_GLOO
@@ -65,7 +66,7 @@ struct GradientsImpl : torch::nn::Module {
     torch::manual_seed(rank);
     int index = 0;
     for (const auto& shape : shapes) {
-      auto& p = register_parameter("p" + std::to_string(index++), torch::zeros(shape));
+      auto& p = register_parameter(fmt::format("p{}", index++), torch::zeros(shape));
       p.mutable_grad() = torch::randn(shape);
       elements += p.numel();
     }

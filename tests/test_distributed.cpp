@@ -539,8 +539,10 @@ TEST_CASE("dist: k SGD steps on two half-batches equal one process on the whole 
   const at::Tensor labels = torch::randint(0, 3, {3, 8}, torch::kLong);
   for (const int64_t accumulation : {int64_t{1}, int64_t{2}}) {
     for (const bool clip : {false, true}) {
+     for (const bool set_to_none : {false, true}) {
       CAPTURE(accumulation);
       CAPTURE(clip);
+      CAPTURE(set_to_none);
       torch::manual_seed(100);
       Net reference;  // rank 0's initial weights
       std::vector<Net> models;
@@ -563,8 +565,16 @@ TEST_CASE("dist: k SGD steps on two half-batches equal one process on the whole 
         torchkit::dist::GradientReducer reducer(model, group, {.bucket_bytes = 200, .accumulation_steps = accumulation});
         bucket_counts[static_cast<std::size_t>(rank)] = reducer.buckets();
         torch::optim::SGD optimizer(model->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+        std::vector<void*> places;
         for (int64_t step = 0; step < 3; ++step) {
-          optimizer.zero_grad();
+          for (auto& p : model->parameters()) {
+            if (!p.grad().defined()) continue;
+            if (set_to_none) {
+              p.mutable_grad() = at::Tensor();  // LibTorch 2.x's zero_grad(): a fresh gradient, copied in
+            } else {
+              p.mutable_grad().zero_();  // LibTorch 1.13's zero_grad(): in place, in the reducer's buffer
+            }
+          }
           const at::Tensor half_x = inputs[step].narrow(0, 4 * rank, 4);
           const at::Tensor half_y = labels[step].narrow(0, 4 * rank, 4);
           for (int64_t micro = 0; micro < accumulation; ++micro) {
@@ -577,6 +587,12 @@ TEST_CASE("dist: k SGD steps on two half-batches equal one process on the whole 
           }
           if (clip) torchkit::clip_grad_norm_(*model, 0.05);
           optimizer.step();
+          std::vector<void*> now;
+          for (auto& p : model->parameters()) {
+            if (p.grad().defined()) now.push_back(p.grad().data_ptr());
+          }
+          if (step > 0 && !set_to_none) CHECK(now == places);  // gradients stay in the buffer
+          places = now;
         }
       });
       CHECK(bucket_counts[0] == bucket_counts[1]);
@@ -589,6 +605,7 @@ TEST_CASE("dist: k SGD steps on two half-batches equal one process on the whole 
       torch::manual_seed(100);
       Net initial;
       CHECK_FALSE(same_parameters(*initial, *reference, 1e-3));
+     }
     }
   }
 }
@@ -717,6 +734,10 @@ TEST_CASE("dist: bad options and a root outside the group") {
   c10::intrusive_ptr<c10d::ProcessGroupGloo> null_group;
   CHECK(message_of<torchkit::Error>([&] { torchkit::dist::GradientReducer r(model, null_group); })
             .find("the process group is null") != std::string::npos);
+  Net with_sparse;
+  with_sparse->register_buffer("table", torch::zeros({2, 2}).to_sparse());
+  CHECK(message_of<torchkit::Error>([&] { torchkit::dist::broadcast_parameters(with_sparse, group); })
+            .find("broadcast_parameters: buffer 'table' is not dense (layout Sparse)") != std::string::npos);
   // A sparse gradient: refused before any communication.
   torchkit::dist::GradientReducer reducer(model, group);
   model->first->weight.mutable_grad() = torch::zeros_like(model->first->weight).to_sparse();

@@ -27,6 +27,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <c10/util/StringUtil.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -593,6 +594,7 @@ struct Bucket {
   int64_t elements = 0;              ///< members' elements (flat has more when extra > 0)
   int64_t bytes = 0;
   at::Tensor flat;
+  at::Tensor grads;  ///< GradientReducer: the reduced gradients, which the parameters' .grad share
 };
 
 /// Buckets of at most `cap` bytes (a bigger tensor gets one of its own), one dtype and device
@@ -690,7 +692,7 @@ void broadcast_parameters(M& model, G& group, int root = 0) {
   const auto entries = detail::entries_of(module_of(model), /*with_buffers=*/true, /*trainable_only=*/false);
   for (const auto& entry : entries) {
     TORCHKIT_CHECK(entry.tensor.layout() == at::kStrided, "{}: {} '{}' is not dense (layout {})", function,
-                   entry.buffer ? "buffer" : "parameter", entry.name, c10::toString(entry.tensor.layout()));
+                   entry.buffer ? "buffer" : "parameter", entry.name, c10::str(entry.tensor.layout()));
   }
   const at::NoGradGuard no_grad;
   const at::Device device = entries.empty() ? at::Device(at::kCPU) : entries.front().tensor.device();
@@ -789,10 +791,17 @@ struct ReducerOptions {
 /// PyTorch's `DistributedDataParallel` does: the trainable parameters are assigned once, in
 /// reverse registration order, to buckets of about `bucket_bytes` (one dtype and device each);
 /// reduce() copies each bucket's gradients into one flat buffer, starts one SUM all-reduce
-/// per bucket (all in flight together), waits, and copies back divided by the number of ranks.
-/// Each bucket carries one extra element per parameter saying whether this rank has its
-/// gradient, so every rank sees the same unused parameters and acts the same. Gradients are
-/// only written after every bucket arrived: a failure leaves them as they were.
+/// per bucket (all in flight together), waits, and writes the average back in one pass per
+/// bucket. Each bucket carries one extra element per parameter saying whether this rank has
+/// its gradient, so every rank sees the same unused parameters and acts the same. Gradients
+/// are only written after every bucket arrived and was checked: a failure leaves them as they
+/// were.
+///
+/// After reduce(), every gradient shares the reducer's gradient buffer (DDP's
+/// `gradient_as_bucket_view`, without view tracking): zeroed in place and accumulated by the
+/// next backward, it is packed with one copy per bucket. A gradient that was replaced (set to
+/// none, assigned) is copied and pointed at the buffer again. The gradient tensor object is
+/// thus replaced by reduce(); read `p.grad()` afresh, as optimizers do.
 ///
 /// The constructor is a collective (it checks that every rank has the same trainable
 /// parameters); so is each communicating reduce(). The group must outlive the reducer, unless
@@ -854,21 +863,34 @@ class GradientReducer {
     calls_ = 0;
     const at::NoGradGuard no_grad;
     std::vector<std::function<void()>> works;
-    for (auto& bucket : buckets_) {
+    // backed[b][m]: the gradient already lives in bucket b's gradient buffer (after an earlier
+    // reduce(), while it is zeroed and accumulated in place): no per-tensor copy needed.
+    std::vector<std::vector<bool>> backed(buckets_.size());
+    for (std::size_t b = 0; b < buckets_.size(); ++b) {
+      auto& bucket = buckets_[b];
       const auto count = static_cast<int64_t>(bucket.members.size());
       std::vector<double> present(bucket.members.size());
+      bool all_backed = true;
       for (std::size_t m = 0; m < bucket.members.size(); ++m) {
         const at::Tensor& grad = params_[bucket.members[m]].grad();
-        at::Tensor slice = bucket.flat.narrow(0, bucket.offsets[m], params_[bucket.members[m]].numel());
-        if (grad.defined()) {
-          slice.view(grad.sizes()).copy_(grad);
-          present[m] = 1;
-        } else {
-          slice.zero_();
+        backed[b].push_back(in_buffer(grad, bucket, m));
+        all_backed = all_backed && backed[b].back();
+        present[m] = grad.defined() ? 1 : 0;
+      }
+      if (all_backed) {
+        bucket.flat.narrow(0, 0, bucket.elements).copy_(bucket.grads);  // one copy for the bucket
+      } else {
+        for (std::size_t m = 0; m < bucket.members.size(); ++m) {
+          const at::Tensor& grad = params_[bucket.members[m]].grad();
+          at::Tensor slice = bucket.flat.narrow(0, bucket.offsets[m], params_[bucket.members[m]].numel());
+          if (grad.defined()) {
+            slice.view(grad.sizes()).copy_(grad);
+          } else {
+            slice.zero_();
+          }
         }
       }
-      bucket.flat.narrow(0, bucket.elements, count)
-          .copy_(at::tensor(present, at::TensorOptions().dtype(at::kDouble)));
+      bucket.flat.narrow(0, bucket.elements, count).copy_(at::tensor(present, at::TensorOptions().dtype(at::kDouble)));
       works.push_back(launch_(bucket.flat, c10d::ReduceOp::SUM));
     }
     detail::wait_all(works, function, rank_, size_);
@@ -895,20 +917,24 @@ class GradientReducer {
         }
       }
     }
+    // The result into each bucket's gradient buffer in one pass; gradients not yet living there
+    // are pointed at it (parameters no rank has a gradient for keep none).
     const at::Tensor divisor = at::scalar_tensor(static_cast<double>(size_), at::kDouble);
     for (std::size_t b = 0; b < buckets_.size(); ++b) {
-      const auto& bucket = buckets_[b];
+      auto& bucket = buckets_[b];
+      const at::Tensor summed = bucket.flat.narrow(0, 0, bucket.elements);
+      if (options_.average) {
+        at::div_out(bucket.grads, summed, divisor);
+      } else {
+        bucket.grads.copy_(summed);
+      }
       for (std::size_t m = 0; m < bucket.members.size(); ++m) {
-        if (counts[b][m] == 0) continue;  // no rank has a gradient: leave none
+        if (counts[b][m] == 0 || backed[b][m]) continue;
         at::Tensor param = params_[bucket.members[m]];
-        const at::Tensor summed = bucket.flat.narrow(0, bucket.offsets[m], param.numel()).view(param.sizes());
-        if (!param.grad().defined()) param.mutable_grad() = at::zeros_like(param, at::MemoryFormat::Preserve);
-        at::Tensor grad = param.mutable_grad();
-        if (options_.average) {
-          at::div_out(grad, summed, divisor);
-        } else {
-          grad.copy_(summed);
-        }
+        const at::Tensor place = bucket.grads.narrow(0, bucket.offsets[m], param.numel()).view(param.sizes());
+        at::Tensor grad = at::empty({0}, place.options());
+        grad.set_(place.storage(), place.storage_offset(), place.sizes(), place.strides());
+        param.mutable_grad() = grad;
       }
     }
     return true;
@@ -967,6 +993,15 @@ class GradientReducer {
     std::vector<std::size_t> order(params_.size());
     std::iota(order.rbegin(), order.rend(), std::size_t{0});  // reverse registration order
     buckets_ = detail::assign_buckets(params_, order, options.bucket_bytes, /*flags=*/true);
+    for (auto& bucket : buckets_) bucket.grads = at::zeros({bucket.elements}, bucket.flat.options());
+  }
+
+  /// Whether `grad` is member m's place in the bucket's gradient buffer (set by an earlier reduce).
+  [[nodiscard]] bool in_buffer(const at::Tensor& grad, const detail::Bucket& bucket, std::size_t m) const {
+    if (!grad.defined() || !grad.has_storage() || !grad.storage().is_alias_of(bucket.grads.storage())) return false;
+    const at::Tensor& param = params_[bucket.members[m]];
+    return grad.storage_offset() == bucket.grads.storage_offset() + bucket.offsets[m] &&
+           grad.sizes() == param.sizes() && grad.is_contiguous();
   }
 
   ReducerOptions options_;
