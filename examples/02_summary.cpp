@@ -60,7 +60,7 @@ int main() {
   std::cout << info << "\n\n";
 
   // pytorch-summary's table: one line per layer, the batch dimension as -1.
-  std::cout << info.to_string(torchkit::SummaryStyle::Flat) << "\n\n";
+  std::cout << info.to_string(torchkit::SummaryStyle::flat) << "\n\n";
 
   // The numbers, for code: e.g. check a model's size before training it.
   std::cout << "parameters: " << info.total_params() << " (" << info.trainable_params() << " trainable), "

@@ -161,7 +161,7 @@ TEST_CASE("to_mat turns tensors back into Mats") {
 
   // Ambiguous shapes need the layout spelled out.
   const auto small = torch::rand({3, 4, 3});
-  CHECK_THROWS_WITH_AS((void)torchkit::to_mat(small), doctest::Contains("ImageLayout::HWC"), torchkit::Error);
+  CHECK_THROWS_WITH_AS((void)torchkit::to_mat(small), doctest::Contains("ImageLayout::hwc"), torchkit::Error);
   const cv::Mat as_chw = torchkit::to_mat(small, ImageLayout::CHW);
   CHECK(as_chw.rows == 4);
   CHECK(as_chw.cols == 3);

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <span>
@@ -96,7 +97,7 @@ inline ImageSource image_source_of(std::string_view function, const at::Tensor& 
   TORCHKIT_CHECK(image.size(0) > 0 && image.size(1) > 0,
                  "{}: {} is empty (shape {}); expected H > 0 and W > 0", function, which,
                  shape_string(image.sizes()));
-  const int64_t channels = image.size(2);
+  const std::int64_t channels = image.size(2);
   TORCHKIT_CHECK(channels == 1 || channels == 3 || channels == 4,
                  "{}: {} has {} channels (shape {}); expected 1, 3 or 4 channels in the last "
                  "dimension of [H, W, C]",
@@ -116,12 +117,12 @@ inline ImageSource image_source_of(std::string_view function, const at::Tensor& 
 }
 
 /// Checks the options and turns them into the per-channel multiplier and offset of the pass.
-inline ImageTransform image_transform_of(std::string_view function, int64_t channels,
+inline ImageTransform image_transform_of(std::string_view function, std::int64_t channels,
                                          const ImageOptions& options) {
   TORCHKIT_CHECK(std::isfinite(options.scale), "{}: scale is {}; expected a finite number",
                  function, options.scale);
   const auto check_count = [&](const std::vector<double>& values, std::string_view name) {
-    TORCHKIT_CHECK(values.empty() || values.size() == 1 || static_cast<int64_t>(values.size()) == channels,
+    TORCHKIT_CHECK(values.empty() || values.size() == 1 || static_cast<std::int64_t>(values.size()) == channels,
                    "{}: {} has {} values for an image of {} channels; expected 0, 1 or {} "
                    "(one per channel)",
                    function, name, values.size(), channels, channels);
@@ -144,7 +145,7 @@ inline ImageTransform image_transform_of(std::string_view function, int64_t chan
 
   ImageTransform transform;
   transform.channels = static_cast<int>(channels);
-  const auto value_of = [](const std::vector<double>& values, int64_t channel, double fallback) {
+  const auto value_of = [](const std::vector<double>& values, std::int64_t channel, double fallback) {
     if (values.empty()) {
       return fallback;
     }
@@ -173,10 +174,10 @@ inline c10::Device batch_device_of(const at::Tensor& image, const ImageOptions& 
 inline at::Tensor images_to_batch_with_aten_ops(std::span<const at::Tensor> images,
                                                 const ImageTransform& transform,
                                                 const ImageOptions& options, c10::Device device) {
-  const int64_t channels = transform.channels;
+  const std::int64_t channels = transform.channels;
   std::vector<double> multiplier(static_cast<std::size_t>(channels));
   std::vector<double> offset(static_cast<std::size_t>(channels));
-  std::vector<int64_t> source_of(static_cast<std::size_t>(channels));
+  std::vector<std::int64_t> source_of(static_cast<std::size_t>(channels));
   for (int source = 0; source < transform.channels; ++source) {
     const auto destination = static_cast<std::size_t>(transform.destination[source]);
     multiplier[destination] = transform.multiplier[source];
@@ -213,17 +214,17 @@ inline at::Tensor images_to_batch_with_aten_ops(std::span<const at::Tensor> imag
 template <class Out>
 void fill_batch_on_cpu(std::span<const ImageSource> sources, const ImageTransform& transform,
                        Out* batch) {
-  const int64_t height = sources[0].height;
-  const int64_t width = sources[0].width;
-  const int64_t image_size = transform.channels * height * width;
-  const int64_t rows = static_cast<int64_t>(sources.size()) * height;
+  const std::int64_t height = sources[0].height;
+  const std::int64_t width = sources[0].width;
+  const std::int64_t image_size = transform.channels * height * width;
+  const std::int64_t rows = static_cast<std::int64_t>(sources.size()) * height;
   // At least ~64K values per task, so that small images stay on one thread.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / (width * transform.channels));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end;) {
-      const int64_t image = row / height;
-      const int64_t y_begin = row % height;
-      const int64_t y_end = std::min(height, y_begin + (end - row));
+  const std::int64_t grain = std::max<std::int64_t>(1, (std::int64_t{1} << 16) / (width * transform.channels));
+  at::parallel_for(0, rows, grain, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t row = begin; row < end;) {
+      const std::int64_t image = row / height;
+      const std::int64_t y_begin = row % height;
+      const std::int64_t y_end = std::min(height, y_begin + (end - row));
       convert_image_rows_for<Out>(sources[static_cast<std::size_t>(image)], transform,
                                   batch + image * image_size, y_begin, y_end);
       row += y_end - y_begin;
@@ -263,7 +264,7 @@ inline at::Tensor images_to_batch_impl(std::string_view function, std::span<cons
     return images_to_batch_with_aten_ops(images, transform, options, device);
   }
 
-  const int64_t count = static_cast<int64_t>(images.size());
+  const std::int64_t count = static_cast<std::int64_t>(images.size());
   at::Tensor batch = at::empty({count, sources[0].channels, sources[0].height, sources[0].width},
                                at::TensorOptions().dtype(options.dtype));
   for (std::size_t i = 0; i < images.size(); ++i) {

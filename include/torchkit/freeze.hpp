@@ -36,7 +36,7 @@ namespace torchkit {
 /// One parameter's line in a FreezeReport: its name, size and `requires_grad` before and after.
 struct ParameterFlag {
   std::string name;                   ///< Python's name (the first one for a tied tensor)
-  int64_t numel = 0;                  ///< number of elements
+  std::int64_t numel = 0;                  ///< number of elements
   bool requires_grad_before = false;  ///< the flag before the call
   bool requires_grad = false;         ///< the flag after the call
 
@@ -72,9 +72,9 @@ struct FreezeReport {
   /// Number of parameters with `requires_grad == true` afterwards.
   [[nodiscard]] std::size_t trainable_count() const noexcept { return count(true); }
   /// Elements in the frozen parameters.
-  [[nodiscard]] int64_t frozen_elements() const noexcept { return elements(false); }
+  [[nodiscard]] std::int64_t frozen_elements() const noexcept { return elements(false); }
   /// Elements in the trainable parameters.
-  [[nodiscard]] int64_t trainable_elements() const noexcept { return elements(true); }
+  [[nodiscard]] std::int64_t trainable_elements() const noexcept { return elements(true); }
 
   /// The tip's listing: `name: <name>,\t grad: True|False`, one line (ending in '\n') per parameter.
   [[nodiscard]] std::string to_string() const {
@@ -121,8 +121,8 @@ struct FreezeReport {
     }
     return result;
   }
-  [[nodiscard]] int64_t elements(bool trainable) const noexcept {
-    int64_t result = 0;
+  [[nodiscard]] std::int64_t elements(bool trainable) const noexcept {
+    std::int64_t result = 0;
     for (const auto& parameter : parameters) {
       result += parameter.requires_grad == trainable ? parameter.numel : 0;
     }

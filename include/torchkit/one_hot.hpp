@@ -38,12 +38,12 @@ struct OneHotOptions {
   double smoothing = 0.0;
   /// Labels equal to this value give an all-zero row (they may lie outside [0, C), e.g. 255 or
   /// -100), as `CrossEntropyLoss(ignore_index=…)` skips them.
-  std::optional<int64_t> ignore_index{};
+  std::optional<std::int64_t> ignore_index{};
 };
 
 namespace detail {
 
-inline void check_one_hot_options(std::string_view function, int64_t num_classes,
+inline void check_one_hot_options(std::string_view function, std::int64_t num_classes,
                                   const OneHotOptions& options) {
   TORCHKIT_CHECK(num_classes > 0, "{}: num_classes is {}; expected a positive number of classes",
                  function, num_classes);
@@ -62,13 +62,13 @@ inline void check_one_hot_options(std::string_view function, int64_t num_classes
                  options.smoothing, std::string(c10::toString(dtype)));
 }
 
-inline OneHotValues one_hot_values_of(int64_t num_classes, const OneHotOptions& options) {
+inline OneHotValues one_hot_values_of(std::int64_t num_classes, const OneHotOptions& options) {
   const double spread = options.smoothing / static_cast<double>(num_classes);
   return {1.0 - options.smoothing + spread, spread};
 }
 
-[[noreturn]] inline void fail_bad_label(int64_t label, int64_t flat_index, c10::IntArrayRef sizes,
-                                        int64_t num_classes, const OneHotOptions& options) {
+[[noreturn]] inline void fail_bad_label(std::int64_t label, std::int64_t flat_index, c10::IntArrayRef sizes,
+                                        std::int64_t num_classes, const OneHotOptions& options) {
   if (options.ignore_index.has_value()) {
     fail("one_hot: label {} at index {} is outside [0, {}) and is not the ignore_index ({})", label,
          index_string(flat_index, sizes), num_classes, *options.ignore_index);
@@ -80,7 +80,7 @@ inline OneHotValues one_hot_values_of(int64_t num_classes, const OneHotOptions& 
 /// The same computation with ATen operations (scatter), for labels off the CPU. One host sync:
 /// the range check (`any()`); the bad label's position is only looked up on failure. Also used by
 /// the tests as a second, independent implementation.
-inline at::Tensor one_hot_with_aten_ops(const at::Tensor& labels, int64_t num_classes,
+inline at::Tensor one_hot_with_aten_ops(const at::Tensor& labels, std::int64_t num_classes,
                                         const OneHotOptions& options) {
   const OneHotValues values = one_hot_values_of(num_classes, options);
   const at::Tensor wide = labels.to(at::kLong);
@@ -89,11 +89,11 @@ inline at::Tensor one_hot_with_aten_ops(const at::Tensor& labels, int64_t num_cl
                                  : at::zeros_like(wide, at::TensorOptions().dtype(at::kBool));
   const at::Tensor bad = wide.lt(0).logical_or(wide.ge(num_classes)).logical_and(ignored.logical_not());
   if (bad.any().item<bool>()) {
-    const int64_t first = bad.flatten().nonzero().select(0, 0).select(0, 0).item<int64_t>();
-    fail_bad_label(wide.flatten().select(0, first).item<int64_t>(), first, labels.sizes(), num_classes,
+    const std::int64_t first = bad.flatten().nonzero().select(0, 0).select(0, 0).item<std::int64_t>();
+    fail_bad_label(wide.flatten().select(0, first).item<std::int64_t>(), first, labels.sizes(), num_classes,
                    options);
   }
-  std::vector<int64_t> sizes = labels.sizes().vec();
+  std::vector<std::int64_t> sizes = labels.sizes().vec();
   sizes.push_back(num_classes);
   at::Tensor result = at::full(sizes, values.off, labels.options().dtype(options.dtype));
   result.scatter_(-1, wide.masked_fill(ignored, 0).unsqueeze(-1), values.on);
@@ -111,11 +111,11 @@ struct TypeTag {
 template <class F>
 decltype(auto) visit_label_type(at::ScalarType dtype, F&& visit) {
   switch (dtype) {
-    case at::kByte: return visit(TypeTag<uint8_t>{});
-    case at::kChar: return visit(TypeTag<int8_t>{});
-    case at::kShort: return visit(TypeTag<int16_t>{});
-    case at::kInt: return visit(TypeTag<int32_t>{});
-    default: return visit(TypeTag<int64_t>{});  // kLong; one_hot checked the dtype
+    case at::kByte: return visit(TypeTag<std::uint8_t>{});
+    case at::kChar: return visit(TypeTag<std::int8_t>{});
+    case at::kShort: return visit(TypeTag<std::int16_t>{});
+    case at::kInt: return visit(TypeTag<std::int32_t>{});
+    default: return visit(TypeTag<std::int64_t>{});  // kLong; one_hot checked the dtype
   }
 }
 
@@ -125,11 +125,11 @@ decltype(auto) visit_one_hot_output_type(at::ScalarType dtype, F&& visit) {
     case at::kDouble: return visit(TypeTag<double>{});
     case at::kHalf: return visit(TypeTag<c10::Half>{});
     case at::kBFloat16: return visit(TypeTag<c10::BFloat16>{});
-    case at::kLong: return visit(TypeTag<int64_t>{});
-    case at::kInt: return visit(TypeTag<int32_t>{});
-    case at::kShort: return visit(TypeTag<int16_t>{});
-    case at::kChar: return visit(TypeTag<int8_t>{});
-    case at::kByte: return visit(TypeTag<uint8_t>{});
+    case at::kLong: return visit(TypeTag<std::int64_t>{});
+    case at::kInt: return visit(TypeTag<std::int32_t>{});
+    case at::kShort: return visit(TypeTag<std::int16_t>{});
+    case at::kChar: return visit(TypeTag<std::int8_t>{});
+    case at::kByte: return visit(TypeTag<std::uint8_t>{});
     case at::kBool: return visit(TypeTag<bool>{});
     default: return visit(TypeTag<float>{});  // kFloat; check_one_hot_options checked the dtype
   }
@@ -157,7 +157,7 @@ decltype(auto) visit_one_hot_output_type(at::ScalarType dtype, F&& visit) {
 ///     auto labels = torch::tensor({3, 4, 2, 1});                 // batch_size = 4
 ///     auto targets = torchkit::one_hot(labels, 8);                // [4, 8] float
 ///     auto loss = torch::mse_loss(model->forward(x), targets);
-[[nodiscard]] inline at::Tensor one_hot(const at::Tensor& labels, int64_t num_classes,
+[[nodiscard]] inline at::Tensor one_hot(const at::Tensor& labels, std::int64_t num_classes,
                                         const OneHotOptions& options = {}) {
   TORCHKIT_CHECK(labels.defined(), "one_hot: labels is an undefined tensor");
   TORCHKIT_CHECK(labels.layout() == at::kStrided,
@@ -173,17 +173,17 @@ decltype(auto) visit_one_hot_output_type(at::ScalarType dtype, F&& visit) {
     return detail::one_hot_with_aten_ops(labels, num_classes, options);
   }
 
-  std::vector<int64_t> sizes = labels.sizes().vec();
+  std::vector<std::int64_t> sizes = labels.sizes().vec();
   sizes.push_back(num_classes);
   at::Tensor result = at::empty(sizes, at::TensorOptions().dtype(options.dtype));
-  const int64_t count = labels.numel();
+  const std::int64_t count = labels.numel();
   if (count == 0) {
     return result;
   }
   // Non-contiguous labels are copied once (they are 1/C of the output or less).
   const at::Tensor dense = labels.contiguous();
   const detail::OneHotValues values = detail::one_hot_values_of(num_classes, options);
-  const int64_t bad = detail::visit_label_type(label_type, [&](auto label_tag) {
+  const std::int64_t bad = detail::visit_label_type(label_type, [&](auto label_tag) {
     using Label = typename decltype(label_tag)::type;
     const Label* label_data = static_cast<const Label*>(dense.data_ptr());
     return detail::visit_one_hot_output_type(options.dtype, [&](auto output_tag) {
@@ -194,9 +194,9 @@ decltype(auto) visit_one_hot_output_type(at::ScalarType dtype, F&& visit) {
     });
   });
   if (bad >= 0) {
-    const int64_t label = detail::visit_label_type(label_type, [&](auto label_tag) {
+    const std::int64_t label = detail::visit_label_type(label_type, [&](auto label_tag) {
       using Label = typename decltype(label_tag)::type;
-      return static_cast<int64_t>(static_cast<const Label*>(dense.data_ptr())[bad]);
+      return static_cast<std::int64_t>(static_cast<const Label*>(dense.data_ptr())[bad]);
     });
     detail::fail_bad_label(label, bad, labels.sizes(), num_classes, options);
   }
@@ -211,7 +211,7 @@ decltype(auto) visit_one_hot_output_type(at::ScalarType dtype, F&& visit) {
 class OneHot {
  public:
   /// @throws Error for `num_classes <= 0`, smoothing outside [0, 1) or an unsupported dtype.
-  explicit OneHot(int64_t num_classes, OneHotOptions options = {})
+  explicit OneHot(std::int64_t num_classes, OneHotOptions options = {})
       : num_classes_(num_classes), options_(std::move(options)) {
     detail::check_one_hot_options("OneHot", num_classes_, options_);
   }
@@ -221,7 +221,7 @@ class OneHot {
     return one_hot(labels, num_classes_, options_);
   }
 
-  [[nodiscard]] int64_t num_classes() const { return num_classes_; }
+  [[nodiscard]] std::int64_t num_classes() const { return num_classes_; }
   [[nodiscard]] const OneHotOptions& options() const { return options_; }
 
   /// `OneHot(num_classes=10, dtype=Float, smoothing=0.1, ignore_index=255)`.
@@ -237,7 +237,7 @@ class OneHot {
   }
 
  private:
-  int64_t num_classes_;
+  std::int64_t num_classes_;
   OneHotOptions options_;
 };
 

@@ -16,6 +16,7 @@
 #include <ATen/ATen.h>
 #include <opencv2/core.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -25,9 +26,16 @@
 
 namespace torchkit {
 
-/// How to_mat reads a 3-d tensor: `[H, W, C]`, `[C, H, W]`, or `Auto` (decided by which end
-/// dimension is a channel count of 1, 3 or 4; an error when both or neither are).
-enum class ImageLayout { Auto, HWC, CHW };
+/// How to_mat reads a 3-d tensor: `[H, W, C]`, `[C, H, W]`, or `automatic` (decided by which
+/// end dimension is a channel count of 1, 3 or 4; an error when both or neither are).
+enum class ImageLayout {
+  automatic,  ///< from the shape
+  hwc,        ///< `[H, W, C]`
+  chw,        ///< `[C, H, W]`
+  Auto = automatic,  ///< the earlier spelling, kept so that existing code compiles
+  HWC = hwc,         ///< the earlier spelling, kept so that existing code compiles
+  CHW = chw,         ///< the earlier spelling, kept so that existing code compiles
+};
 
 namespace detail {
 
@@ -54,12 +62,12 @@ inline at::Tensor mat_view(std::string_view function, const cv::Mat& mat) {
   const at::ScalarType dtype = dtype_of_cv_depth(mat.depth());
   TORCHKIT_CHECK(dtype != at::ScalarType::Undefined, "{}: the Mat's type {} has no tensor dtype", function,
                  cv::typeToString(mat.type()));
-  const auto element = static_cast<int64_t>(mat.elemSize1());
-  const auto row_step = static_cast<int64_t>(mat.step[0]);
+  const auto element = static_cast<std::int64_t>(mat.elemSize1());
+  const auto row_step = static_cast<std::int64_t>(mat.step[0]);
   TORCHKIT_CHECK(row_step % element == 0,
                  "{}: the Mat's row step of {} bytes is not a multiple of its element size {}", function,
                  row_step, element);
-  const int64_t channels = mat.channels();
+  const std::int64_t channels = mat.channels();
   return at::from_blob(mat.data, {mat.rows, mat.cols, channels}, {row_step / element, channels, 1},
                        at::TensorOptions().dtype(dtype));
 }
@@ -152,7 +160,7 @@ inline int cv_depth_of(at::ScalarType dtype) {
 /// @param chw_or_hwc  `[H, W, C]`, `[C, H, W]`, a batch of one `[1, C, H, W]` (as image_to_batch
 ///                    returns), or `[H, W]`; on any device (a GPU tensor is copied to the host,
 ///                    which waits for it).
-/// @param layout      how to read a 3-d tensor; `Auto` looks for the channel count (1, 3 or 4) at
+/// @param layout      how to read a 3-d tensor; `automatic` looks for the channel count (1, 3 or 4) at
 ///                    the end, then at the front, and throws when both ends could be channels.
 /// @returns CV_8U for uint8 and bool, CV_8S, CV_16S, CV_32S, CV_64F for int8, int16, int32,
 ///          double, and CV_32F for float, half and bfloat16; as many channels as the tensor has.
@@ -160,43 +168,43 @@ inline int cv_depth_of(at::ScalarType dtype) {
 ///         or unsupported shape, more than CV_CN_MAX channels, or an int64 tensor.
 ///
 ///     cv::Mat shown = torchkit::to_mat(batch.mul(255).clamp(0, 255).to(at::kByte));
-[[nodiscard]] inline cv::Mat to_mat(const at::Tensor& chw_or_hwc, ImageLayout layout = ImageLayout::Auto) {
+[[nodiscard]] inline cv::Mat to_mat(const at::Tensor& chw_or_hwc, ImageLayout layout = ImageLayout::automatic) {
   TORCHKIT_CHECK(chw_or_hwc.defined(), "to_mat: the tensor is undefined");
   at::Tensor image = chw_or_hwc;
   const std::string shape = detail::shape_string(image.sizes());
-  const auto is_channel_count = [](int64_t size) { return size == 1 || size == 3 || size == 4; };
+  const auto is_channel_count = [](std::int64_t size) { return size == 1 || size == 3 || size == 4; };
   if (image.dim() == 4) {
     TORCHKIT_CHECK(image.size(0) == 1,
                    "to_mat: the tensor is a batch of {} images (shape {}); expected one image (take batch[i])",
                    image.size(0), shape);
     image = image.select(0, 0);
-    if (layout == ImageLayout::Auto) {
-      layout = ImageLayout::CHW;  // a batch is [N, C, H, W]
+    if (layout == ImageLayout::automatic) {
+      layout = ImageLayout::chw;  // a batch is [N, C, H, W]
     }
   } else if (image.dim() == 2) {
-    TORCHKIT_CHECK(layout != ImageLayout::CHW, "to_mat: a 2-d tensor (shape {}) cannot be [C, H, W]", shape);
+    TORCHKIT_CHECK(layout != ImageLayout::chw, "to_mat: a 2-d tensor (shape {}) cannot be [C, H, W]", shape);
     image = image.unsqueeze(-1);
-    layout = ImageLayout::HWC;
+    layout = ImageLayout::hwc;
   }
   TORCHKIT_CHECK(image.dim() == 3,
                  "to_mat: the tensor has shape {}; expected an image [H, W, C], [C, H, W], [1, C, H, W] or [H, W]",
                  shape);
-  if (layout == ImageLayout::Auto) {
+  if (layout == ImageLayout::automatic) {
     const bool channels_last = is_channel_count(image.size(2));
     const bool channels_first = is_channel_count(image.size(0));
     TORCHKIT_CHECK(channels_last != channels_first,
-                   "to_mat: cannot tell the channels of shape {}: {}; pass ImageLayout::HWC or ImageLayout::CHW",
+                   "to_mat: cannot tell the channels of shape {}: {}; pass ImageLayout::hwc or ImageLayout::chw",
                    shape,
                    channels_last ? "both [H, W, C] and [C, H, W] fit"
                                  : "neither end is a channel count of 1, 3 or 4");
-    layout = channels_last ? ImageLayout::HWC : ImageLayout::CHW;
+    layout = channels_last ? ImageLayout::hwc : ImageLayout::chw;
   }
-  if (layout == ImageLayout::CHW) {
+  if (layout == ImageLayout::chw) {
     image = image.permute({1, 2, 0});
   }
-  const int64_t height = image.size(0);
-  const int64_t width = image.size(1);
-  const int64_t channels = image.size(2);
+  const std::int64_t height = image.size(0);
+  const std::int64_t width = image.size(1);
+  const std::int64_t channels = image.size(2);
   TORCHKIT_CHECK(height > 0 && width > 0 && channels > 0, "to_mat: the tensor is empty (shape {})", shape);
   TORCHKIT_CHECK(channels <= CV_CN_MAX, "to_mat: {} channels (shape {}) is more than OpenCV's {}", channels,
                  shape, CV_CN_MAX);

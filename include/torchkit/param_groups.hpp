@@ -421,7 +421,7 @@ class ParamGroupBuilder {
     };
     std::size_t width = 0;
     std::size_t total = 0;
-    int64_t elements = 0;
+    std::int64_t elements = 0;
     for (const auto& group : planned.groups) {
       for (const std::size_t member : group.members) {
         width = std::max(width, parameters_[member].name.size());
@@ -434,7 +434,7 @@ class ParamGroupBuilder {
                                    include_frozen_ ? ", frozen parameters included" : "");
     for (std::size_t index = 0; index < planned.groups.size(); ++index) {
       const PlannedGroup& group = planned.groups[index];
-      int64_t group_elements = 0;
+      std::int64_t group_elements = 0;
       for (const std::size_t member : group.members) {
         group_elements += parameters_[member].tensor.numel();
       }
@@ -444,7 +444,7 @@ class ParamGroupBuilder {
                           group.members.size(), group.members.size() == 1 ? "" : "s", group_elements);
       for (const std::size_t member : group.members) {
         std::string shape;
-        for (const int64_t size : parameters_[member].tensor.sizes()) {
+        for (const std::int64_t size : parameters_[member].tensor.sizes()) {
           shape += fmt::format("{}{}", shape.empty() ? "" : ", ", size);
         }
         text += fmt::format("    {:<{}}  [{}]\n", parameters_[member].name, width, shape);

@@ -51,6 +51,7 @@
 
 #include <fmt/format.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <ostream>
@@ -83,9 +84,13 @@ struct SummaryOptions {
 
 class Summary;
 
-namespace detail::summary_impl {
+namespace detail {
+namespace summary {
 struct SummaryAccess;
-}  // namespace detail::summary_impl
+}  // namespace summary
+/// The earlier name of detail::summary (internal; kept for code that reached into it).
+namespace summary_impl = summary;
+}  // namespace detail
 
 /// A model summary: one row per module call, in call order, and totals counted as torchinfo
 /// counts them. Printable (`to_string()`, `operator<<`, `{fmt}`).
@@ -145,19 +150,19 @@ class Summary {
   [[nodiscard]] std::string to_string() const { return to_string(options_.style); }
   /// The table in the given style (drawn by detail/summary_format.hpp).
   [[nodiscard]] std::string to_string(SummaryStyle style) const {
-    return style == SummaryStyle::flat ? detail::summary_impl::flat_table(*this, batch_synthesized_)
-                                       : detail::summary_impl::tree_table(*this);
+    return style == SummaryStyle::flat ? detail::summary::flat_table(*this, batch_synthesized_)
+                                       : detail::summary::tree_table(*this);
   }
 
   friend std::ostream& operator<<(std::ostream& out, const Summary& summary) { return out << summary.to_string(); }
 
  private:
-  friend struct detail::summary_impl::SummaryAccess;
+  friend struct detail::summary::SummaryAccess;
 
   Summary() = default;
 
   std::vector<Row> rows_;
-  detail::summary_impl::SummaryTotals totals_;
+  detail::summary::SummaryTotals totals_;
   std::int64_t input_bytes_ = 0;
   bool forward_pass_ = false;
   bool batch_synthesized_ = false;  ///< the batch dimension was made by summary(): Flat prints it as -1
@@ -170,7 +175,7 @@ template <>
 inline constexpr bool formats_with_to_string<Summary> = true;
 }  // namespace detail
 
-namespace detail::summary_impl {
+namespace detail::summary {
 
 /// Makes a Summary from a finished builder.
 struct SummaryAccess {
@@ -201,7 +206,7 @@ Summary observe(M& model, const SummaryOptions& options, const std::string& trie
   return SummaryAccess::make(builder, options, input_bytes, /*forward_pass=*/true, batch_synthesized);
 }
 
-}  // namespace detail::summary_impl
+}  // namespace detail::summary
 
 /// torchsummary's `summary(model, input_size=(C, H, W))`: runs one forward pass on an input of
 /// shape `{batch_size, input_size...}` and summarises every module call.
@@ -218,9 +223,9 @@ Summary observe(M& model, const SummaryOptions& options, const std::string& trie
 ///     torchkit::Summary info = torchkit::summary(net, {3, 224, 224});
 ///     std::cout << info << '\n';
 template <class M>
-  requires detail::summary_impl::SummaryModel<M>
-[[nodiscard]] Summary summary(M& model, std::vector<std::vector<int64_t>> input_sizes, SummaryOptions options = {}) {
-  namespace impl = detail::summary_impl;
+  requires detail::summary::SummaryModel<M>
+[[nodiscard]] Summary summary(M& model, std::vector<std::vector<std::int64_t>> input_sizes, SummaryOptions options = {}) {
+  namespace impl = detail::summary;
   impl::check_options(options);
   TORCHKIT_CHECK(!input_sizes.empty(), "summary: input_sizes is empty; expected at least one input shape");
   TORCHKIT_CHECK(options.batch_size >= 1, "summary: SummaryOptions::batch_size is {}, expected >= 1", options.batch_size);
@@ -240,9 +245,9 @@ template <class M>
   impl::check_model_device(root, options.device);
 
   std::vector<at::Tensor> inputs;
-  int64_t input_bytes = 0;
+  std::int64_t input_bytes = 0;
   for (std::size_t input = 0; input < input_sizes.size(); ++input) {
-    std::vector<int64_t> shape{options.batch_size};
+    std::vector<std::int64_t> shape{options.batch_size};
     shape.insert(shape.end(), input_sizes[input].begin(), input_sizes[input].end());
     const at::ScalarType dtype = options.dtypes.empty() ? options.dtype : options.dtypes[input];
     try {
@@ -251,7 +256,7 @@ template <class M>
       throw Error(fmt::format("summary: cannot make an input of shape {} ({}) on {}: {}", detail::shape_string(shape),
                               c10::toString(dtype), options.device.str(), error.what_without_backtrace()));
     }
-    input_bytes += static_cast<int64_t>(inputs.back().nbytes());
+    input_bytes += static_cast<std::int64_t>(inputs.back().nbytes());
   }
   const std::string tried = impl::describe_shapes(inputs);
   return impl::observe(model, options, tried, input_bytes, /*batch_synthesized=*/true,
@@ -260,25 +265,25 @@ template <class M>
 
 /// One input: `summary(net, {3, 224, 224})` (the batch dimension is prepended).
 template <class M>
-  requires detail::summary_impl::SummaryModel<M>
-[[nodiscard]] Summary summary(M& model, std::vector<int64_t> input_size, SummaryOptions options = {}) {
-  return summary(model, std::vector<std::vector<int64_t>>{std::move(input_size)}, std::move(options));
+  requires detail::summary::SummaryModel<M>
+[[nodiscard]] Summary summary(M& model, std::vector<std::int64_t> input_size, SummaryOptions options = {}) {
+  return summary(model, std::vector<std::vector<std::int64_t>>{std::move(input_size)}, std::move(options));
 }
 
 /// One input written in braces: `summary(net, {3, 224, 224})`, `summary(mlp, {784})`.
 template <class M>
-  requires detail::summary_impl::SummaryModel<M>
-[[nodiscard]] Summary summary(M& model, std::initializer_list<int64_t> input_size, SummaryOptions options = {}) {
-  return summary(model, std::vector<std::vector<int64_t>>{std::vector<int64_t>(input_size)}, std::move(options));
+  requires detail::summary::SummaryModel<M>
+[[nodiscard]] Summary summary(M& model, std::initializer_list<std::int64_t> input_size, SummaryOptions options = {}) {
+  return summary(model, std::vector<std::vector<std::int64_t>>{std::vector<std::int64_t>(input_size)}, std::move(options));
 }
 
 /// Several inputs written in braces: `summary(net, {{3, 32, 32}, {10, 4}})`. (Two 1-D inputs
-/// read like one 2-D shape in braces; write them as `std::vector<std::vector<int64_t>>{{3}, {5}}`.)
+/// read like one 2-D shape in braces; write them as `std::vector<std::vector<std::int64_t>>{{3}, {5}}`.)
 template <class M>
-  requires detail::summary_impl::SummaryModel<M>
-[[nodiscard]] Summary summary(M& model, std::initializer_list<std::initializer_list<int64_t>> input_sizes,
+  requires detail::summary::SummaryModel<M>
+[[nodiscard]] Summary summary(M& model, std::initializer_list<std::initializer_list<std::int64_t>> input_sizes,
                               SummaryOptions options = {}) {
-  std::vector<std::vector<int64_t>> sizes;
+  std::vector<std::vector<std::int64_t>> sizes;
   for (const auto& size : input_sizes) {
     sizes.emplace_back(size);
   }
@@ -290,9 +295,9 @@ template <class M>
 ///
 ///     std::cout << torchkit::summary(net) << '\n';
 template <class M>
-  requires detail::summary_impl::SummaryModel<M>
+  requires detail::summary::SummaryModel<M>
 [[nodiscard]] Summary summary(M& model) {
-  namespace impl = detail::summary_impl;
+  namespace impl = detail::summary;
   torch::nn::Module& root = impl::root_module(model);
   impl::SummaryBuilder<Summary::Row> builder(root);
   builder.finish();
@@ -306,13 +311,13 @@ template <class M>
 ///
 ///     auto info = torchkit::summary_of(lstm_net, tokens, lengths);
 template <class M, class... Ts>
-  requires detail::summary_impl::SummaryModel<M>
+  requires detail::summary::SummaryModel<M>
 [[nodiscard]] Summary summary_of(const SummaryOptions& options, M& model, Ts&&... example_inputs) {
-  namespace impl = detail::summary_impl;
+  namespace impl = detail::summary;
   impl::check_options(options);
   std::string tried;
   ((tried += (tried.empty() ? "" : ", ") + impl::describe_argument(example_inputs)), ...);
-  const int64_t input_bytes = (int64_t{0} + ... + impl::bytes_of_argument(example_inputs));
+  const std::int64_t input_bytes = (std::int64_t{0} + ... + impl::bytes_of_argument(example_inputs));
   return impl::observe(model, options, tried, input_bytes, /*batch_synthesized=*/false, [&](auto& builder) {
     if (!impl::can_run<M, Ts&&...>(model)) {
       using Target = std::remove_cvref_t<decltype(impl::forward_target(model))>;
@@ -324,7 +329,7 @@ template <class M, class... Ts>
 
 /// summary_of with default options.
 template <class M, class... Ts>
-  requires detail::summary_impl::SummaryModel<M>
+  requires detail::summary::SummaryModel<M>
 [[nodiscard]] Summary summary_of(M& model, Ts&&... example_inputs) {
   return summary_of(SummaryOptions{}, model, std::forward<Ts>(example_inputs)...);
 }

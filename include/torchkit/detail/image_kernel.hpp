@@ -14,6 +14,7 @@
 #include <c10/util/Half.h>
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -40,22 +41,22 @@ struct ImageTransform {
 struct ImageSource {
   const void* data = nullptr;
   c10::ScalarType dtype = c10::ScalarType::Byte;
-  int64_t height = 0;
-  int64_t width = 0;
-  int64_t channels = 0;
-  int64_t row_stride = 0;
-  int64_t pixel_stride = 0;
-  int64_t channel_stride = 0;
+  std::int64_t height = 0;
+  std::int64_t width = 0;
+  std::int64_t channels = 0;
+  std::int64_t row_stride = 0;
+  std::int64_t pixel_stride = 0;
+  std::int64_t channel_stride = 0;
 
   [[nodiscard]] bool packed() const { return channel_stride == 1 && pixel_stride == channels; }
 };
 
 /// The portable loop: any strides, any input/compute/output type.
 template <class In, class Compute, class Out>
-void strided_image_row(const In* row, int64_t width, int64_t pixel_stride, int64_t channel_stride,
+void strided_image_row(const In* row, std::int64_t width, std::int64_t pixel_stride, std::int64_t channel_stride,
                        int channels, const Compute* multiplier, const Compute* offset,
                        Out* const* planes) {
-  for (int64_t x = 0; x < width; ++x) {
+  for (std::int64_t x = 0; x < width; ++x) {
     const In* pixel = row + x * pixel_stride;
     for (int source = 0; source < channels; ++source) {
       const Compute value =
@@ -129,12 +130,12 @@ struct SseCoefficients {
 };
 
 /// Packed rows, SSE2: converts the first `width - width % step` pixels and returns how many.
-inline int64_t packed_image_row_sse2(const uint8_t* row, int64_t width, int channels,
+inline std::int64_t packed_image_row_sse2(const std::uint8_t* row, std::int64_t width, int channels,
                                      const SseCoefficients& k, float* const* planes) {
-  int64_t x = 0;
+  std::int64_t x = 0;
   if (channels == 3) {
     for (; x + 16 <= width; x += 16) {
-      const uint8_t* pixel = row + 3 * x;
+      const std::uint8_t* pixel = row + 3 * x;
       __m128 f[12];
       bytes_to_floats(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pixel)), f);
       bytes_to_floats(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pixel + 16)), f + 4);
@@ -171,9 +172,9 @@ inline int64_t packed_image_row_sse2(const uint8_t* row, int64_t width, int chan
   return x;
 }
 
-inline int64_t packed_image_row_sse2(const float* row, int64_t width, int channels,
+inline std::int64_t packed_image_row_sse2(const float* row, std::int64_t width, int channels,
                                      const SseCoefficients& k, float* const* planes) {
-  int64_t x = 0;
+  std::int64_t x = 0;
   if (channels == 3) {
     for (; x + 4 <= width; x += 4) {
       const float* pixel = row + 3 * x;
@@ -208,10 +209,10 @@ inline int64_t packed_image_row_sse2(const float* row, int64_t width, int channe
 /// Converts rows [y_begin, y_end) of `image` into `output`, the [C, H, W] planes of one image.
 template <class In, class Out>
 void convert_image_rows(const ImageSource& image, const ImageTransform& transform, Out* output,
-                        int64_t y_begin, int64_t y_end) {
+                        std::int64_t y_begin, std::int64_t y_end) {
   const int channels = transform.channels;
-  const int64_t width = image.width;
-  const int64_t plane_size = image.height * width;
+  const std::int64_t width = image.width;
+  const std::int64_t plane_size = image.height * width;
   const In* const base = static_cast<const In*>(image.data);
   // Doubles are computed in double; everything else in float.
   using Compute = std::conditional_t<std::is_same_v<Out, double>, double, float>;
@@ -238,7 +239,7 @@ void convert_image_rows(const ImageSource& image, const ImageTransform& transfor
     row_buffer.resize(static_cast<std::size_t>(channels * width));
   }
 
-  for (int64_t y = y_begin; y < y_end; ++y) {
+  for (std::int64_t y = y_begin; y < y_end; ++y) {
     const In* row = base + y * image.row_stride;
     std::array<Out*, 4> planes{};
     for (int source = 0; source < channels; ++source) {
@@ -259,7 +260,7 @@ void convert_image_rows(const ImageSource& image, const ImageTransform& transfor
           float_planes[source] = row_buffer.data() + source * width;
         }
       }
-      const int64_t done = packed_image_row_sse2(row, width, channels, sse, float_planes.data());
+      const std::int64_t done = packed_image_row_sse2(row, width, channels, sse, float_planes.data());
       // The last few pixels of the row (fewer than one SSE step).
       std::array<float*, 4> tail{};
       for (int source = 0; source < channels; ++source) {
@@ -271,7 +272,7 @@ void convert_image_rows(const ImageSource& image, const ImageTransform& transfor
         for (int source = 0; source < channels; ++source) {
           const float* from = float_planes[source];
           Out* to = planes[source];
-          for (int64_t x = 0; x < width; ++x) {
+          for (std::int64_t x = 0; x < width; ++x) {
             to[x] = static_cast<Out>(from[x]);
           }
         }
@@ -284,9 +285,9 @@ void convert_image_rows(const ImageSource& image, const ImageTransform& transfor
 /// Runs convert_image_rows for the input and output element types.
 template <class Out>
 void convert_image_rows_for(const ImageSource& image, const ImageTransform& transform, Out* output,
-                            int64_t y_begin, int64_t y_end) {
+                            std::int64_t y_begin, std::int64_t y_end) {
   if (image.dtype == c10::ScalarType::Byte) {
-    convert_image_rows<uint8_t, Out>(image, transform, output, y_begin, y_end);
+    convert_image_rows<std::uint8_t, Out>(image, transform, output, y_begin, y_end);
   } else {
     convert_image_rows<float, Out>(image, transform, output, y_begin, y_end);
   }

@@ -4,6 +4,7 @@
 
 #include <c10/util/ArrayRef.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -24,10 +25,10 @@ namespace torchkit::detail {
 
 /// The multi-dimensional (row-major) index of element `flat_index` of a tensor of shape `sizes`,
 /// as `[3, 17]`.
-[[nodiscard]] inline std::string index_string(int64_t flat_index, c10::IntArrayRef sizes) {
+[[nodiscard]] inline std::string index_string(std::int64_t flat_index, c10::IntArrayRef sizes) {
   std::string text;
   for (std::size_t i = sizes.size(); i-- > 0;) {
-    const int64_t size = sizes[i] > 0 ? sizes[i] : 1;
+    const std::int64_t size = sizes[i] > 0 ? sizes[i] : 1;
     const std::string coordinate = std::to_string(flat_index % size);
     flat_index /= size;
     text = (i + 1 < sizes.size() ? coordinate + ", " : coordinate) + text;

@@ -38,6 +38,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -48,7 +49,7 @@
 #include <utility>
 #include <vector>
 
-namespace torchkit::detail::summary_impl {
+namespace torchkit::detail::summary {
 
 /// The class name a Python user would see: `torch::nn::Conv2dImpl` -> `Conv2d`,
 /// `(anonymous namespace)::NetImpl` -> `Net`, `ns::Block<3>` -> `Block<3>`.
@@ -143,7 +144,7 @@ inline std::string observed_operator_key(std::string_view name) {
 struct OwnParameter {
   std::string name;  ///< as registered (`weight`, `weight_ih_l0`)
   const c10::TensorImpl* impl = nullptr;
-  int64_t count = 0;
+  std::int64_t count = 0;
   bool trainable = false;
 };
 
@@ -158,9 +159,9 @@ struct ModuleNode {
   int subtree_end = 0;         ///< nodes [index, subtree_end) are this module and its descendants
   bool sequential = false;     ///< a Sequential: its children are walked exactly
   bool callable = true;        ///< false for ModuleList, ModuleDict, ParameterList, ParameterDict
-  int64_t params = 0;          ///< parameters of the module and its descendants, each once
-  int64_t trainable_params = 0;
-  int64_t own_params = 0;      ///< parameters registered on this module itself
+  std::int64_t params = 0;          ///< parameters of the module and its descendants, each once
+  std::int64_t trainable_params = 0;
+  std::int64_t own_params = 0;      ///< parameters registered on this module itself
   std::vector<OwnParameter> own_parameters;
   std::vector<int> own_state;  ///< state indices of its own parameters and buffers
   bool leaf() const { return children.empty(); }
@@ -168,11 +169,11 @@ struct ModuleNode {
 
 /// The totals of a summary, counted as torchinfo counts them.
 struct SummaryTotals {
-  int64_t total_params = 0;            ///< each parameter tensor once
-  int64_t trainable_params = 0;
-  int64_t total_mult_adds = 0;         ///< leaf calls' mult-adds
-  int64_t forward_backward_bytes = 0;  ///< 2 x the outputs of leaf calls with parameters
-  int64_t param_bytes = 0;
+  std::int64_t total_params = 0;            ///< each parameter tensor once
+  std::int64_t trainable_params = 0;
+  std::int64_t total_mult_adds = 0;         ///< leaf calls' mult-adds
+  std::int64_t forward_backward_bytes = 0;  ///< 2 x the outputs of leaf calls with parameters
+  std::int64_t param_bytes = 0;
 };
 
 /// Builds the rows of one summary (`Row` is Summary::Row, the one row model): the module tree,
@@ -204,7 +205,7 @@ class SummaryBuilder {
     return static_cast<int>(rows_.size()) - 1;
   }
 
-  void set_output(int row, std::vector<int64_t> shape, int64_t element_size) {
+  void set_output(int row, std::vector<std::int64_t> shape, std::int64_t element_size) {
     rows_[static_cast<std::size_t>(row)].output_shape = std::move(shape);
     rows_[static_cast<std::size_t>(row)].output_element_size = element_size;
   }
@@ -577,12 +578,12 @@ class SummaryBuilder {
   /// N times the spatial output size; of a Linear: count times prod(output[:-1]); of anything
   /// else: count times output[0]; other parameters named `*weight*`/`*bias*` (RNN weights such as
   /// `weight_ih_l0`): count times prod(output[:2]).
-  int64_t leaf_mult_adds(const ModuleNode& node, const std::vector<int64_t>& output) const {
+  std::int64_t leaf_mult_adds(const ModuleNode& node, const std::vector<std::int64_t>& output) const {
     if (output.empty()) {
       return 0;
     }
     auto product = [&](std::size_t begin, std::size_t end) {
-      int64_t result = 1;
+      std::int64_t result = 1;
       for (std::size_t i = begin; i < std::min(end, output.size()); ++i) {
         result *= output[i];
       }
@@ -590,10 +591,10 @@ class SummaryBuilder {
     };
     const bool conv = node.type.find("Conv") != std::string::npos;
     const bool linear = node.type.find("Linear") != std::string::npos;
-    int64_t total = 0;
+    std::int64_t total = 0;
     for (const OwnParameter& parameter : node.own_parameters) {
       const std::string& name = parameter.name;
-      const int64_t count = parameter.count;
+      const std::int64_t count = parameter.count;
       if (name == "weight" || name == "bias") {
         if (conv) {
           total += count * output[0] * product(2, output.size());
@@ -634,7 +635,7 @@ class SummaryBuilder {
       if (rows_[i].leaf) {
         continue;
       }
-      int64_t sum = 0;
+      std::int64_t sum = 0;
       for (std::size_t j = i + 1; j < rows_.size() && rows_[j].depth > rows_[i].depth; ++j) {
         if (rows_[j].leaf) {
           sum += rows_[j].mult_adds;
@@ -651,8 +652,8 @@ class SummaryBuilder {
       if (row.leaf && row.called) {
         totals_.total_mult_adds += row.mult_adds;
         if (row.params > 0 && !row.output_shape.empty()) {
-          int64_t elements = 1;
-          for (const int64_t size : row.output_shape) {
+          std::int64_t elements = 1;
+          for (const std::int64_t size : row.output_shape) {
             elements *= size;
           }
           totals_.forward_backward_bytes += 2 * row.output_element_size * elements;
@@ -660,10 +661,10 @@ class SummaryBuilder {
       }
     }
     for (const NamedParameter& parameter : named_parameters_of(root_)) {
-      const int64_t count = parameter.tensor.numel();
+      const std::int64_t count = parameter.tensor.numel();
       totals_.total_params += count;
       totals_.trainable_params += parameter.tensor.requires_grad() ? count : 0;
-      totals_.param_bytes += count * static_cast<int64_t>(parameter.tensor.element_size());
+      totals_.param_bytes += count * static_cast<std::int64_t>(parameter.tensor.element_size());
     }
   }
 
@@ -680,4 +681,4 @@ class SummaryBuilder {
   Recorder recorder_;
 };
 
-}  // namespace torchkit::detail::summary_impl
+}  // namespace torchkit::detail::summary

@@ -18,15 +18,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
-namespace torchkit::detail::summary_impl {
+namespace torchkit::detail::summary {
 
 /// Python's `f"{value:,}"`: 21840 -> "21,840".
-inline std::string with_thousands(int64_t value) {
+inline std::string with_thousands(std::int64_t value) {
   const std::string digits = std::to_string(value < 0 ? -value : value);
   std::string result;
   result.reserve(digits.size() + digits.size() / 3 + 1);
@@ -62,7 +63,7 @@ inline std::string with_thousands_2f(double value) {
 /// torchinfo's "Total mult-adds" value with its unit: " (M): 0.98", " (G): 8.18", " (M): 0".
 /// The unit is T, G or M (the largest one the value reaches, M at least); a whole number is
 /// printed without decimals, as torchinfo does.
-inline std::string mult_adds_with_unit(int64_t count) {
+inline std::string mult_adds_with_unit(std::int64_t count) {
   const auto value = static_cast<double>(count);
   const char* unit = "M";
   double scaled = value / 1e6;
@@ -74,13 +75,13 @@ inline std::string mult_adds_with_unit(int64_t count) {
     scaled = value / 1e9;
   }
   const std::string number = scaled == std::floor(scaled) && std::abs(scaled) < 9.0e15
-                                 ? with_thousands(static_cast<int64_t>(scaled))
+                                 ? with_thousands(static_cast<std::int64_t>(scaled))
                                  : with_thousands_2f(scaled);
   return fmt::format(" ({}): {}", unit, number);
 }
 
 /// Bytes as megabytes (1e6), two decimals: 113600 -> "0.11".
-inline std::string megabytes(int64_t bytes) { return fmt::format("{:.2f}", static_cast<double>(bytes) / 1e6); }
+inline std::string megabytes(std::int64_t bytes) { return fmt::format("{:.2f}", static_cast<double>(bytes) / 1e6); }
 
 /// Characters (code points) of a UTF-8 string: "├─" is 2.
 inline std::size_t characters(std::string_view text) {
@@ -156,10 +157,10 @@ std::size_t tree_name_width(const std::vector<Row>& rows) {
 /// torchinfo's leftover_params: a container's parameters not shown by the rows below it
 /// (leaf rows count their parameters, container rows their own leftover; repeated rows none).
 template <class Row>
-std::vector<int64_t> leftover_params(const std::vector<Row>& rows) {
-  std::vector<int64_t> leftover(rows.size(), 0);
+std::vector<std::int64_t> leftover_params(const std::vector<Row>& rows) {
+  std::vector<std::int64_t> leftover(rows.size(), 0);
   for (std::size_t i = rows.size(); i-- > 0;) {
-    int64_t children = 0;
+    std::int64_t children = 0;
     for (std::size_t j = i + 1; j < rows.size() && rows[j].depth > rows[i].depth; ++j) {
       if (!rows[j].recursive) {
         children += rows[j].leaf ? rows[j].params : leftover[j];
@@ -228,7 +229,7 @@ std::string tree_table(const Summary& summary) {
       visible.push_back(i);
     }
   }
-  const std::vector<int64_t> leftover = leftover_params(rows);
+  const std::vector<std::int64_t> leftover = leftover_params(rows);
   std::string table = divider + "\n" + format_row("Layer (type:depth-idx)", titles) + divider + "\n";
   for (std::size_t v = 0; v < visible.size(); ++v) {
     const std::size_t i = visible[v];
@@ -320,7 +321,7 @@ std::string flat_table(const Summary& summary, bool batch_synthesized) {
     if (row.container || row.placeholder || (forward_pass && !row.called)) {
       continue;
     }
-    std::vector<int64_t> shape = row.output_shape;
+    std::vector<std::int64_t> shape = row.output_shape;
     if (batch_synthesized && !shape.empty()) {
       shape[0] = -1;
     }
@@ -342,4 +343,4 @@ std::string flat_table(const Summary& summary, bool batch_synthesized) {
   return table;
 }
 
-}  // namespace torchkit::detail::summary_impl
+}  // namespace torchkit::detail::summary

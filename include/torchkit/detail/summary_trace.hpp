@@ -37,6 +37,7 @@
 #include <fmt/format.h>
 
 #include <concepts>
+#include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <memory>
@@ -50,7 +51,7 @@
 #include <utility>
 #include <vector>
 
-namespace torchkit::detail::summary_impl {
+namespace torchkit::detail::summary {
 
 // --- reading RecordFunction::inputs() -----------------------------------------------------
 //
@@ -95,8 +96,8 @@ struct OpRecord {
   std::string name;                   ///< "aten::conv2d"
   std::vector<int> state_read;        ///< indices of the module state (parameters, buffers) it read
   bool reads_data = false;            ///< it read a tensor that is not module state
-  std::vector<int64_t> output_shape;  ///< shape of the first tensor output
-  int64_t output_element_size = 0;    ///< bytes per element of that output
+  std::vector<std::int64_t> output_shape;  ///< shape of the first tensor output
+  std::int64_t output_element_size = 0;    ///< bytes per element of that output
   bool has_output = false;
   /// Only reads module state (e.g. `weight.t()`): prepares state, is no module call itself; its
   /// output counts as the state it was derived from.
@@ -192,7 +193,7 @@ struct Recorder {
     pending.has_output = true;
     const auto sizes = output.sizes();
     pending.output_shape.assign(sizes.begin(), sizes.end());
-    pending.output_element_size = static_cast<int64_t>(output.element_size());
+    pending.output_element_size = static_cast<std::int64_t>(output.element_size());
     if (pending.prepares_state()) {
       derived_state.emplace(output.unsafeGetTensorImpl(), pending.state_read);
       derived_tensors.push_back(std::move(output));
@@ -331,8 +332,8 @@ torch::nn::Module& root_module(M& model) {
 
 /// The shape and element size of the first tensor in what a forward returned.
 struct OutputShape {
-  std::vector<int64_t> shape;
-  int64_t element_size = 0;
+  std::vector<std::int64_t> shape;
+  std::int64_t element_size = 0;
 };
 
 inline std::optional<OutputShape> shape_of(const at::Tensor& tensor) {
@@ -340,7 +341,7 @@ inline std::optional<OutputShape> shape_of(const at::Tensor& tensor) {
     return std::nullopt;
   }
   const auto sizes = tensor.sizes();
-  return OutputShape{std::vector<int64_t>(sizes.begin(), sizes.end()), static_cast<int64_t>(tensor.element_size())};
+  return OutputShape{std::vector<std::int64_t>(sizes.begin(), sizes.end()), static_cast<std::int64_t>(tensor.element_size())};
 }
 
 template <class T>
@@ -583,14 +584,14 @@ std::string describe_argument(const T& value) {
 }
 
 template <class T>
-int64_t bytes_of_argument(const T& value) {
+std::int64_t bytes_of_argument(const T& value) {
   using Value = std::remove_cvref_t<T>;
   if constexpr (std::is_same_v<Value, at::Tensor>) {
-    return value.defined() ? static_cast<int64_t>(value.nbytes()) : 0;
+    return value.defined() ? static_cast<std::int64_t>(value.nbytes()) : 0;
   } else if constexpr (std::is_same_v<Value, std::vector<at::Tensor>>) {
-    int64_t bytes = 0;
+    std::int64_t bytes = 0;
     for (const at::Tensor& tensor : value) {
-      bytes += tensor.defined() ? static_cast<int64_t>(tensor.nbytes()) : 0;
+      bytes += tensor.defined() ? static_cast<std::int64_t>(tensor.nbytes()) : 0;
     }
     return bytes;
   } else {
@@ -645,7 +646,7 @@ inline void check_model_device(const torch::nn::Module& root, c10::Device device
 
 /// A generated input: uniform [0, 1) from a private generator (the global one is not touched)
 /// for floating dtypes, zeros for integer dtypes (valid indices for an Embedding).
-inline at::Tensor make_input(const std::vector<int64_t>& shape, at::ScalarType dtype, c10::Device device) {
+inline at::Tensor make_input(const std::vector<std::int64_t>& shape, at::ScalarType dtype, c10::Device device) {
   at::Tensor input;
   if (at::isFloatingType(dtype) || at::isComplexType(dtype)) {
     at::Generator generator = at::detail::createCPUGenerator(/*seed_val=*/0);
@@ -657,4 +658,4 @@ inline at::Tensor make_input(const std::vector<int64_t>& shape, at::ScalarType d
   return device.is_cpu() ? input : input.to(device);
 }
 
-}  // namespace torchkit::detail::summary_impl
+}  // namespace torchkit::detail::summary
