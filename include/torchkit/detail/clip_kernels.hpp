@@ -112,10 +112,20 @@ enum class Isa : std::uint8_t { portable, avx, avx2, avx512 };
   return "?";
 }
 
-/// GCC/clang vector types of `Bytes` bytes (32 or 64) for float and double, with the integer
+/// GCC/clang vector types of `Bytes` bytes (16, 32 or 64) for float and double, with the integer
 /// vector of the same lane count and size used for masks and counts.
 template <class T, int Bytes>
 struct VectorOf;
+template <>
+struct VectorOf<float, 16> {
+  typedef float Vector __attribute__((vector_size(16)));
+  typedef std::int32_t Mask __attribute__((vector_size(16)));
+};
+template <>
+struct VectorOf<double, 16> {
+  typedef double Vector __attribute__((vector_size(16)));
+  typedef std::int64_t Mask __attribute__((vector_size(16)));
+};
 template <>
 struct VectorOf<float, 32> {
   typedef float Vector __attribute__((vector_size(32)));
@@ -141,6 +151,11 @@ struct VectorOf<double, 64> {
 template <int Bytes>
 struct HalvesOf;
 template <>
+struct HalvesOf<16> {
+  typedef std::uint16_t Halves __attribute__((vector_size(8)));
+  typedef std::uint32_t Words __attribute__((vector_size(16)));
+};
+template <>
 struct HalvesOf<32> {
   typedef std::uint16_t Halves __attribute__((vector_size(16)));
   typedef std::uint32_t Words __attribute__((vector_size(32)));
@@ -155,12 +170,14 @@ template <class T>
 inline constexpr auto magnitude_bits = std::numeric_limits<std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>>::max();
 
 /// Bytes of partial sums every reduction keeps, whatever its vector width: 4 vectors of 32
-/// bytes (32 float or 16 double lanes). With 64-byte vectors the same lanes sit in 2 vectors.
+/// bytes (32 float or 16 double lanes). With 64-byte vectors the same lanes sit in 2 vectors,
+/// with 16-byte vectors in 8.
 inline constexpr std::int64_t partial_bytes = 128;
 
-/// The vector width of each instruction set's kernels.
+/// The vector width of each instruction set's kernels: the baseline's registers (SSE2, NEON)
+/// hold 16 bytes; wider vectors there would be split and spilled.
 template <Isa isa>
-inline constexpr int vector_bytes = isa == Isa::avx512 ? 64 : 32;
+inline constexpr int vector_bytes = isa == Isa::avx512 ? 64 : isa == Isa::portable ? 16 : 32;
 
 /// The partial of `size` contiguous elements: sum of squares (two), of magnitudes (one), of
 /// p-th powers (general), the count of non-zeros (zero) or the largest magnitude, NaN if any
@@ -604,6 +621,217 @@ template <Isa isa>
   }
 }
 
+// ---- Mixed precision (amp.hpp): unscaling by GradScaler's inverse scale, fused with the
+// non-finite check, the norm and the clip. The unscaled value is PyTorch's
+// `_amp_foreach_non_finite_check_and_unscale_` on the CPU: `x * inv` in the element type's
+// compute precision (float for float16/bfloat16, then rounded back; double for double), left
+// alone when inv is exactly 1; an element counts as non-finite when it is inf or nan before
+// unscaling.
+
+/// `data[i] *= inv` (when `multiply`) over `size` contiguous float or double elements; returns
+/// whether any element was inf or nan before (x - x is 0 for every finite x, nan otherwise).
+template <class T, int Bytes>
+[[gnu::always_inline]] inline bool unscale_run(T* data, std::int64_t size, T inv, bool multiply) {
+  TORCHKIT_CLIP_NO_CONTRACT
+  using Vector = typename VectorOf<T, Bytes>::Vector;
+  constexpr std::int64_t lanes = Bytes / static_cast<std::int64_t>(sizeof(T));
+  const Vector invs = Vector{} + inv;
+  Vector seen{};
+  std::int64_t i = 0;
+  for (; i + lanes <= size; i += lanes) {
+    Vector x;
+    std::memcpy(&x, data + i, sizeof(Vector));
+    seen += x - x;
+    if (multiply) {
+      x *= invs;
+      std::memcpy(data + i, &x, sizeof(Vector));
+    }
+  }
+  bool nonfinite = false;
+  for (std::int64_t lane = 0; lane < lanes; ++lane) nonfinite = nonfinite || seen[lane] != seen[lane];
+  for (; i < size; ++i) {
+    nonfinite = nonfinite || !std::isfinite(data[i]);
+    if (multiply) data[i] *= inv;
+  }
+  return nonfinite;
+}
+
+/// `data[i] = (data[i] * inv) * factor`, each product rounded to T (no fused multiply), over
+/// `size` contiguous float or double elements; `multiply` false skips the first product.
+template <class T, int Bytes>
+[[gnu::always_inline]] inline void unscale_scale_run(T* data, std::int64_t size, T inv, bool multiply, T factor) {
+  TORCHKIT_CLIP_NO_CONTRACT
+  using Vector = typename VectorOf<T, Bytes>::Vector;
+  constexpr std::int64_t lanes = Bytes / static_cast<std::int64_t>(sizeof(T));
+  const Vector invs = Vector{} + inv;
+  const Vector factors = Vector{} + factor;
+  std::int64_t i = 0;
+  for (; i + lanes <= size; i += lanes) {
+    Vector x;
+    std::memcpy(&x, data + i, sizeof(Vector));
+    if (multiply) x *= invs;
+    x *= factors;
+    std::memcpy(data + i, &x, sizeof(Vector));
+  }
+  for (; i < size; ++i) {
+    T x = data[i];
+    if (multiply) x *= inv;
+    data[i] = x * factor;
+  }
+}
+
+/// Rounds a float buffer to float16 (`is_half`) or bfloat16 and back, in place (what storing
+/// an unscaled value in the gradient and reading it again gives).
+template <Isa isa>
+[[gnu::always_inline]] inline void round_trip_16(bool is_half, float* buffer, std::int64_t size) {
+  constexpr int bytes = vector_bytes<isa>;
+  alignas(64) std::uint16_t narrow[block_elements];
+  if (is_half) {
+    float_to_half<isa>(buffer, narrow, size);
+    half_to_float<isa>(narrow, buffer, size);
+  } else {
+    float_to_bfloat16<bytes>(buffer, narrow, size);
+    bfloat16_to_float<bytes>(narrow, buffer, size);
+  }
+}
+
+/// Unscales `size` elements of `dtype` in place; returns whether any was inf or nan.
+template <Isa isa>
+[[gnu::always_inline]] inline bool unscale_any(at::ScalarType dtype, void* data, std::int64_t size, float inv) {
+  constexpr int bytes = vector_bytes<isa>;
+  const bool multiply = inv != 1.0f;
+  switch (dtype) {
+    case at::kFloat: return unscale_run<float, bytes>(static_cast<float*>(data), size, inv, multiply);
+    case at::kDouble:
+      return unscale_run<double, bytes>(static_cast<double*>(data), size, static_cast<double>(inv), multiply);
+    case at::kHalf:
+    case at::kBFloat16: {
+      bool nonfinite = false;
+      const auto work = [&](float* buffer, std::int64_t count) {
+        nonfinite = unscale_run<float, bytes>(buffer, count, inv, multiply) || nonfinite;
+      };
+      auto* narrow = static_cast<std::uint16_t*>(data);
+      if (multiply) {
+        for_each_block<isa, true>(dtype == at::kHalf, narrow, size, work);
+      } else {
+        for_each_block<isa, false>(dtype == at::kHalf, narrow, size, work);
+      }
+      return nonfinite;
+    }
+    default: return false;
+  }
+}
+
+/// The norm partial (as reduce) of the unscaled values of `size` elements of `dtype`, without
+/// writing them; `nonfinite` is set when any element is inf or nan.
+template <Isa isa>
+[[gnu::always_inline]] inline double unscale_reduce_any(at::ScalarType dtype, NormKind kind, const void* data,
+                                                        std::int64_t size, double p, float inv, bool& nonfinite) {
+  constexpr int bytes = vector_bytes<isa>;
+  const bool multiply = inv != 1.0f;
+  const auto wide = [&]<class T>(const T* values) {
+    if (!multiply) {
+      // Read-only check (unscale_run writes nothing without multiply), then the plain reduction.
+      nonfinite = unscale_run<T, bytes>(const_cast<T*>(values), size, T(1), false) || nonfinite;
+      return reduce_run<T, bytes>(kind, values, size, p);
+    }
+    alignas(64) T buffer[block_elements];
+    double partial = 0.0;
+    for (std::int64_t begin = 0; begin < size; begin += block_elements) {
+      const std::int64_t count = std::min(block_elements, size - begin);
+      std::memcpy(buffer, values + begin, static_cast<std::size_t>(count) * sizeof(T));
+      nonfinite = unscale_run<T, bytes>(buffer, count, static_cast<T>(inv), true) || nonfinite;
+      partial = combine(kind, partial, reduce_run<T, bytes>(kind, buffer, count, p));
+    }
+    return partial;
+  };
+  switch (dtype) {
+    case at::kFloat: return wide(static_cast<const float*>(data));
+    case at::kDouble: return wide(static_cast<const double*>(data));
+    case at::kHalf:
+    case at::kBFloat16: {
+      const bool is_half = dtype == at::kHalf;
+      double partial = 0.0;
+      // Only read: for_each_block<.., false> never writes through the pointer.
+      for_each_block<isa, false>(is_half, static_cast<std::uint16_t*>(const_cast<void*>(data)), size,
+                                 [&](float* buffer, std::int64_t count) {
+                                   nonfinite = unscale_run<float, bytes>(buffer, count, inv, multiply) || nonfinite;
+                                   if (multiply) round_trip_16<isa>(is_half, buffer, count);
+                                   partial = combine(kind, partial, reduce_run<float, bytes>(kind, buffer, count, p));
+                                 });
+      return partial;
+    }
+    default: return std::numeric_limits<double>::quiet_NaN();
+  }
+}
+
+/// Unscales `size` elements of `dtype` and multiplies them by `factor` (rounded to the element
+/// type first, as scale does) in place: both roundings of the two separate PyTorch ops.
+template <Isa isa>
+[[gnu::always_inline]] inline void unscale_scale_any(at::ScalarType dtype, void* data, std::int64_t size, float inv,
+                                                     double factor) {
+  constexpr int bytes = vector_bytes<isa>;
+  const bool multiply = inv != 1.0f;
+  switch (dtype) {
+    case at::kFloat:
+      unscale_scale_run<float, bytes>(static_cast<float*>(data), size, inv, multiply, static_cast<float>(factor));
+      break;
+    case at::kDouble:
+      unscale_scale_run<double, bytes>(static_cast<double*>(data), size, static_cast<double>(inv), multiply, factor);
+      break;
+    case at::kHalf:
+    case at::kBFloat16: {
+      const bool is_half = dtype == at::kHalf;
+      const auto rounded = is_half ? static_cast<float>(c10::Half(static_cast<float>(factor)))
+                                   : static_cast<float>(c10::BFloat16(static_cast<float>(factor)));
+      for_each_block<isa, true>(is_half, static_cast<std::uint16_t*>(data), size,
+                                [&](float* buffer, std::int64_t count) {
+                                  if (multiply) {
+                                    scale_run<float, bytes>(buffer, count, inv);
+                                    round_trip_16<isa>(is_half, buffer, count);
+                                  }
+                                  scale_run<float, bytes>(buffer, count, rounded);
+                                });
+      break;
+    }
+    default: break;
+  }
+}
+
+/// Unscales every run in place; `nonfinite[r]` = whether runs[r] held inf or nan.
+template <Isa isa>
+[[gnu::always_inline]] inline void unscale_runs_any(const Run* runs, std::int64_t count, float inv,
+                                                    unsigned char* nonfinite) {
+  for (std::int64_t r = 0; r < count; ++r) {
+    if (r + prefetch_distance < count) prefetch_run<true>(runs[r + prefetch_distance]);
+    nonfinite[r] = unscale_any<isa>(runs[r].dtype, runs[r].data, runs[r].size, inv) ? 1 : 0;
+  }
+}
+
+/// `partials[r]` = the norm partial of runs[r]'s unscaled values (nothing written);
+/// `nonfinite[r]` = whether runs[r] holds inf or nan.
+template <Isa isa>
+[[gnu::always_inline]] inline void unscale_reduce_runs_any(const Run* runs, std::int64_t count, NormKind kind,
+                                                           double p, float inv, double* partials,
+                                                           unsigned char* nonfinite) {
+  for (std::int64_t r = 0; r < count; ++r) {
+    if (r + prefetch_distance < count) prefetch_run<false>(runs[r + prefetch_distance]);
+    bool seen = false;
+    partials[r] = unscale_reduce_any<isa>(runs[r].dtype, kind, runs[r].data, runs[r].size, p, inv, seen);
+    nonfinite[r] = seen ? 1 : 0;
+  }
+}
+
+/// Unscales every run and multiplies it by `factor`, in place, in order.
+template <Isa isa>
+[[gnu::always_inline]] inline void unscale_scale_runs_any(const Run* runs, std::int64_t count, float inv,
+                                                          double factor) {
+  for (std::int64_t r = 0; r < count; ++r) {
+    if (r + prefetch_distance < count) prefetch_run<true>(runs[r + prefetch_distance]);
+    unscale_scale_any<isa>(runs[r].dtype, runs[r].data, runs[r].size, inv, factor);
+  }
+}
+
 // One set of entry points per instruction set: the same templates, compiled for that target.
 #define TORCHKIT_CLIP_ENTRY_POINTS(suffix, isa, ...)                                                             \
   __VA_ARGS__ inline double reduce_##suffix(at::ScalarType dtype, NormKind kind, const void* data,               \
@@ -622,6 +850,19 @@ template <Isa isa>
   }                                                                                                              \
   __VA_ARGS__ inline void scale_runs_##suffix(const Run* runs, std::int64_t count, double factor) {              \
     scale_runs_any<isa>(runs, count, factor);                                                                    \
+  }                                                                                                              \
+  __VA_ARGS__ inline void unscale_runs_##suffix(const Run* runs, std::int64_t count, float inv,                  \
+                                                unsigned char* nonfinite) {                                      \
+    unscale_runs_any<isa>(runs, count, inv, nonfinite);                                                          \
+  }                                                                                                              \
+  __VA_ARGS__ inline void unscale_reduce_runs_##suffix(const Run* runs, std::int64_t count, NormKind kind,       \
+                                                       double p, float inv, double* partials,                    \
+                                                       unsigned char* nonfinite) {                               \
+    unscale_reduce_runs_any<isa>(runs, count, kind, p, inv, partials, nonfinite);                                \
+  }                                                                                                              \
+  __VA_ARGS__ inline void unscale_scale_runs_##suffix(const Run* runs, std::int64_t count, float inv,            \
+                                                      double factor) {                                           \
+    unscale_scale_runs_any<isa>(runs, count, inv, factor);                                                       \
   }
 
 TORCHKIT_CLIP_ENTRY_POINTS(portable, Isa::portable)
@@ -723,6 +964,23 @@ inline void reduce_runs(const Run* runs, std::int64_t count, NormKind kind, doub
 /// scale(runs[r]..., factor) for every r < count, in order.
 inline void scale_runs(const Run* runs, std::int64_t count, double factor) {
   TORCHKIT_CLIP_DISPATCH(scale_runs, runs, count, factor);
+}
+
+/// Unscales every run in place by `inv` (amp.hpp); `nonfinite[r]` = whether runs[r] held inf/nan.
+inline void unscale_runs(const Run* runs, std::int64_t count, float inv, unsigned char* nonfinite) {
+  TORCHKIT_CLIP_DISPATCH(unscale_runs, runs, count, inv, nonfinite);
+}
+
+/// The norm partials of the runs' values unscaled by `inv`, without writing them; `nonfinite[r]`
+/// = whether runs[r] holds inf or nan.
+inline void unscale_reduce_runs(const Run* runs, std::int64_t count, NormKind kind, double p, float inv,
+                                double* partials, unsigned char* nonfinite) {
+  TORCHKIT_CLIP_DISPATCH(unscale_reduce_runs, runs, count, kind, p, inv, partials, nonfinite);
+}
+
+/// Unscales every run by `inv` and multiplies it by `factor`, in place, in order.
+inline void unscale_scale_runs(const Run* runs, std::int64_t count, float inv, double factor) {
+  TORCHKIT_CLIP_DISPATCH(unscale_scale_runs, runs, count, inv, factor);
 }
 
 #undef TORCHKIT_CLIP_DISPATCH
