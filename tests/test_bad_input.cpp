@@ -1424,7 +1424,7 @@ std::shared_ptr<torch::serialize::InputArchive> saved_state(Fixture& f, Make mak
 
 Rows lr_constructor_rows() {
   return {
-      {"lr.hpp:StepLR", "step_size = 0", "StepLR: step_size must be a positive integer, got 0",
+      {"lr.hpp:StepLR", "step_size = 0", "StepLR: Expected positive integer step_size, but got 0",
        [](Fixture& f) { lr::StepLR s(*f.optimizer, 0); }},
       {"lr.hpp:StepLR", "gamma = -0.1", "StepLR: gamma must be a finite number >= 0, got -0.1",
        [](Fixture& f) { lr::StepLR s(*f.optimizer, 3, -0.1); }},
@@ -1433,7 +1433,7 @@ Rows lr_constructor_rows() {
       {"lr.hpp:StepLR", "an optimizer without parameter groups", "StepLR: the optimizer has no parameter groups",
        [](Fixture& f) { lr::StepLR s(empty_optimizer(f), 3); }},
       {"lr.hpp:StepLR", "an optimizer whose options have no lr",
-       "torchkit::lr: the options of param group 0 do not implement get_lr()",
+       "StepLR: the options of param group 0 do not implement get_lr()",
        [](Fixture& f) { lr::StepLR s(f.last_held<NoLrOptimizer>(), 3); },
        [](Fixture& f) { (void)no_lr_optimizer(f); }},
       {"lr.hpp:MultiStepLR", "milestones {5, 3}",
@@ -1445,10 +1445,11 @@ Rows lr_constructor_rows() {
       {"lr.hpp:MultiStepLR", "gamma = nan", "MultiStepLR: gamma must be a finite number >= 0, got nan",
        [](Fixture& f) { lr::MultiStepLR s(*f.optimizer, {2}, nan); }},
       {"lr.hpp:ConstantLR", "factor = 0",
-       "ConstantLR: Constant multiplicative factor expected to be between 0 and 1 (0 excluded), got factor=0",
+       "ConstantLR: Constant multiplicative factor expected to be between 0 and 1 (0 excluded: the lr is divided by it), "
+       "got factor=0",
        [](Fixture& f) { lr::ConstantLR s(*f.optimizer, 0.0); }},
       {"lr.hpp:ConstantLR", "factor = 1.5", "got factor=1.5", [](Fixture& f) { lr::ConstantLR s(*f.optimizer, 1.5); }},
-      {"lr.hpp:ConstantLR", "total_iters = 0", "ConstantLR: total_iters must be a positive integer, got 0",
+      {"lr.hpp:ConstantLR", "total_iters = 0", "ConstantLR: Expected positive integer total_iters, but got 0",
        [](Fixture& f) { lr::ConstantLR s(*f.optimizer, {.factor = 0.5, .total_iters = 0}); }},
       {"lr.hpp:LinearLR", "start_factor = 0",
        "LinearLR: Starting multiplicative factor expected to be between 0 and 1 (0 excluded: the lr is divided by it), "
@@ -1457,17 +1458,17 @@ Rows lr_constructor_rows() {
       {"lr.hpp:LinearLR", "end_factor = 1.5",
        "LinearLR: Ending multiplicative factor expected to be between 0 and 1, got end_factor=1.5",
        [](Fixture& f) { lr::LinearLR s(*f.optimizer, {.start_factor = 0.5, .end_factor = 1.5}); }},
-      {"lr.hpp:LinearLR", "total_iters = -1", "LinearLR: total_iters must be a positive integer, got -1",
+      {"lr.hpp:LinearLR", "total_iters = -1", "LinearLR: Expected positive integer total_iters, but got -1",
        [](Fixture& f) { lr::LinearLR s(*f.optimizer, 0.5, 1.0, -1); }},
       {"lr.hpp:ExponentialLR", "gamma = -0.5", "ExponentialLR: gamma must be a finite number >= 0, got -0.5",
        [](Fixture& f) { lr::ExponentialLR s(*f.optimizer, -0.5); }},
       {"lr.hpp:ExponentialLR", "no gamma", "ExponentialLR: gamma is required",
        [](Fixture& f) { lr::ExponentialLR s(*f.optimizer, lr::ExponentialLROptions{}); }},
-      {"lr.hpp:PolynomialLR", "total_iters = 0", "PolynomialLR: total_iters must be a positive integer, got 0",
+      {"lr.hpp:PolynomialLR", "total_iters = 0", "PolynomialLR: Expected positive integer total_iters, but got 0",
        [](Fixture& f) { lr::PolynomialLR s(*f.optimizer, 0); }},
       {"lr.hpp:PolynomialLR", "power = -1", "PolynomialLR: power must be a finite number >= 0, got -1",
        [](Fixture& f) { lr::PolynomialLR s(*f.optimizer, {.total_iters = 4, .power = -1.0}); }},
-      {"lr.hpp:CosineAnnealingLR", "T_max = 0", "CosineAnnealingLR: T_max must be a positive integer, got 0",
+      {"lr.hpp:CosineAnnealingLR", "T_max = 0", "CosineAnnealingLR: Expected positive integer T_max, but got 0",
        [](Fixture& f) { lr::CosineAnnealingLR s(*f.optimizer, 0); }},
       {"lr.hpp:CosineAnnealingLR", "eta_min = -0.001",
        "CosineAnnealingLR: eta_min must be a finite number >= 0, got -0.001",
@@ -1513,9 +1514,9 @@ Rows lr_constructor_rows() {
        [](Fixture& f) {
          lr::OneCycleLR s(*f.optimizer, {.max_lr = 0.1, .total_steps = 10, .anneal_strategy = "cosine"});
        }},
-      {"lr.hpp:OneCycleLR", "div_factor = 0", "OneCycleLR: div_factor must be a positive number, got 0",
+      {"lr.hpp:OneCycleLR", "div_factor = 0", "OneCycleLR: div_factor must be a finite number > 0, got 0",
        [](Fixture& f) { lr::OneCycleLR s(*f.optimizer, {.max_lr = 0.1, .total_steps = 10, .div_factor = 0}); }},
-      {"lr.hpp:OneCycleLR", "final_div_factor = -1", "OneCycleLR: final_div_factor must be a positive number, got -1",
+      {"lr.hpp:OneCycleLR", "final_div_factor = -1", "OneCycleLR: final_div_factor must be a finite number > 0, got -1",
        [](Fixture& f) { lr::OneCycleLR s(*f.optimizer, {.max_lr = 0.1, .total_steps = 10, .final_div_factor = -1}); }},
       {"lr.hpp:OneCycleLR", "3 max_lrs for 2 groups", "OneCycleLR: expected 2 values for max_lr, got 3",
        [](Fixture& f) { lr::OneCycleLR s(*f.optimizer, {0.1, 0.2, 0.3}, 10); }},
@@ -1526,16 +1527,16 @@ Rows lr_constructor_rows() {
        "OneCycleLR: base_momentum must be finite numbers >= 0, got -0.1 for param group 0",
        [](Fixture& f) { lr::OneCycleLR s(*f.optimizer, {.max_lr = 0.1, .total_steps = 10, .base_momentum = -0.1}); }},
       {"lr.hpp:OneCycleLR", "pct_start = 1 with total_steps = 1 (a phase of no steps)",
-       "OneCycleLR: float division by zero at step 0: phase 0 of the cycle has no steps (pct_start=1, total_steps=1)",
+       "OneCycleLR: float division by zero at step 0: phase 0 of the cycle has no steps (total_steps=1)",
        [](Fixture& f) { lr::OneCycleLR s(*f.optimizer, {.max_lr = 0.1, .total_steps = 1, .pct_start = 1.0}); }},
       {"lr.hpp:OneCycleLR", "cycle_momentum with Adagrad",
        "OneCycleLR: optimizer must support momentum with `cycle_momentum` option enabled",
        [](Fixture& f) { lr::OneCycleLR s(adagrad(f), 0.1, 10); }},
       {"lr.hpp:CyclicLR", "no base_lr", "CyclicLR: base_lr is required",
        [](Fixture& f) { lr::CyclicLR s(*f.optimizer, {.max_lr = 0.1}); }},
-      {"lr.hpp:CyclicLR", "step_size_up = 0", "CyclicLR: step_size_up must be a positive integer, got 0",
+      {"lr.hpp:CyclicLR", "step_size_up = 0", "CyclicLR: Expected positive integer step_size_up, but got 0",
        [](Fixture& f) { lr::CyclicLR s(*f.optimizer, 0.01, 0.1, 0); }},
-      {"lr.hpp:CyclicLR", "step_size_down = -4", "CyclicLR: step_size_down must be a positive integer, got -4",
+      {"lr.hpp:CyclicLR", "step_size_down = -4", "CyclicLR: Expected positive integer step_size_down, but got -4",
        [](Fixture& f) { lr::CyclicLR s(*f.optimizer, {.base_lr = 0.01, .max_lr = 0.1, .step_size_down = -4}); }},
       {"lr.hpp:CyclicLR", "mode = \"linear\"", "CyclicLR: mode is invalid and scale_fn is None: got mode 'linear'",
        [](Fixture& f) { lr::CyclicLR s(*f.optimizer, {.base_lr = 0.01, .max_lr = 0.1, .mode = "linear"}); }},
@@ -1564,16 +1565,16 @@ Rows lr_constructor_rows() {
        [](Fixture& f) { lr::ReduceLROnPlateau s(*f.optimizer, {.factor = 1.0}); }},
       {"lr.hpp:ReduceLROnPlateau", "factor = -0.5", "ReduceLROnPlateau: Factor should be >= 0, got factor=-0.5",
        [](Fixture& f) { lr::ReduceLROnPlateau s(*f.optimizer, {.factor = -0.5}); }},
-      {"lr.hpp:ReduceLROnPlateau", "patience = -1", "ReduceLROnPlateau: patience must be >= 0, got -1",
+      {"lr.hpp:ReduceLROnPlateau", "patience = -1", "ReduceLROnPlateau: patience must be a finite number >= 0, got -1",
        [](Fixture& f) { lr::ReduceLROnPlateau s(*f.optimizer, {.patience = -1}); }},
-      {"lr.hpp:ReduceLROnPlateau", "cooldown = -2", "ReduceLROnPlateau: cooldown must be >= 0, got -2",
+      {"lr.hpp:ReduceLROnPlateau", "cooldown = -2", "ReduceLROnPlateau: cooldown must be a finite number >= 0, got -2",
        [](Fixture& f) { lr::ReduceLROnPlateau s(*f.optimizer, {.cooldown = -2}); }},
       {"lr.hpp:ReduceLROnPlateau", "threshold = -0.0001",
        "ReduceLROnPlateau: threshold must be a finite number >= 0, got -0.0001",
        [](Fixture& f) { lr::ReduceLROnPlateau s(*f.optimizer, {.threshold = -1e-4}); }},
       {"lr.hpp:ReduceLROnPlateau", "eps = nan", "ReduceLROnPlateau: eps must be a finite number >= 0, got nan",
        [](Fixture& f) { lr::ReduceLROnPlateau s(*f.optimizer, {.eps = nan}); }},
-      {"lr.hpp:ReduceLROnPlateau", "an empty min_lr list", "ReduceLROnPlateau: min_lr is empty",
+      {"lr.hpp:ReduceLROnPlateau", "an empty min_lr list", "ReduceLROnPlateau: min_lr is required",
        [](Fixture& f) { lr::ReduceLROnPlateau s(*f.optimizer, {.min_lr = std::vector<double>{}}); }},
       {"lr.hpp:ReduceLROnPlateau", "3 min_lrs for 2 groups", "ReduceLROnPlateau: expected 2 min_lrs, got 3",
        [](Fixture& f) { lr::ReduceLROnPlateau s(*f.optimizer, {.min_lr = {0.0, 0.0, 0.0}}); }},
@@ -1587,9 +1588,9 @@ Rows lr_constructor_rows() {
        [](Fixture& f) { lr::ReduceLROnPlateau s(f.last_held<NoLrOptimizer>()); },
        [](Fixture& f) { (void)no_lr_optimizer(f); }},
       {"lr.hpp:OneCycleLR", "epochs * steps_per_epoch overflows",
-       "OneCycleLR: epochs * steps_per_epoch = 4611686018427387904 * 4 overflows",
+       "OneCycleLR: epochs * steps_per_epoch = 1099511627776 * 1073741824 overflows",
        [](Fixture& f) {
-         lr::OneCycleLR s(*f.optimizer, {.max_lr = 0.1, .epochs = int64_t{1} << 62, .steps_per_epoch = 4});
+         lr::OneCycleLR s(*f.optimizer, {.max_lr = 0.1, .epochs = int64_t{1} << 40, .steps_per_epoch = int64_t{1} << 30});
        }},
       {"lr.hpp:OneCycleLR", "max_lr = nan", "OneCycleLR: max_lr must be finite numbers >= 0, got nan for param group 0",
        [](Fixture& f) { lr::OneCycleLR s(*f.optimizer, nan, 10); }},
@@ -1648,10 +1649,10 @@ Rows lr_composite_and_step_rows() {
          auto& other = adagrad(f);
          f.add_scheduler<lr::ExponentialLR>(other, 0.9);
        }},
-      {"lr.hpp:AnyScheduler", "a null shared_ptr", "torchkit::lr: a scheduler pointer is null",
+      {"lr.hpp:AnyScheduler", "a null shared_ptr", "AnyScheduler: the scheduler pointer is null",
        [](Fixture&) { lr::AnyScheduler any(std::shared_ptr<lr::StepLR>{}); }},
       {"lr.hpp:Scheduler::step", "OneCycleLR(total_steps = 2) stepped a third time",
-       "OneCycleLR: Tried to step 4 times. The specified number of total steps is 2",
+       "OneCycleLR::step: Tried to step 4 times. The specified number of total steps is 2",
        [](Fixture& f) { f.schedulers.at(0)->step(); },
        [](Fixture& f) {
          auto s = f.add_scheduler<lr::OneCycleLR>(*f.optimizer, 0.1, 2);
@@ -1659,7 +1660,7 @@ Rows lr_composite_and_step_rows() {
          s->step();
        }},
       {"lr.hpp:Scheduler::step", "SequentialLR over an exhausted OneCycleLR",
-       "OneCycleLR: Tried to step 4 times. The specified number of total steps is 2",
+       "OneCycleLR::step: Tried to step 4 times. The specified number of total steps is 2",
        [](Fixture& f) { f.schedulers.at(1)->step(); },
        [](Fixture& f) {
          auto one = f.add_scheduler<lr::OneCycleLR>(*f.optimizer, 0.1, 2);
@@ -1669,7 +1670,7 @@ Rows lr_composite_and_step_rows() {
          sequential->step();
        }},
       {"lr.hpp:Scheduler::step", "ChainedScheduler over an exhausted OneCycleLR (ExponentialLR first)",
-       "OneCycleLR: Tried to step 4 times. The specified number of total steps is 2",
+       "OneCycleLR::step: Tried to step 4 times. The specified number of total steps is 2",
        [](Fixture& f) { f.schedulers.at(2)->step(); },
        [](Fixture& f) {
          auto exponential = f.add_scheduler<lr::ExponentialLR>(*f.optimizer, 0.9);
@@ -1679,25 +1680,25 @@ Rows lr_composite_and_step_rows() {
          chained->step();
        }},
       {"lr.hpp:Scheduler::step", "a parameter group added after construction",
-       "StepLR: the optimizer has 3 parameter groups, but had 2 when the scheduler was created",
+       "StepLR::step: the optimizer has 3 parameter groups, but had 2 when the scheduler was created",
        [](Fixture& f) { f.schedulers.at(0)->step(); },
        [](Fixture& f) {
          f.add_scheduler<lr::StepLR>(*f.optimizer, 2);
          f.optimizer->add_param_group(torch::optim::OptimizerParamGroup({torch::zeros({1}, torch::requires_grad())}));
        }},
       {"lr.hpp:CosineAnnealingWarmRestarts::step", "epoch = -1",
-       "CosineAnnealingWarmRestarts: Expected non-negative epoch, but got -1",
+       "CosineAnnealingWarmRestarts::step: Expected non-negative epoch, but got -1",
        [](Fixture& f) { warm_restarts(f).step(-1.0); },
        [](Fixture& f) {
          auto s = f.add_scheduler<lr::CosineAnnealingWarmRestarts>(*f.optimizer, 4);
          s->step();
        }},
       {"lr.hpp:CosineAnnealingWarmRestarts::step", "epoch = nan",
-       "CosineAnnealingWarmRestarts: Expected non-negative epoch, but got nan",
+       "CosineAnnealingWarmRestarts::step: Expected non-negative epoch, but got nan",
        [](Fixture& f) { warm_restarts(f).step(nan); },
        [](Fixture& f) { f.add_scheduler<lr::CosineAnnealingWarmRestarts>(*f.optimizer, 4); }},
       {"lr.hpp:ReduceLROnPlateau::step", "a metric of 2 elements",
-       "ReduceLROnPlateau: the metric must be a one-element tensor, got shape [2]",
+       "ReduceLROnPlateau::step: the metric must be a one-element tensor, got shape [2]",
        [](Fixture& f) { f.held<lr::ReduceLROnPlateau>(0).step(f.tensors.at("metric")); },
        [](Fixture& f) {
          auto s = f.hold<lr::ReduceLROnPlateau>(*f.optimizer, lr::ReduceLROnPlateauOptions{.patience = 0});
@@ -1706,25 +1707,25 @@ Rows lr_composite_and_step_rows() {
          f.tensors["metric"] = torch::ones({2});
        }},
       {"lr.hpp:ReduceLROnPlateau::step", "an undefined metric",
-       "ReduceLROnPlateau: the metric must be a one-element tensor, got an undefined tensor",
+       "ReduceLROnPlateau::step: the metric must be a one-element tensor, got an undefined tensor",
        [](Fixture& f) { f.held<lr::ReduceLROnPlateau>(0).step(at::Tensor()); },
        [](Fixture& f) { probed(f, f.hold<lr::ReduceLROnPlateau>(*f.optimizer), "ReduceLROnPlateau"); }},
       {"lr.hpp:ReduceLROnPlateau::step", "a parameter group added after construction",
-       "ReduceLROnPlateau: the optimizer has 3 parameter groups, but had 2 when the scheduler was created",
+       "ReduceLROnPlateau::step: the optimizer has 3 parameter groups, but had 2 when the scheduler was created",
        [](Fixture& f) { f.held<lr::ReduceLROnPlateau>(0).step(5.0); },
        [](Fixture& f) {
          probed(f, f.hold<lr::ReduceLROnPlateau>(*f.optimizer), "ReduceLROnPlateau");
          f.optimizer->add_param_group(torch::optim::OptimizerParamGroup({torch::zeros({1}, torch::requires_grad())}));
        }},
       {"lr.hpp:SequentialLR", "a parameter group added after its schedulers",
-       "the optimizer has 3 parameter groups, but had 2 when the scheduler was created",
+       "SequentialLR: the scheduler at index 0 (LinearLR) was created for 2 parameter groups, the optimizer has 3",
        [](Fixture& f) { lr::SequentialLR s(*f.optimizer, {f.schedulers.at(0), f.schedulers.at(1)}, {3}); },
        [](Fixture& f) {
          two_schedulers(f);
          f.optimizer->add_param_group(torch::optim::OptimizerParamGroup({torch::zeros({1}, torch::requires_grad())}));
        }},
       {"lr.hpp:ChainedScheduler", "a parameter group added after its schedulers",
-       "the optimizer has 3 parameter groups, but had 2 when the scheduler was created",
+       "ChainedScheduler: the scheduler at index 0 (LinearLR) was created for 2 parameter groups, the optimizer has 3",
        [](Fixture& f) { lr::ChainedScheduler s({f.schedulers.at(0), f.schedulers.at(1)}); },
        [](Fixture& f) {
          two_schedulers(f);
@@ -1753,7 +1754,7 @@ Rows lr_load_rows() {
        [](Fixture& f) { loading(f)->load(archive_of(f)); },
        [](Fixture& f) { step_lr_and(f, [](Fixture& g) { return g.hold<torch::serialize::InputArchive>(); }); }},
       {"lr.hpp:Scheduler::load", "an ExponentialLR's state",
-       "StepLR::load: the archive holds the state of a ExponentialLR, not of a StepLR",
+       "StepLR::load: the archive holds the state of a scheduler of type ExponentialLR, not StepLR",
        [](Fixture& f) { loading(f)->load(archive_of(f)); },
        [](Fixture& f) {
          step_lr_and(f, [](Fixture& g) {
@@ -1768,7 +1769,8 @@ Rows lr_load_rows() {
            return saved_state(g, [](torch::optim::Optimizer& o) { return lr::StepLR(o, 5); }, 1);
          });
        }},
-      {"lr.hpp:Scheduler::load", "step_size = 0 in the archive", "StepLR: step_size must be a positive integer, got 0",
+      {"lr.hpp:Scheduler::load", "step_size = 0 in the archive",
+       "StepLR::load: Expected positive integer step_size, but got 0",
        [](Fixture& f) { loading(f)->load(archive_of(f)); },
        [](Fixture& f) {
          step_lr_and(f, [](Fixture& g) {
@@ -1779,7 +1781,7 @@ Rows lr_load_rows() {
          });
        }},
       {"lr.hpp:Scheduler::load", "gamma stored as an integer",
-       "StepLR::load: 'gamma' in the archive should be a float, got a Int",
+       "StepLR::load: 'gamma' in the archive should be a float, got a value of type Int",
        [](Fixture& f) { loading(f)->load(archive_of(f)); },
        [](Fixture& f) {
          step_lr_and(f, [](Fixture& g) {
@@ -1810,7 +1812,7 @@ Rows lr_load_rows() {
          (void)handmade_archive(f, entries);
        }},
       {"lr.hpp:Scheduler::load", "CyclicLR: saved without a custom scale_fn, loaded with one",
-       "CyclicLR::load: the archive was saved without a custom scale_fn, this scheduler has one",
+       "CyclicLR::load: the archive was saved without a scale_fn, this scheduler has one",
        [](Fixture& f) { loading(f)->load(archive_of(f)); },
        [](Fixture& f) {
          const lr::CyclicLROptions options{.base_lr = 0.01, .max_lr = 0.1, .scale_fn = [](double) { return 0.5; }};
@@ -1830,7 +1832,7 @@ Rows lr_load_rows() {
          });
        }},
       {"lr.hpp:Scheduler::load", "SequentialLR: a nested scheduler's bad value",
-       "ExponentialLR: gamma must be a finite number >= 0, got -2",
+       "SequentialLR::load (schedulers[1]): gamma must be a finite number >= 0, got -2",
        [](Fixture& f) { loading(f)->load(archive_of(f)); },
        [](Fixture& f) {
          auto sequential = f.add_scheduler<lr::SequentialLR>(*f.optimizer,
@@ -1877,14 +1879,14 @@ Rows lr_load_rows() {
          (void)f.hold<torch::serialize::InputArchive>();
        }},
       {"lr.hpp:ReduceLROnPlateau::load", "a StepLR's state",
-       "ReduceLROnPlateau::load: the archive holds the state of a StepLR, not of a ReduceLROnPlateau",
+       "ReduceLROnPlateau::load: the archive holds the state of a scheduler of type StepLR, not ReduceLROnPlateau",
        [](Fixture& f) { f.held<lr::ReduceLROnPlateau>(0).load(archive_of(f)); },
        [](Fixture& f) {
          probed(f, f.hold<lr::ReduceLROnPlateau>(*f.optimizer), "ReduceLROnPlateau");
          (void)saved_state(f, [](torch::optim::Optimizer& o) { return lr::StepLR(o, 5); });
        }},
       {"lr.hpp:ReduceLROnPlateau::load", "a state saved for 1 parameter group",
-       "ReduceLROnPlateau::load: expected 2 min_lrs, got 1",
+       "ReduceLROnPlateau::load: the archive was saved for 1 parameter groups, the optimizer has 2",
        [](Fixture& f) { f.held<lr::ReduceLROnPlateau>(0).load(archive_of(f)); },
        [](Fixture& f) {
          auto s = probed(f, f.hold<lr::ReduceLROnPlateau>(*f.optimizer, lr::ReduceLROnPlateauOptions{.patience = 0}),
@@ -1913,7 +1915,7 @@ Rows lr_load_rows() {
                                     {"threshold", c10::IValue(1e-4)},
                                     {"threshold_mode", c10::IValue(std::string("rel"))},
                                     {"cooldown", c10::IValue(int64_t{0})},
-                                    {"min_lrs", doubles({0.0, 0.0})},
+                                    {"min_lr", doubles({0.0, 0.0})},
                                     {"eps", c10::IValue(1e-8)},
                                     {"best", c10::IValue(0.5)},
                                     {"num_bad_epochs", c10::IValue(int64_t{0})},
@@ -1923,7 +1925,7 @@ Rows lr_load_rows() {
                                     {"optimizer_lrs", doubles({0.5, 0.5})}});
        }},
       {"lr.hpp:ReduceLROnPlateau::load", "patience stored as a float",
-       "ReduceLROnPlateau::load: 'patience' in the archive should be an integer, got a Double",
+       "ReduceLROnPlateau::load: 'patience' in the archive should be an integer, got a value of type Double",
        [](Fixture& f) { f.held<lr::ReduceLROnPlateau>(0).load(archive_of(f)); },
        [](Fixture& f) {
          probed(f, f.hold<lr::ReduceLROnPlateau>(*f.optimizer), "ReduceLROnPlateau");

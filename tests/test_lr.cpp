@@ -104,34 +104,40 @@ lr::GroupValues group_values(const json& value) {
   return value.get<double>();
 }
 
-// Sets `field` from args[key] when the golden case gives it, so that the C++ defaults are the
-// ones checked against Python's everywhere else.
-template <class T>
-void set_if(const json& args, const char* key, T& field) {
-  if (args.contains(key)) {
-    if constexpr (std::is_same_v<T, lr::GroupValues>) {
-      field = group_values(args.at(key));
-    } else if constexpr (std::is_same_v<T, std::optional<int64_t>>) {
-      field = args.at(key).get<int64_t>();
-    } else if constexpr (std::is_same_v<T, std::optional<double>>) {
-      field = args.at(key).get<double>();
-    } else {
-      field = args.at(key).get<T>();
+// The options of a golden case: every field the case gives, from the options' own field table
+// (so the C++ defaults are the ones checked against Python's everywhere else). A key that names
+// no field fails the test.
+template <class Options>
+Options options_from(const json& args) {
+  Options options;
+  std::set<std::string> known{"lr_lambda"};
+  torchkit::detail::lr::for_each_field<Options>([&](const auto& field) {
+    const std::string name(field.name);
+    known.insert(name);
+    auto& value = options.*field.member;
+    using T = std::remove_cvref_t<decltype(value)>;
+    if (!args.contains(name)) {
+      return;
     }
+    if constexpr (std::is_same_v<T, lr::GroupValues>) {
+      value = group_values(args.at(name));
+    } else if constexpr (std::is_same_v<T, std::function<double(double)>>) {
+      value = scale_fn_named(args.at(name).get<std::string>());
+    } else if constexpr (std::is_same_v<T, std::optional<int64_t>> || std::is_same_v<T, std::optional<double>>) {
+      value = args.at(name).get<typename T::value_type>();
+    } else if constexpr (!std::is_same_v<T, std::vector<lr::LrLambda>>) {
+      value = args.at(name).get<T>();
+    }
+  });
+  for (const auto& [key, value] : args.items()) {
+    INFO("argument ", key);
+    CHECK(known.contains(key));
   }
+  return options;
 }
 
 lr::ReduceLROnPlateauOptions plateau_options(const json& args) {
-  lr::ReduceLROnPlateauOptions options;
-  set_if(args, "mode", options.mode);
-  set_if(args, "factor", options.factor);
-  set_if(args, "patience", options.patience);
-  set_if(args, "threshold", options.threshold);
-  set_if(args, "threshold_mode", options.threshold_mode);
-  set_if(args, "cooldown", options.cooldown);
-  set_if(args, "min_lr", options.min_lr);
-  set_if(args, "eps", options.eps);
-  return options;
+  return options_from<lr::ReduceLROnPlateauOptions>(args);
 }
 
 std::shared_ptr<lr::Scheduler> make_scheduler(torch::optim::Optimizer& optimizer, const json& spec) {
@@ -148,105 +154,35 @@ std::shared_ptr<lr::Scheduler> make_scheduler(torch::optim::Optimizer& optimizer
     }
     return std::make_shared<lr::ChainedScheduler>(std::move(inner));
   }
-  if (type == "StepLR") {
-    lr::StepLROptions options;
-    set_if(args, "step_size", options.step_size);
-    set_if(args, "gamma", options.gamma);
-    return std::make_shared<lr::StepLR>(optimizer, options);
-  }
-  if (type == "MultiStepLR") {
-    lr::MultiStepLROptions options;
-    set_if(args, "milestones", options.milestones);
-    set_if(args, "gamma", options.gamma);
-    return std::make_shared<lr::MultiStepLR>(optimizer, options);
-  }
-  if (type == "ConstantLR") {
-    lr::ConstantLROptions options;
-    set_if(args, "factor", options.factor);
-    set_if(args, "total_iters", options.total_iters);
-    return std::make_shared<lr::ConstantLR>(optimizer, options);
-  }
-  if (type == "LinearLR") {
-    lr::LinearLROptions options;
-    set_if(args, "start_factor", options.start_factor);
-    set_if(args, "end_factor", options.end_factor);
-    set_if(args, "total_iters", options.total_iters);
-    return std::make_shared<lr::LinearLR>(optimizer, options);
-  }
-  if (type == "ExponentialLR") {
-    lr::ExponentialLROptions options;
-    set_if(args, "gamma", options.gamma);
-    return std::make_shared<lr::ExponentialLR>(optimizer, options);
-  }
-  if (type == "PolynomialLR") {
-    lr::PolynomialLROptions options;
-    set_if(args, "total_iters", options.total_iters);
-    set_if(args, "power", options.power);
-    return std::make_shared<lr::PolynomialLR>(optimizer, options);
-  }
-  if (type == "CosineAnnealingLR") {
-    lr::CosineAnnealingLROptions options;
-    set_if(args, "T_max", options.T_max);
-    set_if(args, "eta_min", options.eta_min);
-    return std::make_shared<lr::CosineAnnealingLR>(optimizer, options);
-  }
-  if (type == "CosineAnnealingWarmRestarts") {
-    lr::CosineAnnealingWarmRestartsOptions options;
-    set_if(args, "T_0", options.T_0);
-    set_if(args, "T_mult", options.T_mult);
-    set_if(args, "eta_min", options.eta_min);
-    return std::make_shared<lr::CosineAnnealingWarmRestarts>(optimizer, options);
-  }
   if (type == "LambdaLR" || type == "MultiplicativeLR") {
+    (void)options_from<lr::LrLambdas>(args);
     const json& names = args.at("lr_lambda");
-    if (names.is_array()) {
-      std::vector<lr::LrLambda> lambdas;
-      for (const auto& name : names) {
-        lambdas.push_back(lambda_named(name.get<std::string>()));
-      }
-      if (type == "LambdaLR") {
-        return std::make_shared<lr::LambdaLR>(optimizer, std::move(lambdas));
-      }
-      return std::make_shared<lr::MultiplicativeLR>(optimizer, std::move(lambdas));
+    std::vector<lr::LrLambda> lambdas;
+    for (const auto& name : names.is_array() ? names : json::array({names})) {
+      lambdas.push_back(lambda_named(name.get<std::string>()));
+    }
+    if (!names.is_array()) {  // one function for every group: the other constructor
+      return type == "LambdaLR" ? std::shared_ptr<lr::Scheduler>(std::make_shared<lr::LambdaLR>(optimizer, lambdas[0]))
+                                : std::make_shared<lr::MultiplicativeLR>(optimizer, lambdas[0]);
     }
     if (type == "LambdaLR") {
-      return std::make_shared<lr::LambdaLR>(optimizer, lambda_named(names.get<std::string>()));
+      return std::make_shared<lr::LambdaLR>(optimizer, std::move(lambdas));
     }
-    return std::make_shared<lr::MultiplicativeLR>(optimizer, lambda_named(names.get<std::string>()));
+    return std::make_shared<lr::MultiplicativeLR>(optimizer, std::move(lambdas));
   }
-  if (type == "OneCycleLR") {
-    lr::OneCycleLROptions options;
-    set_if(args, "max_lr", options.max_lr);
-    set_if(args, "total_steps", options.total_steps);
-    set_if(args, "epochs", options.epochs);
-    set_if(args, "steps_per_epoch", options.steps_per_epoch);
-    set_if(args, "pct_start", options.pct_start);
-    set_if(args, "anneal_strategy", options.anneal_strategy);
-    set_if(args, "cycle_momentum", options.cycle_momentum);
-    set_if(args, "base_momentum", options.base_momentum);
-    set_if(args, "max_momentum", options.max_momentum);
-    set_if(args, "div_factor", options.div_factor);
-    set_if(args, "final_div_factor", options.final_div_factor);
-    set_if(args, "three_phase", options.three_phase);
-    return std::make_shared<lr::OneCycleLR>(optimizer, options);
-  }
-  if (type == "CyclicLR") {
-    lr::CyclicLROptions options;
-    set_if(args, "base_lr", options.base_lr);
-    set_if(args, "max_lr", options.max_lr);
-    set_if(args, "step_size_up", options.step_size_up);
-    set_if(args, "step_size_down", options.step_size_down);
-    set_if(args, "mode", options.mode);
-    set_if(args, "gamma", options.gamma);
-    if (args.contains("scale_fn")) {
-      options.scale_fn = scale_fn_named(args.at("scale_fn").get<std::string>());
-    }
-    set_if(args, "scale_mode", options.scale_mode);
-    set_if(args, "cycle_momentum", options.cycle_momentum);
-    set_if(args, "base_momentum", options.base_momentum);
-    set_if(args, "max_momentum", options.max_momentum);
-    return std::make_shared<lr::CyclicLR>(optimizer, options);
-  }
+  const auto make = [&]<class S>(std::type_identity<S>) -> std::shared_ptr<lr::Scheduler> {
+    return std::make_shared<S>(optimizer, options_from<typename S::Options>(args));
+  };
+  if (type == "StepLR") return make(std::type_identity<lr::StepLR>{});
+  if (type == "MultiStepLR") return make(std::type_identity<lr::MultiStepLR>{});
+  if (type == "ConstantLR") return make(std::type_identity<lr::ConstantLR>{});
+  if (type == "LinearLR") return make(std::type_identity<lr::LinearLR>{});
+  if (type == "ExponentialLR") return make(std::type_identity<lr::ExponentialLR>{});
+  if (type == "PolynomialLR") return make(std::type_identity<lr::PolynomialLR>{});
+  if (type == "CosineAnnealingLR") return make(std::type_identity<lr::CosineAnnealingLR>{});
+  if (type == "CosineAnnealingWarmRestarts") return make(std::type_identity<lr::CosineAnnealingWarmRestarts>{});
+  if (type == "OneCycleLR") return make(std::type_identity<lr::OneCycleLR>{});
+  if (type == "CyclicLR") return make(std::type_identity<lr::CyclicLR>{});
   throw std::runtime_error("unknown scheduler " + type);
 }
 
@@ -838,7 +774,8 @@ TEST_CASE("load refuses another scheduler's state or another group count, changi
   torch::serialize::InputArchive in;
   in.load_from(stream);
   const auto message = message_of<torchkit::Error>([&] { exponential.load(in); });
-  CHECK(message.find("StepLR, not of a ExponentialLR") != std::string::npos);
+  CHECK(message.find("ExponentialLR::load: the archive holds the state of a scheduler of type StepLR, not ExponentialLR") !=
+        std::string::npos);
   CHECK(exponential.last_epoch() == 1);
   CHECK(lrs_of(*other.optimizer) == std::vector<double>{0.05, 0.005});
 
@@ -918,4 +855,87 @@ TEST_CASE("to_string and operator<<") {
   lr::SequentialLR sequential(*setup.optimizer, {lr::LinearLR(*setup.optimizer), lr::ExponentialLR(*setup.optimizer, 0.5)},
                               {5});
   CHECK(sequential.to_string().find("SequentialLR(schedulers=[LinearLR(start_factor=") == 0);
+}
+
+namespace {
+
+// The keys of the state `scheduler.save()` writes.
+template <class S>
+std::set<std::string> saved_keys(const S& scheduler) {
+  torch::serialize::OutputArchive out;
+  scheduler.save(out);
+  std::stringstream bytes;
+  out.save_to(bytes);
+  torch::serialize::InputArchive in;
+  in.load_from(bytes);
+  torch::serialize::InputArchive state;
+  REQUIRE(in.try_read("lr_scheduler", state));
+  const auto keys = state.keys();
+  return {keys.begin(), keys.end()};
+}
+
+// Every field of the scheduler's options table is printed by to_string() and saved by save().
+template <class S>
+void check_described(const S& scheduler) {
+  INFO(scheduler.to_string());
+  const auto keys = saved_keys(scheduler);
+  std::size_t fields = 0;
+  torchkit::detail::lr::for_each_field<std::remove_cvref_t<decltype(scheduler.options())>>([&](const auto& field) {
+    const std::string name(field.name);
+    INFO("field ", name);
+    CHECK(scheduler.to_string().find(name + "=") != std::string::npos);
+    CHECK(keys.contains(name));
+    ++fields;
+  });
+  CHECK(fields > 0);
+}
+
+}  // namespace
+
+TEST_CASE("each options struct's field table drives to_string, save and load") {
+  auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.01}}});
+  auto& optimizer = *setup.optimizer;
+  check_described(lr::StepLR(optimizer, 3));
+  check_described(lr::MultiStepLR(optimizer, {2, 4}));
+  check_described(lr::ConstantLR(optimizer));
+  check_described(lr::LinearLR(optimizer));
+  check_described(lr::ExponentialLR(optimizer, 0.9));
+  check_described(lr::PolynomialLR(optimizer));
+  check_described(lr::CosineAnnealingLR(optimizer, 10));
+  check_described(lr::CosineAnnealingWarmRestarts(optimizer, 10));
+  check_described(lr::LambdaLR(optimizer, lambda_named("exp095")));
+  check_described(lr::MultiplicativeLR(optimizer, lambda_named("const098")));
+  check_described(lr::OneCycleLR(optimizer, 0.1, 10));
+  check_described(lr::CyclicLR(optimizer, 0.01, 0.1));
+  lr::ReduceLROnPlateau plateau(optimizer);
+  check_described(plateau);
+
+  // load() reads every field back, and refuses a value the field's check refuses, naming the
+  // public function and the field.
+  lr::LinearLR saved(optimizer, {.start_factor = 0.25, .end_factor = 0.75, .total_iters = 7});
+  torch::serialize::OutputArchive out;
+  saved.save(out);
+  std::stringstream bytes;
+  out.save_to(bytes);
+  torch::serialize::InputArchive in;
+  in.load_from(bytes);
+  lr::LinearLR loaded(optimizer);
+  loaded.load(in);
+  CHECK(loaded.options().start_factor == 0.25);
+  CHECK(loaded.options().end_factor == 0.75);
+  CHECK(loaded.options().total_iters == 7);
+  CHECK(loaded.to_string() == saved.to_string());
+
+  // A custom scale_fn is not saved: loading requires the scheduler to have one again.
+  const auto with_fn = lr::CyclicLR(optimizer, {.base_lr = 0.01, .max_lr = 0.1, .scale_fn = scale_fn_named("slow_decay")});
+  torch::serialize::OutputArchive fn_out;
+  with_fn.save(fn_out);
+  std::stringstream fn_bytes;
+  fn_out.save_to(fn_bytes);
+  torch::serialize::InputArchive fn_in;
+  fn_in.load_from(fn_bytes);
+  lr::CyclicLR without(optimizer, 0.01, 0.1);
+  CHECK_THROWS_WITH_AS(without.load(fn_in),
+                       doctest::Contains("CyclicLR::load: the archive was saved with a scale_fn, this scheduler has none"),
+                       torchkit::Error);
 }

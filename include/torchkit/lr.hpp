@@ -49,9 +49,12 @@
 #include <ostream>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+// lr/scheduler.hpp: GroupValues, the field tables, Scheduler and RuleScheduler
 
 namespace torchkit::lr {
 
@@ -95,7 +98,7 @@ class GroupValues {
     if (values_.empty()) {
       return "None";
     }
-    return for_every_group_ ? fmt::format("{}", values_.front()) : detail::list_to_string(values_);
+    return for_every_group_ ? fmt::format("{}", values_.front()) : detail::lr::list_to_string(values_);
   }
 
  private:
@@ -107,12 +110,29 @@ class GroupValues {
 /// the factor applied to the current lr).
 using LrLambda = std::function<double(int64_t epoch)>;
 
+}  // namespace torchkit::lr
+
+namespace torchkit::detail::lr {
+
+/// A GroupValues argument that must be given, every value finite and >= 0.
+inline void check_group_values(std::string_view owner, std::string_view name, const torchkit::lr::GroupValues& value) {
+  TORCHKIT_CHECK(!value.empty(), "{}: {} is required", owner, name);
+  check_finite_non_negative(owner, name, value.values());
+}
+
+}  // namespace torchkit::detail::lr
+
+namespace torchkit::lr {
+
+template <class Rule>
+class RuleScheduler;
+class CompositeScheduler;
+
 /// The common base of every epoch-driven scheduler (Python's `_LRScheduler`), so that
-/// SequentialLR and ChainedScheduler can hold any of them.
-///
-/// A custom scheduler derives from it, implements `get_lr()` (and `arguments()`), and calls
-/// `record_initial_lrs()` and then `initial_step()` at the end of its constructor, as
-/// Python's `_LRScheduler.__init__` does.
+/// SequentialLR and ChainedScheduler can hold any of them. Its two direct kinds are
+/// RuleScheduler (a scheduler described by its options and a rule: every scheduler of Python's
+/// family but the composites) and CompositeScheduler (SequentialLR, ChainedScheduler); a new
+/// scheduler derives from RuleScheduler.
 class Scheduler {
  public:
   virtual ~Scheduler() = default;
@@ -146,26 +166,24 @@ class Scheduler {
   ///     scheduler.save(archive);
   ///     archive.save_to("checkpoint.pt");
   void save(torch::serialize::OutputArchive& archive) const {
-    torch::serialize::OutputArchive state(archive.compilation_unit());
-    detail::ArchiveWriter writer(state);
-    save_to(writer);
-    archive.write("lr_scheduler", state);
+    detail::lr::ArchiveWriter(archive).write_nested("lr_scheduler", [&](auto& writer) { save_to(writer); });
   }
 
   /// Restores the state written by `save()` (Python's `load_state_dict()`), and the lr (and
   /// cycled momentum) of every parameter group. Construct the optimizer and the scheduler as
   /// at the start of the run, then load both; the schedule continues exactly where the saved
-  /// run stopped. Throws Error (and changes nothing) when the
-  /// archive holds another kind of scheduler or a different number of parameter groups.
+  /// run stopped. Throws Error (and changes nothing) when the archive holds another kind of
+  /// scheduler, a different number of parameter groups, or any value the constructor would
+  /// refuse.
   ///
   ///     torch::serialize::InputArchive archive;
   ///     archive.load_from("checkpoint.pt");
   ///     optimizer.load(archive);
   ///     scheduler.load(archive);
   void load(torch::serialize::InputArchive& archive) {
-    detail::ArchiveReader outer(archive, type_name_ + "::load");
-    torch::serialize::InputArchive state = outer.read_archive("lr_scheduler");
-    detail::ArchiveReader reader(state, type_name_ + "::load");
+    const std::string owner = type_name_ + "::load";
+    torch::serialize::InputArchive state = detail::lr::ArchiveReader(archive, owner).read_nested("lr_scheduler");
+    detail::lr::ArchiveReader reader(state, owner);
     load_from(reader, /*apply=*/false);  // validates everything first
     load_from(reader, /*apply=*/true);
   }
@@ -173,7 +191,7 @@ class Scheduler {
   /// `StepLR(step_size=10, gamma=0.1) last_epoch=3 last_lr=[0.001, 0.0001]`.
   [[nodiscard]] std::string to_string() const {
     return fmt::format("{}({}) last_epoch={} last_lr={}", type_name_, arguments(), last_epoch_,
-                       detail::list_to_string(last_lr_));
+                       detail::lr::list_to_string(last_lr_));
   }
 
   friend std::ostream& operator<<(std::ostream& stream, const Scheduler& scheduler) {
@@ -181,17 +199,6 @@ class Scheduler {
   }
 
  protected:
-  /// Attaches to `optimizer`; throws Error when it has no parameter groups or its options
-  /// have no learning rate. Changes nothing.
-  Scheduler(torch::optim::Optimizer& optimizer, std::string type_name)
-      : optimizer_(&optimizer), type_name_(std::move(type_name)) {
-    TORCHKIT_CHECK(!optimizer.param_groups().empty(),
-                   "{}: the optimizer has no parameter groups; give it parameters before creating a scheduler",
-                   type_name_);
-    for (std::size_t index = 0; index < optimizer.param_groups().size(); ++index) {
-      (void)detail::group_lr(optimizer, index);
-    }
-  }
   Scheduler(const Scheduler&) = default;
   Scheduler(Scheduler&&) noexcept = default;
   Scheduler& operator=(const Scheduler&) = default;
@@ -218,66 +225,21 @@ class Scheduler {
   /// Whether this is a SequentialLR or ChainedScheduler (which cannot follow a milestone).
   [[nodiscard]] virtual bool is_composite() const noexcept { return false; }
   /// Writes what the subclass adds to the state.
-  virtual void save_state(detail::ArchiveWriter& /*writer*/) const {}
+  virtual void save_state(detail::lr::ArchiveWriter& writer) const = 0;
   /// Reads what the subclass adds; with `apply` false it only validates (and must throw
   /// Error for anything it would not accept), with `apply` true it commits.
-  virtual void load_state(detail::ArchiveReader& /*reader*/, bool /*apply*/) {}
-
-  /// Python's `param_group.setdefault('initial_lr', param_group['lr'])` for every group, then
-  /// `base_lrs = [group['initial_lr'] ...]`. With `overwrite`, sets them instead (OneCycleLR).
-  void record_initial_lrs(const std::vector<double>* overwrite = nullptr) {
-    initial_lrs_ = detail::shared_initial_lrs(*optimizer_);
-    auto& values = initial_lrs_->values;
-    const std::size_t group_count = optimizer_->param_groups().size();
-    for (std::size_t index = values.size(); index < group_count; ++index) {
-      values.push_back(detail::group_lr(*optimizer_, index));
-    }
-    if (overwrite != nullptr) {
-      std::copy(overwrite->begin(), overwrite->end(), values.begin());
-    }
-    base_lrs_.assign(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(group_count));
-  }
-
-  /// Python's `_initial_step()`: resets the step count and takes the first step (to epoch 0).
-  void initial_step() {
-    step_count_ = 0;
-    step();
-  }
+  virtual void load_state(detail::lr::ArchiveReader& reader, bool apply) = 0;
 
   /// Throws Error when parameter groups were added to the optimizer since construction.
   void check_group_count() const {
-    TORCHKIT_CHECK(optimizer_->param_groups().size() == base_lrs_.size(),
-                   "{}: the optimizer has {} parameter groups, but had {} when the scheduler was created",
-                   type_name_, optimizer_->param_groups().size(), base_lrs_.size());
-  }
-
-  /// The current lr of every group (Python's `[group['lr'] for group in param_groups]`).
-  [[nodiscard]] std::vector<double> group_lrs() const {
-    std::vector<double> lrs(optimizer_->param_groups().size());
-    for (std::size_t index = 0; index < lrs.size(); ++index) {
-      lrs[index] = detail::group_lr(*optimizer_, index);
-    }
-    return lrs;
-  }
-
-  /// The current momentum (or beta1) of every group; the optimizer must have one.
-  [[nodiscard]] std::vector<double> group_momentums() const {
-    std::vector<double> momentums(optimizer_->param_groups().size());
-    for (std::size_t index = 0; index < momentums.size(); ++index) {
-      momentums[index] = detail::group_momentum(*optimizer_, index);
-    }
-    return momentums;
+    detail::lr::check_group_count(*optimizer_, base_lrs_.size(), type_name_);
   }
 
   /// Sets the lr (and momentum, when given) of every group and records `last_lr_`.
   void apply(const std::vector<double>& lrs, const std::vector<double>& momentums = {}) {
-    for (std::size_t index = 0; index < lrs.size(); ++index) {
-      detail::set_group_lr(*optimizer_, index, lrs[index]);
-    }
-    for (std::size_t index = 0; index < momentums.size(); ++index) {
-      detail::set_group_momentum(*optimizer_, index, momentums[index]);
-    }
-    last_lr_ = group_lrs();
+    detail::lr::set_group_lrs(*optimizer_, lrs);
+    detail::lr::set_group_momentums(*optimizer_, momentums);
+    last_lr_ = detail::lr::group_lrs(*optimizer_);
   }
 
   /// Python's `_LRScheduler.step(epoch)`: counts the step, moves `last_epoch_` (by one, or to
@@ -306,42 +268,74 @@ class Scheduler {
 
   torch::optim::Optimizer* optimizer_;
   std::string type_name_;
-  std::shared_ptr<detail::InitialLrs> initial_lrs_;
+  std::shared_ptr<detail::lr::InitialLrs> initial_lrs_;
   std::vector<double> base_lrs_;
   int64_t last_epoch_ = -1;
   int64_t step_count_ = 0;
   std::vector<double> last_lr_;
 
  private:
-  friend class SequentialLR;
-  friend class ChainedScheduler;
+  template <class Rule>
+  friend class RuleScheduler;
+  friend class CompositeScheduler;
 
-  void save_to(detail::ArchiveWriter& writer) const {
-    writer.write_string("type", type_name_);
-    writer.write_int("last_epoch", last_epoch_);
-    writer.write_int("step_count", step_count_);
-    writer.write_doubles("base_lrs", base_lrs_);
-    writer.write_doubles("last_lr", last_lr_);
-    writer.write_doubles("initial_lrs", initial_lrs_ ? initial_lrs_->values : base_lrs_);
-    writer.write_doubles("optimizer_lrs", group_lrs());
+  /// Attaches to `optimizer`; throws Error when it has no parameter groups or its options
+  /// have no learning rate. Changes nothing. Only RuleScheduler and CompositeScheduler derive
+  /// from Scheduler directly: each finishes its own construction.
+  Scheduler(torch::optim::Optimizer& optimizer, std::string type_name)
+      : optimizer_(&optimizer), type_name_(std::move(type_name)) {
+    (void)detail::lr::check_optimizer(optimizer, type_name_);
+  }
+
+  /// What Python's `_LRScheduler.__init__` ends with: `param_group.setdefault('initial_lr',
+  /// param_group['lr'])` for every group (with `initial_lrs`, sets them instead: OneCycleLR),
+  /// `base_lrs = [group['initial_lr'] ...]`, then `_initial_step()` (to epoch 0).
+  void start(const std::vector<double>* initial_lrs = nullptr) {
+    initial_lrs_ = detail::lr::shared_initial_lrs(*optimizer_);
+    auto& values = initial_lrs_->values;
+    const std::size_t group_count = optimizer_->param_groups().size();
+    for (std::size_t index = values.size(); index < group_count; ++index) {
+      values.push_back(detail::lr::group_lr(*optimizer_, index));
+    }
+    if (initial_lrs != nullptr) {
+      std::copy(initial_lrs->begin(), initial_lrs->end(), values.begin());
+    }
+    base_lrs_.assign(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(group_count));
+    initial_step();
+  }
+
+  /// Python's `_initial_step()`: resets the step count and steps to epoch 0.
+  void initial_step() {
+    step_count_ = 0;
+    step();
+  }
+
+  void save_to(detail::lr::ArchiveWriter& writer) const {
+    writer.write("type", type_name_);
+    writer.write("last_epoch", last_epoch_);
+    writer.write("step_count", step_count_);
+    writer.write("base_lrs", base_lrs_);
+    writer.write("last_lr", last_lr_);
+    writer.write("initial_lrs", initial_lrs_ ? initial_lrs_->values : base_lrs_);
+    writer.write("optimizer_lrs", detail::lr::group_lrs(*optimizer_));
     save_state(writer);
   }
 
-  void load_from(detail::ArchiveReader& reader, bool apply) {
-    const std::string type = reader.read_string("type");
-    TORCHKIT_CHECK(type == type_name_, "{}: the archive holds the state of a {}, not of a {}", reader.owner(), type,
-                   type_name_);
-    const int64_t last_epoch = reader.read_int("last_epoch");
-    const int64_t step_count = reader.read_int("step_count");
-    constexpr int64_t epoch_limit = detail::max_count;  // exact as doubles; no run goes beyond
+  void load_from(detail::lr::ArchiveReader& reader, bool apply) {
+    const auto type = reader.read<std::string>("type");
+    TORCHKIT_CHECK(type == type_name_, "{}: the archive holds the state of a scheduler of type {}, not {}",
+                   reader.owner(), type, type_name_);
+    const auto last_epoch = reader.read<int64_t>("last_epoch");
+    const auto step_count = reader.read<int64_t>("step_count");
+    constexpr int64_t epoch_limit = detail::lr::max_count;  // exact as doubles; no run goes beyond
     TORCHKIT_CHECK(last_epoch >= -1 && last_epoch < epoch_limit,
                    "{}: last_epoch in the archive is {}; expected -1 <= last_epoch < 2^53", reader.owner(), last_epoch);
     TORCHKIT_CHECK(step_count >= 0 && step_count < epoch_limit,
                    "{}: step_count in the archive is {}; expected 0 <= step_count < 2^53", reader.owner(), step_count);
-    auto base_lrs = reader.read_doubles("base_lrs");
-    auto last_lr = reader.read_doubles("last_lr");
-    auto initial_lrs = reader.read_doubles("initial_lrs");
-    const auto optimizer_lrs = reader.read_doubles("optimizer_lrs");
+    auto base_lrs = reader.read<std::vector<double>>("base_lrs");
+    auto last_lr = reader.read<std::vector<double>>("last_lr");
+    auto initial_lrs = reader.read<std::vector<double>>("initial_lrs");
+    const auto optimizer_lrs = reader.read<std::vector<double>>("optimizer_lrs");
     const std::size_t group_count = optimizer_->param_groups().size();
     TORCHKIT_CHECK(base_lrs.size() == group_count && last_lr.size() == group_count &&
                        initial_lrs.size() >= group_count && optimizer_lrs.size() == group_count,
@@ -354,20 +348,175 @@ class Scheduler {
       base_lrs_ = std::move(base_lrs);
       last_lr_ = std::move(last_lr);
       if (!initial_lrs_) {
-        initial_lrs_ = detail::shared_initial_lrs(*optimizer_);
+        initial_lrs_ = detail::lr::shared_initial_lrs(*optimizer_);
       }
       initial_lrs_->values = std::move(initial_lrs);
-      for (std::size_t index = 0; index < group_count; ++index) {
-        detail::set_group_lr(*optimizer_, index, optimizer_lrs[index]);
-      }
+      detail::lr::set_group_lrs(*optimizer_, optimizer_lrs);
     }
   }
 };
 
+/// A scheduler described by its options and a rule, the base of every scheduler but the
+/// composites. `Rule` is a struct of static functions (the rules of the built-in schedulers
+/// live in `torchkit::detail::lr`):
+///
+/// - `name` (the class name) and `Options`, whose `static constexpr auto fields()` lists each
+///   field once: name, member, check. From that list RuleScheduler checks the options,
+///   prints `arguments()`, and saves and loads them (validate all, then apply).
+/// - either the multiplicative shape, `double factor(const Options&, int64_t epoch)` and
+///   `double closed_factor(const Options&, int64_t epoch)`, or
+///   `double lr(const View&, std::size_t group, double lr)` with, where Python has a closed
+///   form, `double closed_form_lr(const View&, std::size_t group)`;
+/// - optionally a `State` beside the options, made by `State prepare(const Options&, const
+///   Optimizer&, std::string_view owner)` (checks across fields and against the optimizer);
+///   `set_up(Optimizer&, const State&)` (changes made before the initial lrs are recorded);
+///   `initial_lrs(const State&)` (initial lrs to set rather than record); `check_step(const
+///   State&, int64_t epoch, std::string_view owner)` (an epoch the rule refuses);
+///   `momentum(const View&, std::size_t group)` (with a State derived from
+///   `detail::lr::Cycling`); `save(ArchiveWriter&, const State&)` and `load(ArchiveReader&,
+///   State&)` (state beyond the options).
+///
+/// Why a rule rather than virtual functions of the final class: C++ runs a base's constructor
+/// before the derived class exists, so a base cannot take Python's initial step through the
+/// derived class's overrides, and every scheduler had to end its constructor with "record the
+/// initial lrs, take the initial step". With static rules and the whole state held here,
+/// everything the initial step needs exists when RuleScheduler's constructor runs, so it
+/// finishes the construction itself: a scheduler's constructor only passes its options on.
+template <class Rule>
+class RuleScheduler : public Scheduler {
+ public:
+  using Options = typename Rule::Options;
+  using State = typename detail::lr::state_of<Rule>::type;
+  using View = detail::lr::View<Rule>;
 
-// ---------------------------------------------------------------------------------------------
-// StepLR
-// ---------------------------------------------------------------------------------------------
+  /// The arguments, as given (after `load()`: as loaded).
+  [[nodiscard]] const Options& options() const noexcept { return options_; }
+
+ protected:
+  /// Checks `options` (each field, then across fields and against the optimizer), then does
+  /// what Python's constructor does: set-up, the initial lrs, the initial step. Throws Error,
+  /// changing nothing, for anything the scheduler would not accept.
+  RuleScheduler(torch::optim::Optimizer& optimizer, Options options)
+      : Scheduler(optimizer, std::string(Rule::name)),
+        options_(std::move(options)),
+        state_(prepare(options_, optimizer, type_name_)) {
+    if constexpr (requires { Rule::set_up(optimizer, state_); }) {
+      Rule::set_up(optimizer, state_);
+    }
+    if constexpr (requires { Rule::initial_lrs(state_); }) {
+      start(&Rule::initial_lrs(state_));
+    } else {
+      start();
+    }
+  }
+  [[nodiscard]] View view() const {
+    return View{options_, state_, last_epoch_, step_count_, base_lrs_, initial_lrs_->values};
+  }
+
+  [[nodiscard]] std::vector<double> get_lr() const override {
+    if constexpr (checks_steps) {
+      Rule::check_step(state_, last_epoch_, type_name_ + "::step");
+    }
+    auto lrs = detail::lr::group_lrs(*optimizer_);
+    if constexpr (detail::lr::FactorRule<Rule>) {
+      const double factor = Rule::factor(options_, last_epoch_);
+      for (double& lr : lrs) {
+        lr = lr * factor;
+      }
+    } else {
+      const View now = view();
+      for (std::size_t group = 0; group < lrs.size(); ++group) {
+        lrs[group] = Rule::lr(now, group, lrs[group]);
+      }
+    }
+    return lrs;
+  }
+
+  [[nodiscard]] std::optional<std::vector<double>> closed_form_lr() const override {
+    constexpr bool has_closed_form = requires(const View& at) { Rule::closed_form_lr(at, std::size_t{}); };
+    if constexpr (detail::lr::FactorRule<Rule> || has_closed_form) {
+      std::vector<double> lrs(base_lrs_.size());
+      for (std::size_t group = 0; group < lrs.size(); ++group) {
+        if constexpr (detail::lr::FactorRule<Rule>) {
+          lrs[group] = base_lrs_[group] * Rule::closed_factor(options_, last_epoch_);
+        } else {
+          lrs[group] = Rule::closed_form_lr(view(), group);
+        }
+      }
+      return lrs;
+    } else {
+      return std::nullopt;
+    }
+  }
+
+ private:
+  static constexpr bool checks_steps = requires(const State& state, std::string_view owner) {
+    Rule::check_step(state, int64_t{}, owner);
+  };
+
+  static State prepare(const Options& options, const torch::optim::Optimizer& optimizer, std::string_view owner) {
+    detail::lr::check_fields(options, owner);
+    if constexpr (requires { Rule::prepare(options, optimizer, owner); }) {
+      return Rule::prepare(options, optimizer, owner);
+    } else {
+      return State{};
+    }
+  }
+
+  [[nodiscard]] std::vector<double> get_momentum() const override {
+    std::vector<double> momentums;
+    if constexpr (std::derived_from<State, detail::lr::Cycling>) {
+      if (state_.cycle_momentum) {
+        const View now = view();
+        for (std::size_t group = 0; group < base_lrs_.size(); ++group) {
+          momentums.push_back(Rule::momentum(now, group));
+        }
+      }
+    }
+    return momentums;
+  }
+
+  void check_next_step() const override {
+    if constexpr (checks_steps) {
+      Rule::check_step(state_, last_epoch_ + 1, type_name_ + "::step");
+    }
+  }
+
+  [[nodiscard]] std::string arguments() const override { return detail::lr::format_fields(options_); }
+
+  void save_state(detail::lr::ArchiveWriter& writer) const override {
+    detail::lr::save_fields(writer, options_);
+    if constexpr (requires { Rule::save(writer, state_); }) {
+      Rule::save(writer, state_);
+    }
+    if constexpr (std::derived_from<State, detail::lr::Cycling>) {
+      detail::lr::save_cycling(writer, state_, *optimizer_);
+    }
+  }
+
+  void load_state(detail::lr::ArchiveReader& reader, bool apply) override {
+    Options options = detail::lr::load_fields(reader, options_);
+    State state = prepare(options, *optimizer_, reader.owner());
+    if constexpr (requires { Rule::load(reader, state); }) {
+      Rule::load(reader, state);
+    }
+    std::vector<double> momentums;
+    if constexpr (std::derived_from<State, detail::lr::Cycling>) {
+      momentums = detail::lr::load_cycling(reader, state, *optimizer_);
+    }
+    if (apply) {
+      options_ = std::move(options);
+      state_ = std::move(state);
+      detail::lr::set_group_momentums(*optimizer_, momentums);
+    }
+  }
+
+ protected:
+  Options options_;
+  State state_;
+};
+
+// lr/decay.hpp: the multiplicative family and cosine annealing
 
 /// StepLR's arguments (Python's names and defaults; `step_size` is required).
 struct StepLROptions {
@@ -375,70 +524,13 @@ struct StepLROptions {
   std::optional<int64_t> step_size{};
   /// Multiplicative factor of learning rate decay (>= 0).
   double gamma = 0.1;
+
+  static constexpr auto fields() {
+    using namespace detail::lr;
+    return std::tuple{field("step_size", &StepLROptions::step_size, required<int64_t, check_count>),
+                      field("gamma", &StepLROptions::gamma, check_finite_non_negative)};
+  }
 };
-
-/// Decays each group's lr by `gamma` every `step_size` epochs
-/// (`torch.optim.lr_scheduler.StepLR`). Throws Error for `step_size <= 0` or `gamma < 0`.
-///
-///     torchkit::lr::StepLR scheduler(optimizer, 30, 0.1);  // 0.05 → 0.005 at epoch 30 → ...
-class StepLR final : public Scheduler {
- public:
-  StepLR(torch::optim::Optimizer& optimizer, int64_t step_size, double gamma = 0.1)
-      : StepLR(optimizer, StepLROptions{.step_size = step_size, .gamma = gamma}) {}
-  StepLR(torch::optim::Optimizer& optimizer, const StepLROptions& options)
-      : Scheduler(optimizer, "StepLR"), options_(options) {
-    validate(options_);
-    record_initial_lrs();
-    initial_step();
-  }
-
-  [[nodiscard]] const StepLROptions& options() const noexcept { return options_; }
-
- private:
-  static void validate(const StepLROptions& options) {
-    TORCHKIT_CHECK(options.step_size.has_value(), "StepLR: step_size is required");
-    detail::check_positive("StepLR", "step_size", *options.step_size);
-    detail::check_non_negative("StepLR", "gamma", options.gamma);
-  }
-  [[nodiscard]] std::vector<double> get_lr() const override {
-    auto lrs = group_lrs();
-    if (last_epoch_ == 0 || detail::python_mod(last_epoch_, *options_.step_size) != 0) {
-      return lrs;
-    }
-    for (double& lr : lrs) {
-      lr = lr * options_.gamma;
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::optional<std::vector<double>> closed_form_lr() const override {
-    std::vector<double> lrs;
-    const auto exponent = static_cast<double>(detail::python_floor_div(last_epoch_, *options_.step_size));
-    for (const double base_lr : base_lrs_) {
-      lrs.push_back(base_lr * std::pow(options_.gamma, exponent));
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::string arguments() const override {
-    return fmt::format("step_size={}, gamma={}", *options_.step_size, options_.gamma);
-  }
-  void save_state(detail::ArchiveWriter& writer) const override {
-    writer.write_int("step_size", *options_.step_size);
-    writer.write_double("gamma", options_.gamma);
-  }
-  void load_state(detail::ArchiveReader& reader, bool apply) override {
-    StepLROptions options{.step_size = reader.read_int("step_size"), .gamma = reader.read_double("gamma")};
-    validate(options);
-    if (apply) {
-      options_ = options;
-    }
-  }
-
-  StepLROptions options_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// MultiStepLR
-// ---------------------------------------------------------------------------------------------
 
 /// MultiStepLR's arguments.
 struct MultiStepLROptions {
@@ -447,71 +539,13 @@ struct MultiStepLROptions {
   std::vector<int64_t> milestones{};
   /// Multiplicative factor of learning rate decay (>= 0).
   double gamma = 0.1;
+
+  static constexpr auto fields() {
+    using namespace detail::lr;
+    return std::tuple{field("milestones", &MultiStepLROptions::milestones, check_milestones),
+                      field("gamma", &MultiStepLROptions::gamma, check_finite_non_negative)};
+  }
 };
-
-/// Decays each group's lr by `gamma` at each milestone epoch
-/// (`torch.optim.lr_scheduler.MultiStepLR`). Throws Error for negative or unsorted milestones
-/// or `gamma < 0`.
-///
-///     torchkit::lr::MultiStepLR scheduler(optimizer, {30, 80}, 0.1);
-class MultiStepLR final : public Scheduler {
- public:
-  MultiStepLR(torch::optim::Optimizer& optimizer, std::vector<int64_t> milestones, double gamma = 0.1)
-      : MultiStepLR(optimizer, MultiStepLROptions{.milestones = std::move(milestones), .gamma = gamma}) {}
-  MultiStepLR(torch::optim::Optimizer& optimizer, MultiStepLROptions options)
-      : Scheduler(optimizer, "MultiStepLR"), options_(std::move(options)) {
-    validate(options_);
-    record_initial_lrs();
-    initial_step();
-  }
-
-  [[nodiscard]] const MultiStepLROptions& options() const noexcept { return options_; }
-
- private:
-  static void validate(const MultiStepLROptions& options) {
-    detail::check_milestones("MultiStepLR", options.milestones);
-    detail::check_non_negative("MultiStepLR", "gamma", options.gamma);
-  }
-  [[nodiscard]] std::vector<double> get_lr() const override {
-    auto lrs = group_lrs();
-    const auto count = std::count(options_.milestones.begin(), options_.milestones.end(), last_epoch_);
-    if (count == 0) {
-      return lrs;
-    }
-    for (double& lr : lrs) {
-      lr = lr * std::pow(options_.gamma, static_cast<double>(count));
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::optional<std::vector<double>> closed_form_lr() const override {
-    std::vector<double> lrs;
-    const auto exponent = static_cast<double>(detail::bisect_right(options_.milestones, last_epoch_));
-    for (const double base_lr : base_lrs_) {
-      lrs.push_back(base_lr * std::pow(options_.gamma, exponent));
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::string arguments() const override {
-    return fmt::format("milestones={}, gamma={}", detail::list_to_string(options_.milestones), options_.gamma);
-  }
-  void save_state(detail::ArchiveWriter& writer) const override {
-    writer.write_ints("milestones", options_.milestones);
-    writer.write_double("gamma", options_.gamma);
-  }
-  void load_state(detail::ArchiveReader& reader, bool apply) override {
-    MultiStepLROptions options{.milestones = reader.read_ints("milestones"), .gamma = reader.read_double("gamma")};
-    validate(options);
-    if (apply) {
-      options_ = std::move(options);
-    }
-  }
-
-  MultiStepLROptions options_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// ConstantLR
-// ---------------------------------------------------------------------------------------------
 
 /// ConstantLR's arguments.
 struct ConstantLROptions {
@@ -519,79 +553,13 @@ struct ConstantLROptions {
   double factor = 1.0 / 3;
   /// The number of epochs the factor applies (> 0).
   int64_t total_iters = 5;
+
+  static constexpr auto fields() {
+    using namespace detail::lr;
+    return std::tuple{field("factor", &ConstantLROptions::factor, check_factor),
+                      field("total_iters", &ConstantLROptions::total_iters, check_count)};
+  }
 };
-
-/// Multiplies each group's lr by `factor` until epoch `total_iters`
-/// (`torch.optim.lr_scheduler.ConstantLR`). Throws Error for a factor outside (0, 1] (Python
-/// accepts 0 but then divides by it) or `total_iters <= 0`.
-///
-///     torchkit::lr::ConstantLR scheduler(optimizer, {.factor = 0.5, .total_iters = 4});
-class ConstantLR final : public Scheduler {
- public:
-  explicit ConstantLR(torch::optim::Optimizer& optimizer, double factor = 1.0 / 3, int64_t total_iters = 5)
-      : ConstantLR(optimizer, ConstantLROptions{.factor = factor, .total_iters = total_iters}) {}
-  ConstantLR(torch::optim::Optimizer& optimizer, const ConstantLROptions& options)
-      : Scheduler(optimizer, "ConstantLR"), options_(options) {
-    validate(options_);
-    record_initial_lrs();
-    initial_step();
-  }
-
-  [[nodiscard]] const ConstantLROptions& options() const noexcept { return options_; }
-
- private:
-  static void validate(const ConstantLROptions& options) {
-    TORCHKIT_CHECK(options.factor > 0 && options.factor <= 1.0,
-                   "ConstantLR: Constant multiplicative factor expected to be between 0 and 1 (0 excluded), got "
-                   "factor={}",
-                   options.factor);
-    detail::check_positive("ConstantLR", "total_iters", options.total_iters);
-  }
-  [[nodiscard]] std::vector<double> get_lr() const override {
-    auto lrs = group_lrs();
-    if (last_epoch_ == 0) {
-      for (double& lr : lrs) {
-        lr = lr * options_.factor;
-      }
-      return lrs;
-    }
-    if (last_epoch_ != options_.total_iters) {
-      return lrs;
-    }
-    for (double& lr : lrs) {
-      lr = lr * (1.0 / options_.factor);
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::optional<std::vector<double>> closed_form_lr() const override {
-    std::vector<double> lrs;
-    const double reached = last_epoch_ >= options_.total_iters ? 1.0 : 0.0;
-    for (const double base_lr : base_lrs_) {
-      lrs.push_back(base_lr * (options_.factor + reached * (1 - options_.factor)));
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::string arguments() const override {
-    return fmt::format("factor={}, total_iters={}", options_.factor, options_.total_iters);
-  }
-  void save_state(detail::ArchiveWriter& writer) const override {
-    writer.write_double("factor", options_.factor);
-    writer.write_int("total_iters", options_.total_iters);
-  }
-  void load_state(detail::ArchiveReader& reader, bool apply) override {
-    ConstantLROptions options{.factor = reader.read_double("factor"), .total_iters = reader.read_int("total_iters")};
-    validate(options);
-    if (apply) {
-      options_ = options;
-    }
-  }
-
-  ConstantLROptions options_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// LinearLR
-// ---------------------------------------------------------------------------------------------
 
 /// LinearLR's arguments.
 struct LinearLROptions {
@@ -601,156 +569,25 @@ struct LinearLROptions {
   double end_factor = 1.0;
   /// The number of epochs over which the factor changes linearly (> 0).
   int64_t total_iters = 5;
+
+  static constexpr auto fields() {
+    using namespace detail::lr;
+    return std::tuple{field("start_factor", &LinearLROptions::start_factor, check_factor),
+                      field("end_factor", &LinearLROptions::end_factor, check_factor),
+                      field("total_iters", &LinearLROptions::total_iters, check_count)};
+  }
 };
-
-/// Changes each group's lr linearly from `start_factor` to `end_factor` times its initial lr
-/// over `total_iters` epochs (`torch.optim.lr_scheduler.LinearLR`), the usual warm-up.
-/// Throws Error for factors outside their range (a start factor of 0 would divide by zero) or
-/// `total_iters <= 0`.
-///
-///     torchkit::lr::LinearLR warmup(optimizer, {.start_factor = 0.1, .total_iters = 5});
-class LinearLR final : public Scheduler {
- public:
-  explicit LinearLR(torch::optim::Optimizer& optimizer, double start_factor = 1.0 / 3, double end_factor = 1.0,
-                    int64_t total_iters = 5)
-      : LinearLR(optimizer, LinearLROptions{.start_factor = start_factor, .end_factor = end_factor,
-                                            .total_iters = total_iters}) {}
-  LinearLR(torch::optim::Optimizer& optimizer, const LinearLROptions& options)
-      : Scheduler(optimizer, "LinearLR"), options_(options) {
-    validate(options_);
-    record_initial_lrs();
-    initial_step();
-  }
-
-  [[nodiscard]] const LinearLROptions& options() const noexcept { return options_; }
-
- private:
-  static void validate(const LinearLROptions& options) {
-    TORCHKIT_CHECK(options.start_factor > 0 && options.start_factor <= 1.0,
-                   "LinearLR: Starting multiplicative factor expected to be between 0 and 1 (0 excluded: the lr is "
-                   "divided by it), got start_factor={}",
-                   options.start_factor);
-    TORCHKIT_CHECK(options.end_factor >= 0 && options.end_factor <= 1.0,
-                   "LinearLR: Ending multiplicative factor expected to be between 0 and 1, got end_factor={}",
-                   options.end_factor);
-    detail::check_positive("LinearLR", "total_iters", options.total_iters);
-  }
-  [[nodiscard]] std::vector<double> get_lr() const override {
-    auto lrs = group_lrs();
-    const auto& [start_factor, end_factor, total_iters] = options_;
-    if (last_epoch_ == 0) {
-      for (double& lr : lrs) {
-        lr = lr * start_factor;
-      }
-      return lrs;
-    }
-    if (last_epoch_ > total_iters) {
-      return lrs;
-    }
-    const double factor =
-        1. + (end_factor - start_factor) / (static_cast<double>(total_iters) * start_factor +
-                                            static_cast<double>(last_epoch_ - 1) * (end_factor - start_factor));
-    for (double& lr : lrs) {
-      lr = lr * factor;
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::optional<std::vector<double>> closed_form_lr() const override {
-    std::vector<double> lrs;
-    const auto& [start_factor, end_factor, total_iters] = options_;
-    const auto reached = static_cast<double>(std::min(total_iters, last_epoch_));
-    for (const double base_lr : base_lrs_) {
-      lrs.push_back(base_lr *
-                    (start_factor + (end_factor - start_factor) * reached / static_cast<double>(total_iters)));
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::string arguments() const override {
-    return fmt::format("start_factor={}, end_factor={}, total_iters={}", options_.start_factor, options_.end_factor,
-                       options_.total_iters);
-  }
-  void save_state(detail::ArchiveWriter& writer) const override {
-    writer.write_double("start_factor", options_.start_factor);
-    writer.write_double("end_factor", options_.end_factor);
-    writer.write_int("total_iters", options_.total_iters);
-  }
-  void load_state(detail::ArchiveReader& reader, bool apply) override {
-    LinearLROptions options{.start_factor = reader.read_double("start_factor"),
-                            .end_factor = reader.read_double("end_factor"),
-                            .total_iters = reader.read_int("total_iters")};
-    validate(options);
-    if (apply) {
-      options_ = options;
-    }
-  }
-
-  LinearLROptions options_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// ExponentialLR
-// ---------------------------------------------------------------------------------------------
 
 /// ExponentialLR's arguments (`gamma` is required).
 struct ExponentialLROptions {
   /// Multiplicative factor of learning rate decay, applied every epoch (>= 0).
   std::optional<double> gamma{};
+
+  static constexpr auto fields() {
+    using namespace detail::lr;
+    return std::tuple{field("gamma", &ExponentialLROptions::gamma, required<double, check_finite_non_negative>)};
+  }
 };
-
-/// Multiplies each group's lr by `gamma` every epoch (`torch.optim.lr_scheduler.ExponentialLR`).
-///
-///     torchkit::lr::ExponentialLR scheduler(optimizer, 0.95);
-class ExponentialLR final : public Scheduler {
- public:
-  ExponentialLR(torch::optim::Optimizer& optimizer, double gamma)
-      : ExponentialLR(optimizer, ExponentialLROptions{.gamma = gamma}) {}
-  ExponentialLR(torch::optim::Optimizer& optimizer, const ExponentialLROptions& options)
-      : Scheduler(optimizer, "ExponentialLR"), options_(options) {
-    validate(options_);
-    record_initial_lrs();
-    initial_step();
-  }
-
-  [[nodiscard]] const ExponentialLROptions& options() const noexcept { return options_; }
-
- private:
-  static void validate(const ExponentialLROptions& options) {
-    TORCHKIT_CHECK(options.gamma.has_value(), "ExponentialLR: gamma is required");
-    detail::check_non_negative("ExponentialLR", "gamma", *options.gamma);
-  }
-  [[nodiscard]] std::vector<double> get_lr() const override {
-    auto lrs = group_lrs();
-    if (last_epoch_ == 0) {
-      return lrs;
-    }
-    for (double& lr : lrs) {
-      lr = lr * *options_.gamma;
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::optional<std::vector<double>> closed_form_lr() const override {
-    std::vector<double> lrs;
-    for (const double base_lr : base_lrs_) {
-      lrs.push_back(base_lr * std::pow(*options_.gamma, static_cast<double>(last_epoch_)));
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::string arguments() const override { return fmt::format("gamma={}", *options_.gamma); }
-  void save_state(detail::ArchiveWriter& writer) const override { writer.write_double("gamma", *options_.gamma); }
-  void load_state(detail::ArchiveReader& reader, bool apply) override {
-    ExponentialLROptions options{.gamma = reader.read_double("gamma")};
-    validate(options);
-    if (apply) {
-      options_ = options;
-    }
-  }
-
-  ExponentialLROptions options_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// PolynomialLR
-// ---------------------------------------------------------------------------------------------
 
 /// PolynomialLR's arguments.
 struct PolynomialLROptions {
@@ -758,75 +595,13 @@ struct PolynomialLROptions {
   int64_t total_iters = 5;
   /// The power of the polynomial (>= 0).
   double power = 1.0;
+
+  static constexpr auto fields() {
+    using namespace detail::lr;
+    return std::tuple{field("total_iters", &PolynomialLROptions::total_iters, check_count),
+                      field("power", &PolynomialLROptions::power, check_finite_non_negative)};
+  }
 };
-
-/// Decays each group's lr as `(1 - epoch / total_iters) ** power` times its initial lr
-/// (`torch.optim.lr_scheduler.PolynomialLR`).
-///
-///     torchkit::lr::PolynomialLR scheduler(optimizer, {.total_iters = 4, .power = 1.0});
-class PolynomialLR final : public Scheduler {
- public:
-  explicit PolynomialLR(torch::optim::Optimizer& optimizer, int64_t total_iters = 5, double power = 1.0)
-      : PolynomialLR(optimizer, PolynomialLROptions{.total_iters = total_iters, .power = power}) {}
-  PolynomialLR(torch::optim::Optimizer& optimizer, const PolynomialLROptions& options)
-      : Scheduler(optimizer, "PolynomialLR"), options_(options) {
-    validate(options_);
-    record_initial_lrs();
-    initial_step();
-  }
-
-  [[nodiscard]] const PolynomialLROptions& options() const noexcept { return options_; }
-
- private:
-  static void validate(const PolynomialLROptions& options) {
-    detail::check_positive("PolynomialLR", "total_iters", options.total_iters);
-    detail::check_non_negative("PolynomialLR", "power", options.power);
-  }
-  [[nodiscard]] std::vector<double> get_lr() const override {
-    auto lrs = group_lrs();
-    if (last_epoch_ == 0 || last_epoch_ > options_.total_iters) {
-      return lrs;
-    }
-    const auto total_iters = static_cast<double>(options_.total_iters);
-    const double decay_factor =
-        std::pow((1.0 - static_cast<double>(last_epoch_) / total_iters) /
-                     (1.0 - static_cast<double>(last_epoch_ - 1) / total_iters),
-                 options_.power);
-    for (double& lr : lrs) {
-      lr = lr * decay_factor;
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::optional<std::vector<double>> closed_form_lr() const override {
-    std::vector<double> lrs;
-    const auto reached = static_cast<double>(std::min(options_.total_iters, last_epoch_));
-    for (const double base_lr : base_lrs_) {
-      lrs.push_back(base_lr *
-                    std::pow(1.0 - reached / static_cast<double>(options_.total_iters), options_.power));
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::string arguments() const override {
-    return fmt::format("total_iters={}, power={}", options_.total_iters, options_.power);
-  }
-  void save_state(detail::ArchiveWriter& writer) const override {
-    writer.write_int("total_iters", options_.total_iters);
-    writer.write_double("power", options_.power);
-  }
-  void load_state(detail::ArchiveReader& reader, bool apply) override {
-    PolynomialLROptions options{.total_iters = reader.read_int("total_iters"), .power = reader.read_double("power")};
-    validate(options);
-    if (apply) {
-      options_ = options;
-    }
-  }
-
-  PolynomialLROptions options_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// CosineAnnealingLR
-// ---------------------------------------------------------------------------------------------
 
 /// CosineAnnealingLR's arguments (`T_max` is required; the names are Python's).
 struct CosineAnnealingLROptions {
@@ -834,92 +609,13 @@ struct CosineAnnealingLROptions {
   std::optional<int64_t> T_max{};  // NOLINT(readability-identifier-naming): Python's name
   /// Minimum learning rate (>= 0).
   double eta_min = 0.0;
+
+  static constexpr auto fields() {
+    using namespace detail::lr;
+    return std::tuple{field("T_max", &CosineAnnealingLROptions::T_max, required<int64_t, check_count>),
+                      field("eta_min", &CosineAnnealingLROptions::eta_min, check_finite_non_negative)};
+  }
 };
-
-/// Anneals each group's lr from its initial lr to `eta_min` along a cosine over `T_max` epochs
-/// (and back up over the next `T_max`) with Python's recursive formula
-/// (`torch.optim.lr_scheduler.CosineAnnealingLR`).
-///
-///     torchkit::lr::CosineAnnealingLR scheduler(optimizer, {.T_max = 100, .eta_min = 1e-5});
-class CosineAnnealingLR final : public Scheduler {
- public:
-  CosineAnnealingLR(torch::optim::Optimizer& optimizer, int64_t T_max, double eta_min = 0.0)  // NOLINT
-      : CosineAnnealingLR(optimizer, CosineAnnealingLROptions{.T_max = T_max, .eta_min = eta_min}) {}
-  CosineAnnealingLR(torch::optim::Optimizer& optimizer, const CosineAnnealingLROptions& options)
-      : Scheduler(optimizer, "CosineAnnealingLR"), options_(options) {
-    validate(options_);
-    record_initial_lrs();
-    initial_step();
-  }
-
-  [[nodiscard]] const CosineAnnealingLROptions& options() const noexcept { return options_; }
-
- private:
-  static void validate(const CosineAnnealingLROptions& options) {
-    TORCHKIT_CHECK(options.T_max.has_value(), "CosineAnnealingLR: T_max is required");
-    detail::check_positive("CosineAnnealingLR", "T_max", *options.T_max);
-    detail::check_non_negative("CosineAnnealingLR", "eta_min", options.eta_min);
-  }
-  [[nodiscard]] std::vector<double> get_lr() const override {
-    constexpr double pi = std::numbers::pi;
-    const double eta_min = options_.eta_min;
-    const int64_t T_max = *options_.T_max;  // NOLINT(readability-identifier-naming)
-    const auto t_max = static_cast<double>(T_max);
-    const auto epoch = static_cast<double>(last_epoch_);
-    auto lrs = group_lrs();
-    if (last_epoch_ == 0) {
-      return lrs;
-    }
-    if (step_count_ == 1 && last_epoch_ > 0) {
-      for (std::size_t index = 0; index < lrs.size(); ++index) {
-        lrs[index] = eta_min + (base_lrs_[index] - eta_min) * (1 + std::cos(epoch * pi / t_max)) / 2;
-      }
-      return lrs;
-    }
-    if (detail::python_mod(last_epoch_ - 1 - T_max, 2 * T_max) == 0) {
-      for (std::size_t index = 0; index < lrs.size(); ++index) {
-        lrs[index] = lrs[index] + (base_lrs_[index] - eta_min) * (1 - std::cos(pi / t_max)) / 2;
-      }
-      return lrs;
-    }
-    for (double& lr : lrs) {
-      lr = (1 + std::cos(pi * epoch / t_max)) / (1 + std::cos(pi * (epoch - 1) / t_max)) * (lr - eta_min) + eta_min;
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::optional<std::vector<double>> closed_form_lr() const override {
-    constexpr double pi = std::numbers::pi;
-    std::vector<double> lrs;
-    const double eta_min = options_.eta_min;
-    for (const double base_lr : base_lrs_) {
-      lrs.push_back(eta_min + (base_lr - eta_min) *
-                                  (1 + std::cos(pi * static_cast<double>(last_epoch_) /
-                                                static_cast<double>(*options_.T_max))) /
-                                  2);
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::string arguments() const override {
-    return fmt::format("T_max={}, eta_min={}", *options_.T_max, options_.eta_min);
-  }
-  void save_state(detail::ArchiveWriter& writer) const override {
-    writer.write_int("T_max", *options_.T_max);
-    writer.write_double("eta_min", options_.eta_min);
-  }
-  void load_state(detail::ArchiveReader& reader, bool apply) override {
-    CosineAnnealingLROptions options{.T_max = reader.read_int("T_max"), .eta_min = reader.read_double("eta_min")};
-    validate(options);
-    if (apply) {
-      options_ = options;
-    }
-  }
-
-  CosineAnnealingLROptions options_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// CosineAnnealingWarmRestarts
-// ---------------------------------------------------------------------------------------------
 
 /// CosineAnnealingWarmRestarts's arguments (`T_0` is required; the names are Python's).
 struct CosineAnnealingWarmRestartsOptions {
@@ -929,6 +625,262 @@ struct CosineAnnealingWarmRestartsOptions {
   int64_t T_mult = 1;  // NOLINT(readability-identifier-naming): Python's name
   /// Minimum learning rate (>= 0).
   double eta_min = 0.0;
+
+  static constexpr auto fields() {
+    using namespace detail::lr;
+    return std::tuple{field("T_0", &CosineAnnealingWarmRestartsOptions::T_0, required<int64_t, check_count>),
+                      field("T_mult", &CosineAnnealingWarmRestartsOptions::T_mult,
+                            [](std::string_view owner, std::string_view, int64_t T_mult) {  // NOLINT
+                              TORCHKIT_CHECK(T_mult >= 1, "{}: Expected integer T_mult >= 1, but got {}", owner,
+                                             T_mult);
+                            }),
+                      field("eta_min", &CosineAnnealingWarmRestartsOptions::eta_min, check_finite_non_negative)};
+  }
+};
+
+}  // namespace torchkit::lr
+
+namespace torchkit::detail::lr {
+
+struct StepLRRule {
+  static constexpr std::string_view name = "StepLR";
+  using Options = torchkit::lr::StepLROptions;
+  static double factor(const Options& options, int64_t epoch) {
+    return epoch == 0 || python_mod(epoch, *options.step_size) != 0 ? 1.0 : options.gamma;
+  }
+  static double closed_factor(const Options& options, int64_t epoch) {
+    return std::pow(options.gamma, static_cast<double>(python_floor_div(epoch, *options.step_size)));
+  }
+};
+
+struct MultiStepLRRule {
+  static constexpr std::string_view name = "MultiStepLR";
+  using Options = torchkit::lr::MultiStepLROptions;
+  static double factor(const Options& options, int64_t epoch) {
+    const auto count = std::count(options.milestones.begin(), options.milestones.end(), epoch);
+    return count == 0 ? 1.0 : std::pow(options.gamma, static_cast<double>(count));
+  }
+  static double closed_factor(const Options& options, int64_t epoch) {
+    return std::pow(options.gamma, static_cast<double>(bisect_right(options.milestones, epoch)));
+  }
+};
+
+struct ConstantLRRule {
+  static constexpr std::string_view name = "ConstantLR";
+  using Options = torchkit::lr::ConstantLROptions;
+  static double factor(const Options& options, int64_t epoch) {
+    if (epoch == 0) {
+      return options.factor;
+    }
+    return epoch == options.total_iters ? 1.0 / options.factor : 1.0;
+  }
+  static double closed_factor(const Options& options, int64_t epoch) {
+    const double reached = epoch >= options.total_iters ? 1.0 : 0.0;
+    return options.factor + reached * (1 - options.factor);
+  }
+};
+
+struct LinearLRRule {
+  static constexpr std::string_view name = "LinearLR";
+  using Options = torchkit::lr::LinearLROptions;
+  static double factor(const Options& options, int64_t epoch) {
+    const auto& [start_factor, end_factor, total_iters] = options;
+    if (epoch == 0) {
+      return start_factor;
+    }
+    if (epoch > total_iters) {
+      return 1.0;
+    }
+    return 1. + (end_factor - start_factor) / (static_cast<double>(total_iters) * start_factor +
+                                               static_cast<double>(epoch - 1) * (end_factor - start_factor));
+  }
+  static double closed_factor(const Options& options, int64_t epoch) {
+    const auto& [start_factor, end_factor, total_iters] = options;
+    const auto reached = static_cast<double>(std::min(total_iters, epoch));
+    return start_factor + (end_factor - start_factor) * reached / static_cast<double>(total_iters);
+  }
+};
+
+struct ExponentialLRRule {
+  static constexpr std::string_view name = "ExponentialLR";
+  using Options = torchkit::lr::ExponentialLROptions;
+  static double factor(const Options& options, int64_t epoch) { return epoch == 0 ? 1.0 : *options.gamma; }
+  static double closed_factor(const Options& options, int64_t epoch) {
+    return std::pow(*options.gamma, static_cast<double>(epoch));
+  }
+};
+
+struct PolynomialLRRule {
+  static constexpr std::string_view name = "PolynomialLR";
+  using Options = torchkit::lr::PolynomialLROptions;
+  static double factor(const Options& options, int64_t epoch) {
+    if (epoch == 0 || epoch > options.total_iters) {
+      return 1.0;
+    }
+    const auto total_iters = static_cast<double>(options.total_iters);
+    return std::pow((1.0 - static_cast<double>(epoch) / total_iters) /
+                        (1.0 - static_cast<double>(epoch - 1) / total_iters),
+                    options.power);
+  }
+  static double closed_factor(const Options& options, int64_t epoch) {
+    const auto reached = static_cast<double>(std::min(options.total_iters, epoch));
+    return std::pow(1.0 - reached / static_cast<double>(options.total_iters), options.power);
+  }
+};
+
+struct CosineAnnealingLRRule {
+  static constexpr std::string_view name = "CosineAnnealingLR";
+  using Options = torchkit::lr::CosineAnnealingLROptions;
+  static double lr(const View<CosineAnnealingLRRule>& at, std::size_t group, double lr) {
+    constexpr double pi = std::numbers::pi;
+    const double eta_min = at.options.eta_min;
+    const int64_t T_max = *at.options.T_max;  // NOLINT(readability-identifier-naming)
+    const auto t_max = static_cast<double>(T_max);
+    const auto epoch = static_cast<double>(at.last_epoch);
+    const double base_lr = at.base_lrs[group];
+    if (at.last_epoch == 0) {
+      return lr;
+    }
+    if (at.step_count == 1 && at.last_epoch > 0) {
+      return eta_min + (base_lr - eta_min) * (1 + std::cos(epoch * pi / t_max)) / 2;
+    }
+    if (python_mod(at.last_epoch - 1 - T_max, 2 * T_max) == 0) {
+      return lr + (base_lr - eta_min) * (1 - std::cos(pi / t_max)) / 2;
+    }
+    return (1 + std::cos(pi * epoch / t_max)) / (1 + std::cos(pi * (epoch - 1) / t_max)) * (lr - eta_min) + eta_min;
+  }
+  static double closed_form_lr(const View<CosineAnnealingLRRule>& at, std::size_t group) {
+    const double eta_min = at.options.eta_min;
+    return eta_min + (at.base_lrs[group] - eta_min) *
+                         (1 + std::cos(std::numbers::pi * static_cast<double>(at.last_epoch) /
+                                       static_cast<double>(*at.options.T_max))) /
+                         2;
+  }
+};
+
+struct CosineAnnealingWarmRestartsRule {
+  static constexpr std::string_view name = "CosineAnnealingWarmRestarts";
+  using Options = torchkit::lr::CosineAnnealingWarmRestartsOptions;
+  struct State {
+    double T_cur = 0;  // NOLINT(readability-identifier-naming): Python's names
+    int64_t T_i = 1;   // NOLINT(readability-identifier-naming)
+  };
+  // Python's initial step goes to epoch 0 of the first period.
+  static State prepare(const Options& options, const torch::optim::Optimizer& /*optimizer*/,
+                       std::string_view /*owner*/) {
+    return State{.T_cur = 0, .T_i = *options.T_0};
+  }
+  static double lr_at(const Options& options, const State& state, double base_lr) {
+    const double eta_min = options.eta_min;
+    return eta_min +
+           (base_lr - eta_min) * (1 + std::cos(std::numbers::pi * state.T_cur / static_cast<double>(state.T_i))) / 2;
+  }
+  static double lr(const View<CosineAnnealingWarmRestartsRule>& at, std::size_t group, double /*lr*/) {
+    return lr_at(at.options, at.state, at.base_lrs[group]);
+  }
+  static void save(ArchiveWriter& writer, const State& state) {
+    writer.write("T_cur", state.T_cur);
+    writer.write("T_i", state.T_i);
+  }
+  static void load(ArchiveReader& reader, State& state) {
+    state.T_cur = reader.read<double>("T_cur");
+    state.T_i = reader.read<int64_t>("T_i");
+    TORCHKIT_CHECK(state.T_i > 0, "{}: T_i in the archive must be positive, got {}", reader.owner(), state.T_i);
+    TORCHKIT_CHECK(std::isfinite(state.T_cur) && state.T_cur >= -1,
+                   "{}: T_cur in the archive must be finite and >= -1, got {}", reader.owner(), state.T_cur);
+  }
+};
+
+}  // namespace torchkit::detail::lr
+
+namespace torchkit::lr {
+
+/// Decays each group's lr by `gamma` every `step_size` epochs
+/// (`torch.optim.lr_scheduler.StepLR`). Throws Error for `step_size <= 0` or `gamma < 0`.
+///
+///     torchkit::lr::StepLR scheduler(optimizer, 30, 0.1);  // 0.05 → 0.005 at epoch 30 → ...
+class StepLR final : public RuleScheduler<detail::lr::StepLRRule> {
+ public:
+  StepLR(torch::optim::Optimizer& optimizer, int64_t step_size, double gamma = 0.1)
+      : StepLR(optimizer, StepLROptions{.step_size = step_size, .gamma = gamma}) {}
+  StepLR(torch::optim::Optimizer& optimizer, const StepLROptions& options) : RuleScheduler(optimizer, options) {}
+};
+
+/// Decays each group's lr by `gamma` at each milestone epoch
+/// (`torch.optim.lr_scheduler.MultiStepLR`). Throws Error for negative or unsorted milestones
+/// or `gamma < 0`.
+///
+///     torchkit::lr::MultiStepLR scheduler(optimizer, {30, 80}, 0.1);
+class MultiStepLR final : public RuleScheduler<detail::lr::MultiStepLRRule> {
+ public:
+  MultiStepLR(torch::optim::Optimizer& optimizer, std::vector<int64_t> milestones, double gamma = 0.1)
+      : MultiStepLR(optimizer, MultiStepLROptions{.milestones = std::move(milestones), .gamma = gamma}) {}
+  MultiStepLR(torch::optim::Optimizer& optimizer, MultiStepLROptions options)
+      : RuleScheduler(optimizer, std::move(options)) {}
+};
+
+/// Multiplies each group's lr by `factor` until epoch `total_iters`
+/// (`torch.optim.lr_scheduler.ConstantLR`). Throws Error for a factor outside (0, 1] (Python
+/// accepts 0 but then divides by it) or `total_iters <= 0`.
+///
+///     torchkit::lr::ConstantLR scheduler(optimizer, {.factor = 0.5, .total_iters = 4});
+class ConstantLR final : public RuleScheduler<detail::lr::ConstantLRRule> {
+ public:
+  explicit ConstantLR(torch::optim::Optimizer& optimizer, double factor = 1.0 / 3, int64_t total_iters = 5)
+      : ConstantLR(optimizer, ConstantLROptions{.factor = factor, .total_iters = total_iters}) {}
+  ConstantLR(torch::optim::Optimizer& optimizer, const ConstantLROptions& options)
+      : RuleScheduler(optimizer, options) {}
+};
+
+/// Changes each group's lr linearly from `start_factor` to `end_factor` times its initial lr
+/// over `total_iters` epochs (`torch.optim.lr_scheduler.LinearLR`), the usual warm-up.
+/// Throws Error for factors outside their range (a start factor of 0 would divide by zero) or
+/// `total_iters <= 0`.
+///
+///     torchkit::lr::LinearLR warmup(optimizer, {.start_factor = 0.1, .total_iters = 5});
+class LinearLR final : public RuleScheduler<detail::lr::LinearLRRule> {
+ public:
+  explicit LinearLR(torch::optim::Optimizer& optimizer, double start_factor = 1.0 / 3, double end_factor = 1.0,
+                    int64_t total_iters = 5)
+      : LinearLR(optimizer, LinearLROptions{.start_factor = start_factor, .end_factor = end_factor,
+                                            .total_iters = total_iters}) {}
+  LinearLR(torch::optim::Optimizer& optimizer, const LinearLROptions& options) : RuleScheduler(optimizer, options) {}
+};
+
+/// Multiplies each group's lr by `gamma` every epoch (`torch.optim.lr_scheduler.ExponentialLR`).
+///
+///     torchkit::lr::ExponentialLR scheduler(optimizer, 0.95);
+class ExponentialLR final : public RuleScheduler<detail::lr::ExponentialLRRule> {
+ public:
+  ExponentialLR(torch::optim::Optimizer& optimizer, double gamma)
+      : ExponentialLR(optimizer, ExponentialLROptions{.gamma = gamma}) {}
+  ExponentialLR(torch::optim::Optimizer& optimizer, const ExponentialLROptions& options)
+      : RuleScheduler(optimizer, options) {}
+};
+
+/// Decays each group's lr as `(1 - epoch / total_iters) ** power` times its initial lr
+/// (`torch.optim.lr_scheduler.PolynomialLR`).
+///
+///     torchkit::lr::PolynomialLR scheduler(optimizer, {.total_iters = 4, .power = 1.0});
+class PolynomialLR final : public RuleScheduler<detail::lr::PolynomialLRRule> {
+ public:
+  explicit PolynomialLR(torch::optim::Optimizer& optimizer, int64_t total_iters = 5, double power = 1.0)
+      : PolynomialLR(optimizer, PolynomialLROptions{.total_iters = total_iters, .power = power}) {}
+  PolynomialLR(torch::optim::Optimizer& optimizer, const PolynomialLROptions& options)
+      : RuleScheduler(optimizer, options) {}
+};
+
+/// Anneals each group's lr from its initial lr to `eta_min` along a cosine over `T_max` epochs
+/// (and back up over the next `T_max`) with Python's recursive formula
+/// (`torch.optim.lr_scheduler.CosineAnnealingLR`).
+///
+///     torchkit::lr::CosineAnnealingLR scheduler(optimizer, {.T_max = 100, .eta_min = 1e-5});
+class CosineAnnealingLR final : public RuleScheduler<detail::lr::CosineAnnealingLRRule> {
+ public:
+  CosineAnnealingLR(torch::optim::Optimizer& optimizer, int64_t T_max, double eta_min = 0.0)  // NOLINT
+      : CosineAnnealingLR(optimizer, CosineAnnealingLROptions{.T_max = T_max, .eta_min = eta_min}) {}
+  CosineAnnealingLR(torch::optim::Optimizer& optimizer, const CosineAnnealingLROptions& options)
+      : RuleScheduler(optimizer, options) {}
 };
 
 /// SGDR: cosine annealing from each group's initial lr to `eta_min`, restarting every `T_i`
@@ -937,20 +889,14 @@ struct CosineAnnealingWarmRestartsOptions {
 /// accepts a fractional epoch, as in Python (`scheduler.step(epoch + i / iters)`).
 ///
 ///     torchkit::lr::CosineAnnealingWarmRestarts scheduler(optimizer, {.T_0 = 10, .T_mult = 2});
-class CosineAnnealingWarmRestarts final : public Scheduler {
+class CosineAnnealingWarmRestarts final : public RuleScheduler<detail::lr::CosineAnnealingWarmRestartsRule> {
  public:
   CosineAnnealingWarmRestarts(torch::optim::Optimizer& optimizer, int64_t T_0, int64_t T_mult = 1,  // NOLINT
                               double eta_min = 0.0)
       : CosineAnnealingWarmRestarts(
             optimizer, CosineAnnealingWarmRestartsOptions{.T_0 = T_0, .T_mult = T_mult, .eta_min = eta_min}) {}
   CosineAnnealingWarmRestarts(torch::optim::Optimizer& optimizer, const CosineAnnealingWarmRestartsOptions& options)
-      : Scheduler(optimizer, "CosineAnnealingWarmRestarts"), options_(options) {
-    validate(options_);
-    T_i_ = *options_.T_0;
-    T_cur_ = static_cast<double>(last_epoch_);
-    record_initial_lrs();
-    initial_step();
-  }
+      : RuleScheduler(optimizer, options) {}
 
   /// One epoch (or batch) further; at the end of a period, restarts.
   void step() override {
@@ -959,16 +905,15 @@ class CosineAnnealingWarmRestarts final : public Scheduler {
       step(0.0);
       return;
     }
-    double T_cur = T_cur_ + 1;  // NOLINT(readability-identifier-naming)
-    int64_t T_i = T_i_;         // NOLINT(readability-identifier-naming)
-    if (T_cur >= static_cast<double>(T_i)) {
-      T_cur = T_cur - static_cast<double>(T_i);
+    State next{.T_cur = state_.T_cur + 1, .T_i = state_.T_i};
+    if (next.T_cur >= static_cast<double>(next.T_i)) {
+      next.T_cur = next.T_cur - static_cast<double>(next.T_i);
       // Python's integers never overflow; int64 does after about 63 restarts with T_mult = 2.
-      TORCHKIT_CHECK(!__builtin_mul_overflow(T_i, options_.T_mult, &T_i),
-                     "CosineAnnealingWarmRestarts: the next period T_i * T_mult = {} * {} does not fit in int64",
-                     T_i_, options_.T_mult);
+      TORCHKIT_CHECK(!__builtin_mul_overflow(state_.T_i, options_.T_mult, &next.T_i),
+                     "CosineAnnealingWarmRestarts::step: the next period T_i * T_mult = {} * {} does not fit in int64",
+                     state_.T_i, options_.T_mult);
     }
-    commit(last_epoch_ + 1, T_cur, T_i);
+    commit(last_epoch_ + 1, next);
   }
 
   /// Jumps to `epoch` (fractional epochs allowed), as Python's `scheduler.step(epoch)`.
@@ -976,16 +921,17 @@ class CosineAnnealingWarmRestarts final : public Scheduler {
   void step(double epoch) {
     check_group_count();
     TORCHKIT_CHECK(std::isfinite(epoch) && epoch >= 0,
-                   "CosineAnnealingWarmRestarts: Expected non-negative epoch, but got {}", epoch);
-    TORCHKIT_CHECK(epoch < static_cast<double>(detail::max_count),
-                   "CosineAnnealingWarmRestarts: epoch {} is beyond 2^53, the largest epoch a scheduler accepts", epoch);
+                   "CosineAnnealingWarmRestarts::step: Expected non-negative epoch, but got {}", epoch);
+    TORCHKIT_CHECK(epoch < static_cast<double>(detail::lr::max_count),
+                   "CosineAnnealingWarmRestarts::step: epoch {} is beyond 2^53, the largest epoch a scheduler accepts",
+                   epoch);
     const int64_t T_0 = *options_.T_0;       // NOLINT(readability-identifier-naming)
     const int64_t T_mult = options_.T_mult;  // NOLINT(readability-identifier-naming)
-    double T_cur = 0;                        // NOLINT(readability-identifier-naming)
-    int64_t T_i = T_i_;                      // NOLINT(readability-identifier-naming)
+    State next{.T_cur = epoch, .T_i = T_0};
     if (epoch >= static_cast<double>(T_0)) {
+      next.T_i = state_.T_i;
       if (T_mult == 1) {
-        T_cur = std::fmod(epoch, static_cast<double>(T_0));
+        next.T_cur = std::fmod(epoch, static_cast<double>(T_0));
       } else {
         const double periods = epoch / static_cast<double>(T_0) * static_cast<double>(T_mult - 1) + 1;
         const auto n = static_cast<int64_t>(std::log(periods) / std::log(static_cast<double>(T_mult)));
@@ -996,86 +942,88 @@ class CosineAnnealingWarmRestarts final : public Scheduler {
         }
         int64_t restarted = 0;  // T_0 * (power - 1): the epochs before the current period
         overflow = overflow || __builtin_mul_overflow(T_0, power - 1, &restarted) ||
-                   __builtin_mul_overflow(T_0, power, &T_i);
-        TORCHKIT_CHECK(!overflow, "CosineAnnealingWarmRestarts: the period at epoch {} (T_0={}, T_mult={}) does not fit "
-                       "in int64", epoch, T_0, T_mult);
-        T_cur = epoch - static_cast<double>(restarted) / static_cast<double>(T_mult - 1);
+                   __builtin_mul_overflow(T_0, power, &next.T_i);
+        TORCHKIT_CHECK(!overflow,
+                       "CosineAnnealingWarmRestarts::step: the period at epoch {} (T_0={}, T_mult={}) does not fit "
+                       "in int64",
+                       epoch, T_0, T_mult);
+        next.T_cur = epoch - static_cast<double>(restarted) / static_cast<double>(T_mult - 1);
       }
-    } else {
-      T_i = T_0;
-      T_cur = epoch;
     }
-    commit(static_cast<int64_t>(std::floor(epoch)), T_cur, T_i);
+    commit(static_cast<int64_t>(std::floor(epoch)), next);
   }
 
   /// Epochs since the last restart (Python's `T_cur`).
-  [[nodiscard]] double T_cur() const noexcept { return T_cur_; }  // NOLINT(readability-identifier-naming)
+  [[nodiscard]] double T_cur() const noexcept { return state_.T_cur; }  // NOLINT(readability-identifier-naming)
   /// The current period (Python's `T_i`).
-  [[nodiscard]] int64_t T_i() const noexcept { return T_i_; }  // NOLINT(readability-identifier-naming)
-  [[nodiscard]] const CosineAnnealingWarmRestartsOptions& options() const noexcept { return options_; }
+  [[nodiscard]] int64_t T_i() const noexcept { return state_.T_i; }  // NOLINT(readability-identifier-naming)
 
  private:
-  static void validate(const CosineAnnealingWarmRestartsOptions& options) {
-    TORCHKIT_CHECK(options.T_0.has_value(), "CosineAnnealingWarmRestarts: T_0 is required");
-    TORCHKIT_CHECK(*options.T_0 > 0, "CosineAnnealingWarmRestarts: Expected positive integer T_0, but got {}",
-                   *options.T_0);
-    TORCHKIT_CHECK(options.T_mult >= 1, "CosineAnnealingWarmRestarts: Expected integer T_mult >= 1, but got {}",
-                   options.T_mult);
-    detail::check_non_negative("CosineAnnealingWarmRestarts", "eta_min", options.eta_min);
-  }
-  [[nodiscard]] std::vector<double> lrs_at(double T_cur, int64_t T_i) const {  // NOLINT
+  void commit(int64_t last_epoch, const State& next) {
     std::vector<double> lrs;
-    const double eta_min = options_.eta_min;
     for (const double base_lr : base_lrs_) {
-      lrs.push_back(eta_min + (base_lr - eta_min) *
-                                  (1 + std::cos(std::numbers::pi * T_cur / static_cast<double>(T_i))) / 2);
+      lrs.push_back(Rule::lr_at(options_, next, base_lr));
     }
-    return lrs;
-  }
-  void commit(int64_t last_epoch, double T_cur, int64_t T_i) {  // NOLINT(readability-identifier-naming)
-    const auto lrs = lrs_at(T_cur, T_i);
     last_epoch_ = last_epoch;
-    T_cur_ = T_cur;
-    T_i_ = T_i;
+    state_ = next;
     apply(lrs);
   }
-  [[nodiscard]] std::vector<double> get_lr() const override { return lrs_at(T_cur_, T_i_); }
+  using Rule = detail::lr::CosineAnnealingWarmRestartsRule;
   void step_to(int64_t epoch) override { step(static_cast<double>(epoch)); }
-  [[nodiscard]] std::string arguments() const override {
-    return fmt::format("T_0={}, T_mult={}, eta_min={}", *options_.T_0, options_.T_mult, options_.eta_min);
-  }
-  void save_state(detail::ArchiveWriter& writer) const override {
-    writer.write_int("T_0", *options_.T_0);
-    writer.write_int("T_mult", options_.T_mult);
-    writer.write_double("eta_min", options_.eta_min);
-    writer.write_double("T_cur", T_cur_);
-    writer.write_int("T_i", T_i_);
-  }
-  void load_state(detail::ArchiveReader& reader, bool apply) override {
-    CosineAnnealingWarmRestartsOptions options{
-        .T_0 = reader.read_int("T_0"), .T_mult = reader.read_int("T_mult"), .eta_min = reader.read_double("eta_min")};
-    validate(options);
-    const double T_cur = reader.read_double("T_cur");  // NOLINT(readability-identifier-naming)
-    const int64_t T_i = reader.read_int("T_i");        // NOLINT(readability-identifier-naming)
-    TORCHKIT_CHECK(T_i > 0, "{}: T_i in the archive must be positive, got {}", reader.owner(), T_i);
-    TORCHKIT_CHECK(std::isfinite(T_cur) && T_cur >= -1, "{}: T_cur in the archive must be finite and >= -1, got {}",
-                   reader.owner(), T_cur);
-    if (apply) {
-      options_ = options;
-      T_cur_ = T_cur;
-      T_i_ = T_i;
-    }
-  }
-
-  CosineAnnealingWarmRestartsOptions options_;
-  double T_cur_ = -1;  // NOLINT(readability-identifier-naming)
-  int64_t T_i_ = 1;    // NOLINT(readability-identifier-naming)
 };
 
-// ---------------------------------------------------------------------------------------------
-// LambdaLR and MultiplicativeLR
-// ---------------------------------------------------------------------------------------------
+// lr/lambda.hpp: LambdaLR and MultiplicativeLR
 
+/// The argument of LambdaLR and MultiplicativeLR: one function per parameter group (one given
+/// for all is copied to every group). Lambdas are not saved; load() checks their number.
+struct LrLambdas {
+  std::vector<LrLambda> lr_lambdas{};
+
+  static constexpr auto fields() { return std::tuple{detail::lr::field("lr_lambdas", &LrLambdas::lr_lambdas)}; }
+};
+
+}  // namespace torchkit::lr
+
+namespace torchkit::detail::lr {
+
+/// One function per group: `lambdas` itself (Python's list form, its count checked) or, with
+/// `one_for_all`, its single function copied to every group.
+[[nodiscard]] inline torchkit::lr::LrLambdas lambdas_for_groups(std::vector<torchkit::lr::LrLambda> lambdas,
+                                                                bool one_for_all,
+                                                                const torch::optim::Optimizer& optimizer,
+                                                                std::string_view owner) {
+  const std::size_t group_count = optimizer.param_groups().size();
+  if (one_for_all) {
+    TORCHKIT_CHECK(lambdas.size() == 1 && lambdas.front(), "{}: lr_lambda is empty", owner);
+    return {std::vector<torchkit::lr::LrLambda>(group_count, lambdas.front())};
+  }
+  TORCHKIT_CHECK(lambdas.size() == group_count, "{}: Expected {} lr_lambdas, but got {}", owner, group_count,
+                 lambdas.size());
+  for (std::size_t index = 0; index < lambdas.size(); ++index) {
+    TORCHKIT_CHECK(static_cast<bool>(lambdas[index]), "{}: lr_lambda[{}] is empty", owner, index);
+  }
+  return {std::move(lambdas)};
+}
+
+struct LambdaLRRule {
+  static constexpr std::string_view name = "LambdaLR";
+  using Options = torchkit::lr::LrLambdas;
+  static double lr(const View<LambdaLRRule>& at, std::size_t group, double /*lr*/) {
+    return at.base_lrs[group] * at.options.lr_lambdas[group](at.last_epoch);
+  }
+};
+
+struct MultiplicativeLRRule {
+  static constexpr std::string_view name = "MultiplicativeLR";
+  using Options = torchkit::lr::LrLambdas;
+  static double lr(const View<MultiplicativeLRRule>& at, std::size_t group, double lr) {
+    return at.last_epoch > 0 ? lr * at.options.lr_lambdas[group](at.last_epoch) : lr;
+  }
+};
+
+}  // namespace torchkit::detail::lr
+
+namespace torchkit::lr {
 
 /// Sets each group's lr to its initial lr times `lr_lambda(epoch)`
 /// (`torch.optim.lr_scheduler.LambdaLR`): one function for every group, or one per group.
@@ -1083,69 +1031,33 @@ class CosineAnnealingWarmRestarts final : public Scheduler {
 ///     torchkit::lr::LambdaLR scheduler(optimizer, [](int64_t epoch) { return std::pow(0.95, epoch); });
 ///     torchkit::lr::LambdaLR per_group(optimizer, {[](int64_t epoch) { return epoch / 30; },
 ///                                                  [](int64_t epoch) { return std::pow(0.95, epoch); }});
-class LambdaLR final : public Scheduler {
+class LambdaLR final : public RuleScheduler<detail::lr::LambdaLRRule> {
  public:
   LambdaLR(torch::optim::Optimizer& optimizer, LrLambda lr_lambda)
-      : LambdaLR(optimizer, std::vector<LrLambda>{std::move(lr_lambda)}, true) {}
+      : RuleScheduler(optimizer, detail::lr::lambdas_for_groups({std::move(lr_lambda)}, true, optimizer, Rule::name)) {}
   LambdaLR(torch::optim::Optimizer& optimizer, std::vector<LrLambda> lr_lambdas)
-      : LambdaLR(optimizer, std::move(lr_lambdas), false) {}
+      : RuleScheduler(optimizer, detail::lr::lambdas_for_groups(std::move(lr_lambdas), false, optimizer, Rule::name)) {}
 
  private:
-  LambdaLR(torch::optim::Optimizer& optimizer, std::vector<LrLambda> lr_lambdas, bool one_for_all)
-      : Scheduler(optimizer, "LambdaLR"),
-        lr_lambdas_(detail::lambdas_for_groups(std::move(lr_lambdas), one_for_all, optimizer.param_groups().size(),
-                                               "LambdaLR")) {
-    record_initial_lrs();
-    initial_step();
-  }
-  [[nodiscard]] std::vector<double> get_lr() const override {
-    std::vector<double> lrs;
-    for (std::size_t index = 0; index < base_lrs_.size(); ++index) {
-      lrs.push_back(base_lrs_[index] * lr_lambdas_[index](last_epoch_));
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::string arguments() const override { return fmt::format("lr_lambdas={}", lr_lambdas_.size()); }
-
-  std::vector<LrLambda> lr_lambdas_;
+  using Rule = detail::lr::LambdaLRRule;
 };
 
 /// Multiplies each group's lr by `lr_lambda(epoch)` every epoch from epoch 1 on
 /// (`torch.optim.lr_scheduler.MultiplicativeLR`).
 ///
 ///     torchkit::lr::MultiplicativeLR scheduler(optimizer, [](int64_t) { return 0.95; });
-class MultiplicativeLR final : public Scheduler {
+class MultiplicativeLR final : public RuleScheduler<detail::lr::MultiplicativeLRRule> {
  public:
   MultiplicativeLR(torch::optim::Optimizer& optimizer, LrLambda lr_lambda)
-      : MultiplicativeLR(optimizer, std::vector<LrLambda>{std::move(lr_lambda)}, true) {}
+      : RuleScheduler(optimizer, detail::lr::lambdas_for_groups({std::move(lr_lambda)}, true, optimizer, Rule::name)) {}
   MultiplicativeLR(torch::optim::Optimizer& optimizer, std::vector<LrLambda> lr_lambdas)
-      : MultiplicativeLR(optimizer, std::move(lr_lambdas), false) {}
+      : RuleScheduler(optimizer, detail::lr::lambdas_for_groups(std::move(lr_lambdas), false, optimizer, Rule::name)) {}
 
  private:
-  MultiplicativeLR(torch::optim::Optimizer& optimizer, std::vector<LrLambda> lr_lambdas, bool one_for_all)
-      : Scheduler(optimizer, "MultiplicativeLR"),
-        lr_lambdas_(detail::lambdas_for_groups(std::move(lr_lambdas), one_for_all, optimizer.param_groups().size(),
-                                               "MultiplicativeLR")) {
-    record_initial_lrs();
-    initial_step();
-  }
-  [[nodiscard]] std::vector<double> get_lr() const override {
-    auto lrs = group_lrs();
-    if (last_epoch_ > 0) {
-      for (std::size_t index = 0; index < lrs.size(); ++index) {
-        lrs[index] = lrs[index] * lr_lambdas_[index](last_epoch_);
-      }
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::string arguments() const override { return fmt::format("lr_lambdas={}", lr_lambdas_.size()); }
-
-  std::vector<LrLambda> lr_lambdas_;
+  using Rule = detail::lr::MultiplicativeLRRule;
 };
 
-// ---------------------------------------------------------------------------------------------
-// OneCycleLR
-// ---------------------------------------------------------------------------------------------
+// lr/cyclic.hpp: OneCycleLR and CyclicLR
 
 /// OneCycleLR's arguments (Python's names and defaults). `max_lr` is required, and either
 /// `total_steps` or both `epochs` and `steps_per_epoch`.
@@ -1174,244 +1086,33 @@ struct OneCycleLROptions {
   double final_div_factor = 1e4;
   /// Three phases (up, down to the initial lr, annihilation) instead of two, as in the paper.
   bool three_phase = false;
+
+  static constexpr auto fields() {
+    using namespace detail::lr;
+    using O = OneCycleLROptions;
+    return std::tuple{
+        field("max_lr", &O::max_lr, check_group_values),
+        field("total_steps", &O::total_steps, if_given<int64_t, check_count>),
+        field("epochs", &O::epochs, if_given<int64_t, check_count>),
+        field("steps_per_epoch", &O::steps_per_epoch, if_given<int64_t, check_count>),
+        field("pct_start", &O::pct_start,
+              [](std::string_view owner, std::string_view, double pct_start) {
+                TORCHKIT_CHECK(pct_start >= 0 && pct_start <= 1,
+                               "{}: Expected float between 0 and 1 pct_start, but got {}", owner, pct_start);
+              }),
+        field("anneal_strategy", &O::anneal_strategy,
+              [](std::string_view owner, std::string_view, const std::string& strategy) {
+                TORCHKIT_CHECK(strategy == "cos" || strategy == "linear",
+                               "{}: anneal_strategy must by one of 'cos' or 'linear', instead got {}", owner, strategy);
+              }),
+        field("cycle_momentum", &O::cycle_momentum),
+        field("base_momentum", &O::base_momentum, check_group_values),
+        field("max_momentum", &O::max_momentum, check_group_values),
+        field("div_factor", &O::div_factor, check_positive),
+        field("final_div_factor", &O::final_div_factor, check_positive),
+        field("three_phase", &O::three_phase)};
+  }
 };
-
-/// The 1cycle policy: the lr rises from `max_lr / div_factor` to `max_lr` and anneals down to
-/// `initial_lr / final_div_factor`, the momentum cycling the other way
-/// (`torch.optim.lr_scheduler.OneCycleLR`). Step it once per batch; stepping more than
-/// `total_steps` times throws Error (`Tried to step 102 times. The specified number of total
-/// steps is 100`) and leaves everything unchanged.
-///
-///     torchkit::lr::OneCycleLR scheduler(optimizer, {.max_lr = 0.01, .epochs = 10, .steps_per_epoch = 100});
-class OneCycleLR final : public Scheduler {
- public:
-  OneCycleLR(torch::optim::Optimizer& optimizer, GroupValues max_lr, int64_t total_steps)
-      : OneCycleLR(optimizer, OneCycleLROptions{.max_lr = std::move(max_lr), .total_steps = total_steps}) {}
-  OneCycleLR(torch::optim::Optimizer& optimizer, OneCycleLROptions options)
-      : Scheduler(optimizer, "OneCycleLR"), options_(std::move(options)) {
-    const std::size_t group_count = optimizer.param_groups().size();
-    Config config = configure(options_, group_count, "OneCycleLR");
-    if (config.cycle_momentum) {
-      const auto kind = detail::momentum_kind(optimizer);
-      TORCHKIT_CHECK(kind != detail::MomentumKind::none,
-                     "OneCycleLR: optimizer must support momentum with `cycle_momentum` option enabled (SGD, "
-                     "RMSprop, Adam or AdamW); pass cycle_momentum=false");
-      config.use_beta1 = kind == detail::MomentumKind::beta1;
-    }
-    check_step(config, 0);  // Python fails in the initial step for some arguments: fail before any change
-    // Everything is valid: from here on the optimizer changes.
-    config_ = std::move(config);
-    if (config_.cycle_momentum) {
-      for (std::size_t index = 0; index < group_count; ++index) {
-        detail::set_group_momentum(optimizer, index, config_.max_momentums[index]);
-      }
-    }
-    record_initial_lrs(&config_.initial_lrs);
-    initial_step();
-  }
-
-  /// The number of steps in the cycle.
-  [[nodiscard]] int64_t total_steps() const noexcept { return config_.total_steps; }
-  [[nodiscard]] const OneCycleLROptions& options() const noexcept { return options_; }
-
- private:
-  struct Phase {
-    double end_step;
-    // Which per-group values the phase anneals between: 0 initial lr, 1 max lr, 2 min lr;
-    // momentum: 0 max momentum, 1 base momentum.
-    int start_lr;
-    int end_lr;
-    int start_momentum;
-    int end_momentum;
-  };
-  struct Config {
-    int64_t total_steps = 0;
-    double pct_start = 0.3;
-    bool three_phase = false;
-    bool anneal_cos = true;
-    bool cycle_momentum = true;
-    bool use_beta1 = false;
-    std::vector<double> initial_lrs, max_lrs, min_lrs, base_momentums, max_momentums;
-    std::vector<Phase> phases;
-  };
-
-  static std::vector<Phase> phases_for(int64_t total_steps, double pct_start, bool three_phase) {
-    const auto total = static_cast<double>(total_steps);
-    if (three_phase) {
-      return {Phase{pct_start * total - 1, 0, 1, 0, 1}, Phase{2 * pct_start * total - 2, 1, 0, 1, 0},
-              Phase{total - 1, 0, 2, 0, 0}};
-    }
-    return {Phase{pct_start * total - 1, 0, 1, 0, 1}, Phase{total - 1, 1, 2, 1, 0}};
-  }
-
-  static Config configure(const OneCycleLROptions& options, std::size_t group_count, std::string_view owner) {
-    Config config;
-    if (options.total_steps) {
-      TORCHKIT_CHECK(*options.total_steps > 0, "{}: Expected positive integer total_steps, but got {}", owner,
-                     *options.total_steps);
-      config.total_steps = *options.total_steps;
-    } else {
-      TORCHKIT_CHECK(options.epochs || options.steps_per_epoch,
-                     "{}: You must define either total_steps OR (epochs AND steps_per_epoch)", owner);
-      TORCHKIT_CHECK(options.epochs && *options.epochs > 0, "{}: Expected positive integer epochs, but got {}", owner,
-                     options.epochs ? fmt::format("{}", *options.epochs) : std::string("None"));
-      TORCHKIT_CHECK(options.steps_per_epoch && *options.steps_per_epoch > 0,
-                     "{}: Expected positive integer steps_per_epoch, but got {}", owner,
-                     options.steps_per_epoch ? fmt::format("{}", *options.steps_per_epoch) : std::string("None"));
-      TORCHKIT_CHECK(*options.epochs <= std::numeric_limits<int64_t>::max() / *options.steps_per_epoch,
-                     "{}: epochs * steps_per_epoch = {} * {} overflows", owner, *options.epochs,
-                     *options.steps_per_epoch);
-      config.total_steps = *options.epochs * *options.steps_per_epoch;
-    }
-    TORCHKIT_CHECK(options.pct_start >= 0 && options.pct_start <= 1,
-                   "{}: Expected float between 0 and 1 pct_start, but got {}", owner, options.pct_start);
-    TORCHKIT_CHECK(options.anneal_strategy == "cos" || options.anneal_strategy == "linear",
-                   "{}: anneal_strategy must by one of 'cos' or 'linear', instead got {}", owner,
-                   options.anneal_strategy);
-    TORCHKIT_CHECK(std::isfinite(options.div_factor) && options.div_factor > 0,
-                   "{}: div_factor must be a positive number, got {}", owner, options.div_factor);
-    TORCHKIT_CHECK(std::isfinite(options.final_div_factor) && options.final_div_factor > 0,
-                   "{}: final_div_factor must be a positive number, got {}", owner, options.final_div_factor);
-    config.pct_start = options.pct_start;
-    config.three_phase = options.three_phase;
-    config.anneal_cos = options.anneal_strategy == "cos";
-    config.phases = phases_for(config.total_steps, config.pct_start, config.three_phase);
-    config.max_lrs = options.max_lr.for_groups(group_count, "max_lr", owner);
-    detail::check_non_negative(owner, "max_lr", config.max_lrs);
-    for (const double max_lr : config.max_lrs) {
-      config.initial_lrs.push_back(max_lr / options.div_factor);
-      config.min_lrs.push_back(config.initial_lrs.back() / options.final_div_factor);
-    }
-    config.cycle_momentum = options.cycle_momentum;
-    if (config.cycle_momentum) {
-      config.max_momentums = options.max_momentum.for_groups(group_count, "max_momentum", owner);
-      config.base_momentums = options.base_momentum.for_groups(group_count, "base_momentum", owner);
-      detail::check_non_negative(owner, "max_momentum", config.max_momentums);
-      detail::check_non_negative(owner, "base_momentum", config.base_momentums);
-    }
-    return config;
-  }
-
-  [[nodiscard]] double anneal(double start, double end, double pct) const {
-    if (config_.anneal_cos) {
-      const double cos_out = std::cos(std::numbers::pi * pct) + 1;
-      return end + (start - end) / 2.0 * cos_out;
-    }
-    return (end - start) * pct + start;
-  }
-
-  // The phase of step `step_num`, and the fraction of it that is done. Throws where Python
-  // divides by zero (a phase with no steps: pct_start 1 in two phases, e.g.).
-  [[nodiscard]] static std::pair<const Phase*, double> phase_at(const Config& config, int64_t step_num) {
-    double start_step = 0;
-    const auto step = static_cast<double>(step_num);
-    for (std::size_t index = 0; index < config.phases.size(); ++index) {
-      const Phase& phase = config.phases[index];
-      if (step <= phase.end_step || index + 1 == config.phases.size()) {
-        TORCHKIT_CHECK(phase.end_step != start_step,
-                       "OneCycleLR: float division by zero at step {}: phase {} of the cycle has no steps "
-                       "(pct_start={}, total_steps={})",
-                       step_num, index, config.pct_start, config.total_steps);
-        return {&phase, (step - start_step) / (phase.end_step - start_step)};
-      }
-      start_step = phase.end_step;
-    }
-    return {nullptr, 0.0};  // unreachable: the last phase always matches
-  }
-
-  // Python's check in get_lr(), and its division by zero, for step `step_num`.
-  static void check_step(const Config& config, int64_t step_num) {
-    TORCHKIT_CHECK(step_num <= config.total_steps,
-                   "OneCycleLR: Tried to step {} times. The specified number of total steps is {}", step_num + 1,
-                   config.total_steps);
-    (void)phase_at(config, step_num);
-  }
-
-  void check_next_step() const override { check_step(config_, last_epoch_ + 1); }
-
-  [[nodiscard]] std::vector<double> get_lr() const override {
-    check_step(config_, last_epoch_);
-    const auto [phase, pct] = phase_at(config_, last_epoch_);
-    std::vector<double> lrs;
-    for (std::size_t index = 0; index < base_lrs_.size(); ++index) {
-      const double values[] = {initial_lrs_->values[index], config_.max_lrs[index], config_.min_lrs[index]};
-      lrs.push_back(anneal(values[phase->start_lr], values[phase->end_lr], pct));
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::vector<double> get_momentum() const override {
-    if (!config_.cycle_momentum) {
-      return {};
-    }
-    const auto [phase, pct] = phase_at(config_, last_epoch_);
-    std::vector<double> momentums;
-    for (std::size_t index = 0; index < base_lrs_.size(); ++index) {
-      const double values[] = {config_.max_momentums[index], config_.base_momentums[index]};
-      momentums.push_back(anneal(values[phase->start_momentum], values[phase->end_momentum], pct));
-    }
-    return momentums;
-  }
-  [[nodiscard]] std::string arguments() const override {
-    return fmt::format(
-        "max_lr={}, total_steps={}, pct_start={}, anneal_strategy='{}', cycle_momentum={}, base_momentum={}, "
-        "max_momentum={}, div_factor={}, final_div_factor={}, three_phase={}",
-        detail::list_to_string(config_.max_lrs), config_.total_steps, config_.pct_start,
-        config_.anneal_cos ? "cos" : "linear", config_.cycle_momentum,
-        detail::list_to_string(config_.base_momentums), detail::list_to_string(config_.max_momentums),
-        options_.div_factor, options_.final_div_factor, config_.three_phase);
-  }
-  void save_state(detail::ArchiveWriter& writer) const override {
-    writer.write_int("total_steps", config_.total_steps);
-    writer.write_double("pct_start", config_.pct_start);
-    writer.write_bool("three_phase", config_.three_phase);
-    writer.write_string("anneal_strategy", config_.anneal_cos ? "cos" : "linear");
-    writer.write_bool("cycle_momentum", config_.cycle_momentum);
-    writer.write_bool("use_beta1", config_.use_beta1);
-    writer.write_double("div_factor", options_.div_factor);
-    writer.write_double("final_div_factor", options_.final_div_factor);
-    writer.write_doubles("max_lrs", config_.max_lrs);
-    writer.write_doubles("min_lrs", config_.min_lrs);
-    writer.write_doubles("base_momentums", config_.base_momentums);
-    writer.write_doubles("max_momentums", config_.max_momentums);
-    writer.write_doubles("optimizer_momentums", config_.cycle_momentum ? group_momentums() : std::vector<double>{});
-  }
-  void load_state(detail::ArchiveReader& reader, bool apply) override {
-    const std::size_t group_count = optimizer_->param_groups().size();
-    OneCycleLROptions options = options_;
-    options.total_steps = reader.read_int("total_steps");
-    options.pct_start = reader.read_double("pct_start");
-    options.three_phase = reader.read_bool("three_phase");
-    options.anneal_strategy = reader.read_string("anneal_strategy");
-    options.cycle_momentum = reader.read_bool("cycle_momentum");
-    options.div_factor = reader.read_double("div_factor");
-    options.final_div_factor = reader.read_double("final_div_factor");
-    options.max_lr = reader.read_doubles("max_lrs");
-    options.base_momentum = reader.read_doubles("base_momentums");
-    options.max_momentum = reader.read_doubles("max_momentums");
-    Config config = configure(options, group_count, reader.owner());
-    config.use_beta1 = reader.read_bool("use_beta1");
-    config.initial_lrs = base_lrs_;  // not used after construction: get_lr reads the shared ones
-    config.min_lrs = reader.read_doubles("min_lrs");
-    TORCHKIT_CHECK(config.min_lrs.size() == group_count, "{}: 'min_lrs' has {} values for {} parameter groups",
-                   reader.owner(), config.min_lrs.size(), group_count);
-    const auto momentums =
-        detail::read_cycled_momentums(reader, *optimizer_, config.cycle_momentum, config.use_beta1, group_count);
-    if (apply) {
-      options_ = std::move(options);
-      config_ = std::move(config);
-      for (std::size_t index = 0; index < momentums.size(); ++index) {
-        detail::set_group_momentum(*optimizer_, index, momentums[index]);
-      }
-    }
-  }
-
-  OneCycleLROptions options_;
-  Config config_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// CyclicLR
-// ---------------------------------------------------------------------------------------------
 
 /// CyclicLR's arguments (Python's names and defaults; `base_lr` and `max_lr` are required).
 struct CyclicLROptions {
@@ -1438,6 +1139,223 @@ struct CyclicLROptions {
   GroupValues base_momentum = 0.8;
   /// The momentum at the start of a cycle.
   GroupValues max_momentum = 0.9;
+
+  static constexpr auto fields() {
+    using namespace detail::lr;
+    using O = CyclicLROptions;
+    return std::tuple{field("base_lr", &O::base_lr, check_group_values),
+                      field("max_lr", &O::max_lr, check_group_values),
+                      field("step_size_up", &O::step_size_up, check_count),
+                      field("step_size_down", &O::step_size_down, if_given<int64_t, check_count>),
+                      field("mode", &O::mode),  // checked with scale_fn: ignored when there is one
+                      field("gamma", &O::gamma, check_finite_non_negative),
+                      field("scale_fn", &O::scale_fn),
+                      field("scale_mode", &O::scale_mode),
+                      field("cycle_momentum", &O::cycle_momentum),
+                      field("base_momentum", &O::base_momentum, check_group_values),
+                      field("max_momentum", &O::max_momentum, check_group_values)};
+  }
+};
+
+}  // namespace torchkit::lr
+
+namespace torchkit::detail::lr {
+
+struct OneCycleLRRule {
+  static constexpr std::string_view name = "OneCycleLR";
+  using Options = torchkit::lr::OneCycleLROptions;
+  /// One phase of the cycle: where it ends, and which per-group values it anneals between
+  /// (lrs: 0 initial, 1 max, 2 min; momentums: 0 max, 1 base).
+  struct Phase {
+    double end_step;
+    int start_lr;
+    int end_lr;
+    int start_momentum;
+    int end_momentum;
+  };
+  struct State : Cycling {
+    int64_t total_steps = 0;
+    std::vector<double> initial_lrs, max_lrs, min_lrs;
+    std::vector<Phase> phases;
+  };
+
+  static State prepare(const Options& options, const torch::optim::Optimizer& optimizer, std::string_view owner) {
+    State state;
+    if (options.total_steps) {
+      state.total_steps = *options.total_steps;
+    } else {
+      TORCHKIT_CHECK(options.epochs || options.steps_per_epoch,
+                     "{}: You must define either total_steps OR (epochs AND steps_per_epoch)", owner);
+      TORCHKIT_CHECK(options.epochs.has_value(), "{}: Expected positive integer epochs, but got None", owner);
+      TORCHKIT_CHECK(options.steps_per_epoch.has_value(), "{}: Expected positive integer steps_per_epoch, but got None",
+                     owner);
+      TORCHKIT_CHECK(!__builtin_mul_overflow(*options.epochs, *options.steps_per_epoch, &state.total_steps),
+                     "{}: epochs * steps_per_epoch = {} * {} overflows", owner, *options.epochs,
+                     *options.steps_per_epoch);
+    }
+    const auto total = static_cast<double>(state.total_steps);
+    const double pct = options.pct_start;
+    state.phases = options.three_phase ? std::vector<Phase>{{pct * total - 1, 0, 1, 0, 1},
+                                                            {2 * pct * total - 2, 1, 0, 1, 0},
+                                                            {total - 1, 0, 2, 0, 0}}
+                                       : std::vector<Phase>{{pct * total - 1, 0, 1, 0, 1}, {total - 1, 1, 2, 1, 0}};
+    const std::size_t group_count = optimizer.param_groups().size();
+    state.max_lrs = options.max_lr.for_groups(group_count, "max_lr", owner);
+    for (const double max_lr : state.max_lrs) {
+      state.initial_lrs.push_back(max_lr / options.div_factor);
+      state.min_lrs.push_back(state.initial_lrs.back() / options.final_div_factor);
+    }
+    static_cast<Cycling&>(state) =
+        cycling(optimizer, options.cycle_momentum, options.base_momentum, options.max_momentum, owner);
+    check_step(state, 0, owner);  // Python fails in its initial step for some arguments: fail before any change
+    return state;
+  }
+  static void set_up(torch::optim::Optimizer& optimizer, const State& state) {
+    set_group_momentums(optimizer, state.max_momentums);
+  }
+  static const std::vector<double>& initial_lrs(const State& state) { return state.initial_lrs; }
+
+  // The phase of step `step_num`, and the fraction of it that is done. Throws where Python
+  // divides by zero (a phase with no steps: pct_start 1 in two phases, e.g.).
+  static std::pair<const Phase*, double> phase_at(const State& state, int64_t step_num, std::string_view owner) {
+    double start_step = 0;
+    const auto step = static_cast<double>(step_num);
+    for (std::size_t index = 0; index < state.phases.size(); ++index) {
+      const Phase& phase = state.phases[index];
+      if (step <= phase.end_step || index + 1 == state.phases.size()) {
+        TORCHKIT_CHECK(phase.end_step != start_step,
+                       "{}: float division by zero at step {}: phase {} of the cycle has no steps (total_steps={})",
+                       owner, step_num, index, state.total_steps);
+        return {&phase, (step - start_step) / (phase.end_step - start_step)};
+      }
+      start_step = phase.end_step;
+    }
+    return {nullptr, 0.0};  // unreachable: the last phase always matches
+  }
+  // Python's check in get_lr(), and its division by zero, for step `step_num`.
+  static void check_step(const State& state, int64_t step_num, std::string_view owner) {
+    TORCHKIT_CHECK(step_num <= state.total_steps,
+                   "{}: Tried to step {} times. The specified number of total steps is {}", owner, step_num + 1,
+                   state.total_steps);
+    (void)phase_at(state, step_num, owner);
+  }
+  static double anneal(const Options& options, double start, double end, double pct) {
+    if (options.anneal_strategy == "cos") {
+      const double cos_out = std::cos(std::numbers::pi * pct) + 1;
+      return end + (start - end) / 2.0 * cos_out;
+    }
+    return (end - start) * pct + start;
+  }
+  static double lr(const View<OneCycleLRRule>& at, std::size_t group, double /*lr*/) {
+    const auto [phase, pct] = phase_at(at.state, at.last_epoch, name);
+    const double values[] = {at.initial_lrs[group], at.state.max_lrs[group], at.state.min_lrs[group]};
+    return anneal(at.options, values[phase->start_lr], values[phase->end_lr], pct);
+  }
+  static double momentum(const View<OneCycleLRRule>& at, std::size_t group) {
+    const auto [phase, pct] = phase_at(at.state, at.last_epoch, name);
+    const double values[] = {at.state.max_momentums[group], at.state.base_momentums[group]};
+    return anneal(at.options, values[phase->start_momentum], values[phase->end_momentum], pct);
+  }
+};
+
+struct CyclicLRRule {
+  static constexpr std::string_view name = "CyclicLR";
+  using Options = torchkit::lr::CyclicLROptions;
+  enum class Scale { triangular, triangular2, exp_range, custom };
+  struct State : Cycling {
+    std::vector<double> base_lrs, max_lrs;
+    double total_size = 0;
+    double step_ratio = 0;
+    Scale scale = Scale::triangular;
+    bool scale_by_cycle = true;
+  };
+
+  static State prepare(const Options& options, const torch::optim::Optimizer& optimizer, std::string_view owner) {
+    const std::size_t group_count = optimizer.param_groups().size();
+    State state;
+    state.base_lrs = options.base_lr.for_groups(group_count, "base_lr", owner);
+    state.max_lrs = options.max_lr.for_groups(group_count, "max_lr", owner);
+    const auto up = static_cast<double>(options.step_size_up);
+    state.total_size = up + static_cast<double>(options.step_size_down.value_or(options.step_size_up));
+    state.step_ratio = up / state.total_size;
+    if (options.scale_fn) {
+      TORCHKIT_CHECK(options.scale_mode == "cycle" || options.scale_mode == "iterations",
+                     "{}: scale_mode must be 'cycle' or 'iterations', got '{}'", owner, options.scale_mode);
+      state.scale = Scale::custom;
+      state.scale_by_cycle = options.scale_mode == "cycle";
+    } else {
+      TORCHKIT_CHECK(options.mode == "triangular" || options.mode == "triangular2" || options.mode == "exp_range",
+                     "{}: mode is invalid and scale_fn is None: got mode '{}', expected 'triangular', "
+                     "'triangular2' or 'exp_range'",
+                     owner, options.mode);
+      state.scale = options.mode == "triangular"    ? Scale::triangular
+                    : options.mode == "triangular2" ? Scale::triangular2
+                                                    : Scale::exp_range;
+      state.scale_by_cycle = state.scale != Scale::exp_range;
+    }
+    static_cast<Cycling&>(state) =
+        cycling(optimizer, options.cycle_momentum, options.base_momentum, options.max_momentum, owner);
+    return state;
+  }
+  static void set_up(torch::optim::Optimizer& optimizer, const State& state) {
+    set_group_lrs(optimizer, state.base_lrs);
+    set_group_momentums(optimizer, state.base_momentums);
+  }
+
+  static double scale(const Options& options, Scale scale, double x) {
+    switch (scale) {
+      case Scale::triangular:
+        return 1.;
+      case Scale::triangular2:
+        return 1 / std::pow(2., x - 1);
+      case Scale::exp_range:
+        return std::pow(options.gamma, x);
+      case Scale::custom:
+        break;
+    }
+    return options.scale_fn(x);
+  }
+  // Python's position in the cycle, and the amplitude scale of the current iteration.
+  static std::pair<double, double> position(const View<CyclicLRRule>& at) {
+    const auto epoch = static_cast<double>(at.last_epoch);
+    const double cycle = std::floor(1 + epoch / at.state.total_size);
+    const double x = 1. + epoch / at.state.total_size - cycle;
+    const double ratio = at.state.step_ratio;
+    const double scale_factor = x <= ratio ? x / ratio : (x - 1) / (ratio - 1);
+    return {scale_factor, scale(at.options, at.state.scale, at.state.scale_by_cycle ? cycle : epoch)};
+  }
+  static double lr(const View<CyclicLRRule>& at, std::size_t group, double /*lr*/) {
+    const auto [scale_factor, amplitude_scale] = position(at);
+    const double base_height = (at.state.max_lrs[group] - at.base_lrs[group]) * scale_factor;
+    return at.base_lrs[group] + base_height * amplitude_scale;
+  }
+  static double momentum(const View<CyclicLRRule>& at, std::size_t group) {
+    const auto [scale_factor, amplitude_scale] = position(at);
+    const double base_height = (at.state.max_momentums[group] - at.state.base_momentums[group]) * scale_factor;
+    return at.state.max_momentums[group] - base_height * amplitude_scale;
+  }
+};
+
+}  // namespace torchkit::detail::lr
+
+namespace torchkit::lr {
+
+/// The 1cycle policy: the lr rises from `max_lr / div_factor` to `max_lr` and anneals down to
+/// `initial_lr / final_div_factor`, the momentum cycling the other way
+/// (`torch.optim.lr_scheduler.OneCycleLR`). Step it once per batch; stepping more than
+/// `total_steps` times throws Error (`Tried to step 102 times. The specified number of total
+/// steps is 100`) and leaves everything unchanged.
+///
+///     torchkit::lr::OneCycleLR scheduler(optimizer, {.max_lr = 0.01, .epochs = 10, .steps_per_epoch = 100});
+class OneCycleLR final : public RuleScheduler<detail::lr::OneCycleLRRule> {
+ public:
+  OneCycleLR(torch::optim::Optimizer& optimizer, GroupValues max_lr, int64_t total_steps)
+      : OneCycleLR(optimizer, OneCycleLROptions{.max_lr = std::move(max_lr), .total_steps = total_steps}) {}
+  OneCycleLR(torch::optim::Optimizer& optimizer, OneCycleLROptions options)
+      : RuleScheduler(optimizer, std::move(options)) {}
+
+  /// The number of steps in the cycle.
+  [[nodiscard]] int64_t total_steps() const noexcept { return state_.total_steps; }
 };
 
 /// Cycles each group's lr between `base_lr` and `max_lr` (`torch.optim.lr_scheduler.CyclicLR`),
@@ -1445,199 +1363,17 @@ struct CyclicLROptions {
 /// torch 1.13's SGD/RMSprop momentum, it cycles Adam/AdamW's beta1 as torch 2.x does.
 ///
 ///     torchkit::lr::CyclicLR scheduler(optimizer, {.base_lr = 0.01, .max_lr = 0.1, .step_size_up = 20});
-class CyclicLR final : public Scheduler {
+class CyclicLR final : public RuleScheduler<detail::lr::CyclicLRRule> {
  public:
   CyclicLR(torch::optim::Optimizer& optimizer, GroupValues base_lr, GroupValues max_lr, int64_t step_size_up = 2000)
       : CyclicLR(optimizer, CyclicLROptions{.base_lr = std::move(base_lr), .max_lr = std::move(max_lr),
                                             .step_size_up = step_size_up}) {}
-  CyclicLR(torch::optim::Optimizer& optimizer, CyclicLROptions options)
-      : Scheduler(optimizer, "CyclicLR"), options_(std::move(options)) {
-    const std::size_t group_count = optimizer.param_groups().size();
-    Config config = configure(options_, group_count, "CyclicLR");
-    if (config.cycle_momentum) {
-      const auto kind = detail::momentum_kind(optimizer);
-      TORCHKIT_CHECK(kind != detail::MomentumKind::none,
-                     "CyclicLR: optimizer must support momentum with `cycle_momentum` option enabled (SGD, RMSprop, "
-                     "Adam or AdamW); pass cycle_momentum=false");
-      config.use_beta1 = kind == detail::MomentumKind::beta1;
-    }
-    // Everything is valid: from here on the optimizer changes.
-    config_ = std::move(config);
-    for (std::size_t index = 0; index < group_count; ++index) {
-      detail::set_group_lr(optimizer, index, config_.base_lrs[index]);
-      if (config_.cycle_momentum) {
-        detail::set_group_momentum(optimizer, index, config_.base_momentums[index]);
-      }
-    }
-    record_initial_lrs();
-    initial_step();
-    base_lrs_ = config_.base_lrs;  // Python sets them after the initial step
+  CyclicLR(torch::optim::Optimizer& optimizer, CyclicLROptions options) : RuleScheduler(optimizer, std::move(options)) {
+    base_lrs_ = state_.base_lrs;  // Python sets them after its initial step
   }
-
-  [[nodiscard]] const CyclicLROptions& options() const noexcept { return options_; }
-
- private:
-  struct Config {
-    std::vector<double> base_lrs, max_lrs, base_momentums, max_momentums;
-    int64_t step_size_up = 0;
-    int64_t step_size_down = 0;
-    double total_size = 0;
-    double step_ratio = 0;
-    int scale = 0;  // 0 triangular, 1 triangular2, 2 exp_range, 3 custom
-    bool scale_by_cycle = true;
-    bool cycle_momentum = true;
-    bool use_beta1 = false;
-  };
-
-  static Config configure(const CyclicLROptions& options, std::size_t group_count, std::string_view owner) {
-    Config config;
-    config.base_lrs = options.base_lr.for_groups(group_count, "base_lr", owner);
-    detail::check_non_negative(owner, "base_lr", config.base_lrs);
-    config.max_lrs = options.max_lr.for_groups(group_count, "max_lr", owner);
-    detail::check_non_negative(owner, "max_lr", config.max_lrs);
-    detail::check_positive(owner, "step_size_up", options.step_size_up);
-    if (options.step_size_down) {
-      detail::check_positive(owner, "step_size_down", *options.step_size_down);
-    }
-    config.step_size_up = options.step_size_up;
-    config.step_size_down = options.step_size_down.value_or(options.step_size_up);
-    const auto up = static_cast<double>(config.step_size_up);
-    config.total_size = up + static_cast<double>(config.step_size_down);
-    config.step_ratio = up / config.total_size;
-    if (options.scale_fn) {
-      TORCHKIT_CHECK(options.scale_mode == "cycle" || options.scale_mode == "iterations",
-                     "{}: scale_mode must be 'cycle' or 'iterations', got '{}'", owner, options.scale_mode);
-      config.scale = 3;
-      config.scale_by_cycle = options.scale_mode == "cycle";
-    } else {
-      TORCHKIT_CHECK(options.mode == "triangular" || options.mode == "triangular2" || options.mode == "exp_range",
-                     "{}: mode is invalid and scale_fn is None: got mode '{}', expected 'triangular', "
-                     "'triangular2' or 'exp_range'",
-                     owner, options.mode);
-      config.scale = options.mode == "triangular" ? 0 : options.mode == "triangular2" ? 1 : 2;
-      config.scale_by_cycle = config.scale != 2;
-    }
-    TORCHKIT_CHECK(std::isfinite(options.gamma) && options.gamma >= 0, "{}: gamma must be a finite number >= 0, got {}",
-                   owner, options.gamma);
-    config.cycle_momentum = options.cycle_momentum;
-    if (config.cycle_momentum) {
-      config.base_momentums = options.base_momentum.for_groups(group_count, "base_momentum", owner);
-      config.max_momentums = options.max_momentum.for_groups(group_count, "max_momentum", owner);
-      detail::check_non_negative(owner, "base_momentum", config.base_momentums);
-      detail::check_non_negative(owner, "max_momentum", config.max_momentums);
-    }
-    return config;
-  }
-
-  [[nodiscard]] double scale(double x) const {
-    switch (config_.scale) {
-      case 0:
-        return 1.;
-      case 1:
-        return 1 / std::pow(2., x - 1);
-      case 2:
-        return std::pow(options_.gamma, x);
-      default:
-        return options_.scale_fn(x);
-    }
-  }
-
-  // Python's cycle, the position in it, and the amplitude scale of the current iteration.
-  struct Position {
-    double scale_factor;
-    double amplitude_scale;
-  };
-  [[nodiscard]] Position position() const {
-    const auto epoch = static_cast<double>(last_epoch_);
-    const double cycle = std::floor(1 + epoch / config_.total_size);
-    const double x = 1. + epoch / config_.total_size - cycle;
-    const double scale_factor = x <= config_.step_ratio ? x / config_.step_ratio : (x - 1) / (config_.step_ratio - 1);
-    return {scale_factor, scale(config_.scale_by_cycle ? cycle : epoch)};
-  }
-
-  [[nodiscard]] std::vector<double> get_lr() const override {
-    const auto [scale_factor, amplitude_scale] = position();
-    std::vector<double> lrs;
-    for (std::size_t index = 0; index < base_lrs_.size(); ++index) {
-      const double base_height = (config_.max_lrs[index] - base_lrs_[index]) * scale_factor;
-      lrs.push_back(base_lrs_[index] + base_height * amplitude_scale);
-    }
-    return lrs;
-  }
-  [[nodiscard]] std::vector<double> get_momentum() const override {
-    if (!config_.cycle_momentum) {
-      return {};
-    }
-    const auto [scale_factor, amplitude_scale] = position();
-    std::vector<double> momentums;
-    for (std::size_t index = 0; index < base_lrs_.size(); ++index) {
-      const double base_height = (config_.max_momentums[index] - config_.base_momentums[index]) * scale_factor;
-      momentums.push_back(config_.max_momentums[index] - base_height * amplitude_scale);
-    }
-    return momentums;
-  }
-  [[nodiscard]] std::string arguments() const override {
-    static constexpr const char* modes[] = {"triangular", "triangular2", "exp_range", "custom scale_fn"};
-    return fmt::format(
-        "base_lr={}, max_lr={}, step_size_up={}, step_size_down={}, mode='{}', gamma={}, scale_mode='{}', "
-        "cycle_momentum={}, base_momentum={}, max_momentum={}",
-        detail::list_to_string(config_.base_lrs), detail::list_to_string(config_.max_lrs), config_.step_size_up,
-        config_.step_size_down, modes[config_.scale], options_.gamma, config_.scale_by_cycle ? "cycle" : "iterations",
-        config_.cycle_momentum, detail::list_to_string(config_.base_momentums),
-        detail::list_to_string(config_.max_momentums));
-  }
-  void save_state(detail::ArchiveWriter& writer) const override {
-    writer.write_doubles("max_lrs", config_.max_lrs);
-    writer.write_int("step_size_up", config_.step_size_up);
-    writer.write_int("step_size_down", config_.step_size_down);
-    writer.write_string("mode", options_.mode);
-    writer.write_double("gamma", options_.gamma);
-    writer.write_bool("custom_scale_fn", config_.scale == 3);
-    writer.write_string("scale_mode", config_.scale_by_cycle ? "cycle" : "iterations");
-    writer.write_bool("cycle_momentum", config_.cycle_momentum);
-    writer.write_bool("use_beta1", config_.use_beta1);
-    writer.write_doubles("base_momentums", config_.base_momentums);
-    writer.write_doubles("max_momentums", config_.max_momentums);
-    writer.write_doubles("optimizer_momentums", config_.cycle_momentum ? group_momentums() : std::vector<double>{});
-  }
-  void load_state(detail::ArchiveReader& reader, bool apply) override {
-    const std::size_t group_count = optimizer_->param_groups().size();
-    CyclicLROptions options = options_;
-    options.base_lr = reader.read_doubles("base_lrs");
-    options.max_lr = reader.read_doubles("max_lrs");
-    options.step_size_up = reader.read_int("step_size_up");
-    options.step_size_down = reader.read_int("step_size_down");
-    options.mode = reader.read_string("mode");
-    options.gamma = reader.read_double("gamma");
-    options.scale_mode = reader.read_string("scale_mode");
-    options.cycle_momentum = reader.read_bool("cycle_momentum");
-    options.base_momentum = reader.read_doubles("base_momentums");
-    options.max_momentum = reader.read_doubles("max_momentums");
-    const bool custom = reader.read_bool("custom_scale_fn");
-    TORCHKIT_CHECK(custom == static_cast<bool>(options_.scale_fn),
-                   "{}: the archive was saved {} a custom scale_fn, this scheduler has {}; construct it as the saved "
-                   "one was",
-                   reader.owner(), custom ? "with" : "without", options_.scale_fn ? "one" : "none");
-    Config config = configure(options, group_count, reader.owner());
-    config.use_beta1 = reader.read_bool("use_beta1");
-    const auto momentums =
-        detail::read_cycled_momentums(reader, *optimizer_, config.cycle_momentum, config.use_beta1, group_count);
-    if (apply) {
-      options_ = std::move(options);
-      config_ = std::move(config);
-      for (std::size_t index = 0; index < momentums.size(); ++index) {
-        detail::set_group_momentum(*optimizer_, index, momentums[index]);
-      }
-    }
-  }
-
-  CyclicLROptions options_;
-  Config config_;
 };
 
-// ---------------------------------------------------------------------------------------------
-// SequentialLR and ChainedScheduler
-// ---------------------------------------------------------------------------------------------
+// lr/composite.hpp: SequentialLR and ChainedScheduler
 
 /// A scheduler of any type for SequentialLR and ChainedScheduler: a `std::shared_ptr` to one
 /// (shared with the caller), or a scheduler moved in. The list is built left to right, so
@@ -1649,7 +1385,7 @@ class AnyScheduler {
   /// Shares `scheduler` with the caller. Throws Error when it is null.
   template <std::derived_from<Scheduler> S>
   AnyScheduler(std::shared_ptr<S> scheduler) : scheduler_(std::move(scheduler)) {  // NOLINT
-    TORCHKIT_CHECK(scheduler_ != nullptr, "torchkit::lr: a scheduler pointer is null");
+    TORCHKIT_CHECK(scheduler_ != nullptr, "AnyScheduler: the scheduler pointer is null");
   }
   /// Takes over `scheduler` (pass a temporary or `std::move(scheduler)`; an lvalue would be
   /// copied, so that stepping the composite would not step the caller's object).
@@ -1662,6 +1398,83 @@ class AnyScheduler {
 
  private:
   std::shared_ptr<Scheduler> scheduler_;
+};
+
+/// What SequentialLR and ChainedScheduler share: the schedulers of one optimizer, their
+/// checks, their arguments and their nested save/load.
+class CompositeScheduler : public Scheduler {
+ public:
+  /// The schedulers, in order.
+  [[nodiscard]] const std::vector<std::shared_ptr<Scheduler>>& schedulers() const noexcept { return schedulers_; }
+
+ protected:
+  /// Takes the schedulers; throws Error (`{}` in `other_optimizer` is the index, Python's
+  /// wording) when one belongs to another optimizer or has seen groups added since. Changes
+  /// nothing: the composite's constructor continues.
+  CompositeScheduler(torch::optim::Optimizer& optimizer, std::string type_name,
+                     const std::vector<AnyScheduler>& schedulers, std::string_view other_optimizer)
+      : Scheduler(optimizer, std::move(type_name)) {
+    TORCHKIT_CHECK(!schedulers.empty(), "{}: expects at least one scheduler, got none", type_name_);
+    for (std::size_t index = 0; index < schedulers.size(); ++index) {
+      const auto& scheduler = schedulers[index].get();
+      TORCHKIT_CHECK(&scheduler->optimizer() == &optimizer, "{}: {}", type_name_,
+                     fmt::format(fmt::runtime(other_optimizer), index));
+      TORCHKIT_CHECK(scheduler->base_lrs_.size() == optimizer.param_groups().size(),
+                     "{}: the scheduler at index {} ({}) was created for {} parameter groups, the optimizer has {}",
+                     type_name_, index, scheduler->type_name(), scheduler->base_lrs_.size(),
+                     optimizer.param_groups().size());
+      schedulers_.push_back(scheduler);
+    }
+    initial_lrs_ = detail::lr::shared_initial_lrs(optimizer);
+    base_lrs_.assign(initial_lrs_->values.begin(),
+                     initial_lrs_->values.begin() + static_cast<std::ptrdiff_t>(optimizer.param_groups().size()));
+    last_epoch_ = 0;
+  }
+
+  /// The scheduler whose turn it is: `bisect_right(milestones, epoch)`.
+  [[nodiscard]] Scheduler& scheduler(std::size_t index) const { return *schedulers_[index]; }
+  static void step_to(Scheduler& scheduler, int64_t epoch) { scheduler.step_to(epoch); }
+  static void check_next_step(const Scheduler& scheduler) { scheduler.check_next_step(); }
+  static void undo_initial_step(Scheduler& scheduler) { scheduler.last_epoch_ -= 1; }
+  static void restart(Scheduler& scheduler) { scheduler.initial_step(); }
+  static bool is_composite(const Scheduler& scheduler) { return scheduler.is_composite(); }
+
+  /// `schedulers=[StepLR(...) ..., ...]` and the composite's own arguments.
+  [[nodiscard]] std::string schedulers_to_string() const {
+    std::vector<std::string> names;
+    for (const auto& scheduler : schedulers_) {
+      names.push_back(scheduler->to_string());
+    }
+    return fmt::format("schedulers=[{}]", fmt::join(names, ", "));
+  }
+
+  void save_state(detail::lr::ArchiveWriter& writer) const override {
+    writer.write("scheduler_count", static_cast<int64_t>(schedulers_.size()));
+    for (std::size_t index = 0; index < schedulers_.size(); ++index) {
+      writer.write_nested(fmt::format("schedulers/{}", index),
+                          [&](detail::lr::ArchiveWriter& nested) { schedulers_[index]->save_to(nested); });
+    }
+  }
+  void load_state(detail::lr::ArchiveReader& reader, bool apply) override {
+    const auto count = reader.read<int64_t>("scheduler_count");
+    TORCHKIT_CHECK(count == static_cast<int64_t>(schedulers_.size()),
+                   "{}: the archive holds {} schedulers, this {} has {}", reader.owner(), count, type_name_,
+                   schedulers_.size());
+    for (std::size_t index = 0; index < schedulers_.size(); ++index) {
+      auto nested = reader.read_nested(fmt::format("schedulers/{}", index));
+      detail::lr::ArchiveReader nested_reader(nested, fmt::format("{} (schedulers[{}])", reader.owner(), index));
+      schedulers_[index]->load_from(nested_reader, apply);
+    }
+  }
+
+ private:
+  [[nodiscard]] std::vector<double> get_lr() const override { return last_lr_; }
+  [[nodiscard]] bool is_composite() const noexcept override { return true; }
+  void step_to(int64_t /*epoch*/) override {
+    detail::fail("{}::step: cannot jump to an epoch (Python's {}.step() takes no epoch)", type_name_, type_name_);
+  }
+
+  std::vector<std::shared_ptr<Scheduler>> schedulers_;
 };
 
 /// Runs schedulers one after another, switching at the milestones
@@ -1677,126 +1490,81 @@ class AnyScheduler {
 ///         {torchkit::lr::LinearLR(optimizer, {.start_factor = 0.1, .total_iters = 5}),
 ///          torchkit::lr::CosineAnnealingLR(optimizer, {.T_max = 95})},
 ///         {5});
-class SequentialLR final : public Scheduler {
+class SequentialLR final : public CompositeScheduler {
  public:
   SequentialLR(torch::optim::Optimizer& optimizer, std::vector<AnyScheduler> schedulers,
                std::vector<int64_t> milestones)
-      : Scheduler(optimizer, "SequentialLR"), milestones_(std::move(milestones)) {
-    TORCHKIT_CHECK(!schedulers.empty(), "SequentialLR: expects at least one scheduler, got none");
-    for (std::size_t index = 0; index < schedulers.size(); ++index) {
-      const auto& scheduler = schedulers[index].get();
-      TORCHKIT_CHECK(&scheduler->optimizer() == &optimizer,
-                     "SequentialLR: Sequential Schedulers expects all schedulers to belong to the same optimizer, "
-                     "but got schedulers at index {} to be different than the optimizer passed in.",
-                     index);
-      TORCHKIT_CHECK(!scheduler->is_composite(),
-                     "SequentialLR: the scheduler at index {} is a {}, which cannot be restarted at a milestone; "
-                     "put it around the SequentialLR instead",
-                     index, scheduler->type_name());
-    }
-    TORCHKIT_CHECK(milestones_.size() + 1 == schedulers.size(),
-                   "SequentialLR: Sequential Schedulers expects number of schedulers provided to be one more than "
-                   "the number of milestone points, but got number of schedulers {} and the number of milestones "
-                   "to be equal to {}",
-                   schedulers.size(), milestones_.size());
-    detail::check_milestones("SequentialLR", milestones_);
-    for (auto& scheduler : schedulers) {
-      schedulers_.push_back(scheduler.get());
-    }
-    check_group_counts();
-    initial_lrs_ = detail::shared_initial_lrs(optimizer);
-    const std::size_t group_count = optimizer.param_groups().size();
-    base_lrs_.assign(initial_lrs_->values.begin(),
-                     initial_lrs_->values.begin() + static_cast<std::ptrdiff_t>(group_count));
+      : CompositeScheduler(optimizer, "SequentialLR", schedulers,
+                           "Sequential Schedulers expects all schedulers to belong to the same optimizer, but got "
+                           "schedulers at index {} to be different than the optimizer passed in."),
+        milestones_(std::move(milestones)) {
+    check_milestones(type_name_, milestones_);
     // Valid: now reset the lrs, "undo" the schedulers' initial steps and restart the first.
-    last_epoch_ = 0;
-    for (std::size_t index = 0; index < group_count; ++index) {
-      detail::set_group_lr(optimizer, index, base_lrs_[index]);
+    detail::lr::set_group_lrs(optimizer, base_lrs_);
+    for (const auto& each : this->schedulers()) {
+      undo_initial_step(*each);
     }
-    for (const auto& scheduler : schedulers_) {
-      scheduler->last_epoch_ -= 1;
-    }
-    schedulers_.front()->initial_step();
-    last_lr_ = schedulers_.front()->last_lr();
+    restart(scheduler(0));
+    last_lr_ = scheduler(0).last_lr();
   }
 
   /// Steps the scheduler whose turn it is; at a milestone, starts the next one at epoch 0.
   void step() override {
     check_group_count();
     const int64_t epoch = last_epoch_ + 1;
-    const std::size_t index = detail::bisect_right(milestones_, epoch);
-    const auto& scheduler = schedulers_[index];
+    const std::size_t index = detail::lr::bisect_right(milestones_, epoch);
+    Scheduler& current = scheduler(index);
     if (index > 0 && milestones_[index - 1] == epoch) {
-      scheduler->step_to(0);
+      step_to(current, 0);
     } else {
-      scheduler->check_next_step();
-      scheduler->step();
+      check_next_step(current);
+      current.step();
     }
     last_epoch_ = epoch;
-    last_lr_ = scheduler->last_lr();
+    last_lr_ = current.last_lr();
   }
 
-  /// The schedulers, in order.
-  [[nodiscard]] const std::vector<std::shared_ptr<Scheduler>>& schedulers() const noexcept { return schedulers_; }
   /// The epochs at which the next scheduler takes over.
   [[nodiscard]] const std::vector<int64_t>& milestones() const noexcept { return milestones_; }
 
  private:
-  void check_group_counts() const {
-    for (const auto& scheduler : schedulers_) {
-      scheduler->check_group_count();
+  void check_milestones(std::string_view owner, const std::vector<int64_t>& milestones) const {
+    TORCHKIT_CHECK(milestones.size() + 1 == schedulers().size(),
+                   "{}: Sequential Schedulers expects number of schedulers provided to be one more than the number of "
+                   "milestone points, but got number of schedulers {} and the number of milestones to be equal to {}",
+                   owner, schedulers().size(), milestones.size());
+    detail::lr::check_milestones(owner, "milestones", milestones);
+    for (std::size_t index = 0; index < schedulers().size(); ++index) {
+      TORCHKIT_CHECK(!is_composite(*schedulers()[index]),
+                     "{}: the scheduler at index {} is a {}, which cannot be restarted at a milestone; put it around "
+                     "the SequentialLR instead",
+                     owner, index, schedulers()[index]->type_name());
     }
   }
   void check_next_step() const override {
     const int64_t epoch = last_epoch_ + 1;
-    const std::size_t index = detail::bisect_right(milestones_, epoch);
+    const std::size_t index = detail::lr::bisect_right(milestones_, epoch);
     if (index == 0 || milestones_[index - 1] != epoch) {
-      schedulers_[index]->check_next_step();
+      check_next_step(scheduler(index));
     }
   }
-  [[nodiscard]] std::vector<double> get_lr() const override { return last_lr_; }
-  [[nodiscard]] bool is_composite() const noexcept override { return true; }
-  void step_to(int64_t /*epoch*/) override {
-    detail::fail("SequentialLR: cannot jump to an epoch (Python's SequentialLR.step() takes no epoch)");
-  }
+  using CompositeScheduler::check_next_step;
   [[nodiscard]] std::string arguments() const override {
-    std::vector<std::string> names;
-    for (const auto& scheduler : schedulers_) {
-      names.push_back(scheduler->to_string());
-    }
-    return fmt::format("schedulers=[{}], milestones={}", fmt::join(names, ", "),
-                       detail::list_to_string(milestones_));
+    return fmt::format("{}, milestones={}", schedulers_to_string(), detail::lr::list_to_string(milestones_));
   }
-  void save_state(detail::ArchiveWriter& writer) const override {
-    writer.write_ints("milestones", milestones_);
-    writer.write_int("scheduler_count", static_cast<int64_t>(schedulers_.size()));
-    for (std::size_t index = 0; index < schedulers_.size(); ++index) {
-      torch::serialize::OutputArchive nested(writer.archive().compilation_unit());
-      detail::ArchiveWriter nested_writer(nested);
-      schedulers_[index]->save_to(nested_writer);
-      writer.archive().write(fmt::format("schedulers/{}", index), nested);
-    }
+  void save_state(detail::lr::ArchiveWriter& writer) const override {
+    writer.write("milestones", milestones_);
+    CompositeScheduler::save_state(writer);
   }
-  void load_state(detail::ArchiveReader& reader, bool apply) override {
-    auto milestones = reader.read_ints("milestones");
-    const int64_t count = reader.read_int("scheduler_count");
-    TORCHKIT_CHECK(count == static_cast<int64_t>(schedulers_.size()),
-                   "{}: the archive holds {} schedulers, this SequentialLR has {}", reader.owner(), count,
-                   schedulers_.size());
-    TORCHKIT_CHECK(milestones.size() + 1 == schedulers_.size(), "{}: the archive holds {} milestones for {} schedulers",
-                   reader.owner(), milestones.size(), schedulers_.size());
-    detail::check_milestones(reader.owner(), milestones);
-    for (std::size_t index = 0; index < schedulers_.size(); ++index) {
-      auto nested = reader.read_archive(fmt::format("schedulers/{}", index));
-      detail::ArchiveReader nested_reader(nested, fmt::format("{} (schedulers[{}])", reader.owner(), index));
-      schedulers_[index]->load_from(nested_reader, apply);
-    }
+  void load_state(detail::lr::ArchiveReader& reader, bool apply) override {
+    auto milestones = reader.read<std::vector<int64_t>>("milestones");
+    check_milestones(reader.owner(), milestones);
+    CompositeScheduler::load_state(reader, apply);
     if (apply) {
       milestones_ = std::move(milestones);
     }
   }
 
-  std::vector<std::shared_ptr<Scheduler>> schedulers_;
   std::vector<int64_t> milestones_;
 };
 
@@ -1806,28 +1574,13 @@ class SequentialLR final : public Scheduler {
 ///
 ///     torchkit::lr::ChainedScheduler scheduler({torchkit::lr::ConstantLR(optimizer, {.factor = 0.1, .total_iters = 2}),
 ///                                               torchkit::lr::ExponentialLR(optimizer, 0.9)});
-class ChainedScheduler final : public Scheduler {
+class ChainedScheduler final : public CompositeScheduler {
  public:
   explicit ChainedScheduler(std::vector<AnyScheduler> schedulers)
-      : Scheduler(first_optimizer(schedulers), "ChainedScheduler") {
-    for (std::size_t index = 1; index < schedulers.size(); ++index) {
-      TORCHKIT_CHECK(&schedulers[index].get()->optimizer() == optimizer_,
-                     "ChainedScheduler: ChainedScheduler expects all schedulers to belong to the same optimizer, but "
-                     "got schedulers at index {} and {} to be different",
-                     0, index);
-    }
-    for (auto& scheduler : schedulers) {
-      schedulers_.push_back(scheduler.get());
-    }
-    for (const auto& scheduler : schedulers_) {
-      scheduler->check_group_count();
-    }
-    initial_lrs_ = detail::shared_initial_lrs(*optimizer_);
-    const std::size_t group_count = optimizer_->param_groups().size();
-    base_lrs_.assign(initial_lrs_->values.begin(),
-                     initial_lrs_->values.begin() + static_cast<std::ptrdiff_t>(group_count));
-    last_epoch_ = 0;
-    last_lr_ = group_lrs();
+      : CompositeScheduler(first_optimizer(schedulers), "ChainedScheduler", schedulers,
+                           "ChainedScheduler expects all schedulers to belong to the same optimizer, but got "
+                           "schedulers at index 0 and {} to be different") {
+    last_lr_ = detail::lr::group_lrs(*optimizer_);
   }
 
   /// Steps every scheduler, in order. When one of them would refuse the step (OneCycleLR past
@@ -1835,15 +1588,12 @@ class ChainedScheduler final : public Scheduler {
   void step() override {
     check_group_count();
     check_next_step();
-    for (const auto& scheduler : schedulers_) {
+    for (const auto& scheduler : schedulers()) {
       scheduler->step();
     }
     ++last_epoch_;
-    last_lr_ = group_lrs();
+    last_lr_ = detail::lr::group_lrs(*optimizer_);
   }
-
-  /// The schedulers, in order.
-  [[nodiscard]] const std::vector<std::shared_ptr<Scheduler>>& schedulers() const noexcept { return schedulers_; }
 
  private:
   static torch::optim::Optimizer& first_optimizer(const std::vector<AnyScheduler>& schedulers) {
@@ -1851,49 +1601,15 @@ class ChainedScheduler final : public Scheduler {
     return schedulers.front().get()->optimizer();
   }
   void check_next_step() const override {
-    for (const auto& scheduler : schedulers_) {
-      scheduler->check_next_step();
+    for (const auto& scheduler : schedulers()) {
+      check_next_step(*scheduler);
     }
   }
-  [[nodiscard]] std::vector<double> get_lr() const override { return last_lr_; }
-  [[nodiscard]] bool is_composite() const noexcept override { return true; }
-  void step_to(int64_t /*epoch*/) override {
-    detail::fail("ChainedScheduler: cannot jump to an epoch (Python's ChainedScheduler.step() takes no epoch)");
-  }
-  [[nodiscard]] std::string arguments() const override {
-    std::vector<std::string> names;
-    for (const auto& scheduler : schedulers_) {
-      names.push_back(scheduler->to_string());
-    }
-    return fmt::format("schedulers=[{}]", fmt::join(names, ", "));
-  }
-  void save_state(detail::ArchiveWriter& writer) const override {
-    writer.write_int("scheduler_count", static_cast<int64_t>(schedulers_.size()));
-    for (std::size_t index = 0; index < schedulers_.size(); ++index) {
-      torch::serialize::OutputArchive nested(writer.archive().compilation_unit());
-      detail::ArchiveWriter nested_writer(nested);
-      schedulers_[index]->save_to(nested_writer);
-      writer.archive().write(fmt::format("schedulers/{}", index), nested);
-    }
-  }
-  void load_state(detail::ArchiveReader& reader, bool apply) override {
-    const int64_t count = reader.read_int("scheduler_count");
-    TORCHKIT_CHECK(count == static_cast<int64_t>(schedulers_.size()),
-                   "{}: the archive holds {} schedulers, this ChainedScheduler has {}", reader.owner(), count,
-                   schedulers_.size());
-    for (std::size_t index = 0; index < schedulers_.size(); ++index) {
-      auto nested = reader.read_archive(fmt::format("schedulers/{}", index));
-      detail::ArchiveReader nested_reader(nested, fmt::format("{} (schedulers[{}])", reader.owner(), index));
-      schedulers_[index]->load_from(nested_reader, apply);
-    }
-  }
-
-  std::vector<std::shared_ptr<Scheduler>> schedulers_;
+  using CompositeScheduler::check_next_step;
+  [[nodiscard]] std::string arguments() const override { return schedulers_to_string(); }
 };
 
-// ---------------------------------------------------------------------------------------------
-// ReduceLROnPlateau
-// ---------------------------------------------------------------------------------------------
+// lr/plateau.hpp: ReduceLROnPlateau
 
 /// ReduceLROnPlateau's arguments (Python's names and defaults).
 struct ReduceLROnPlateauOptions {
@@ -1913,6 +1629,32 @@ struct ReduceLROnPlateauOptions {
   GroupValues min_lr = 0.0;
   /// A reduction smaller than this is skipped (>= 0).
   double eps = 1e-8;
+
+  static constexpr auto fields() {
+    using namespace detail::lr;
+    using O = ReduceLROnPlateauOptions;
+    return std::tuple{
+        field("mode", &O::mode,
+              [](std::string_view owner, std::string_view, const std::string& mode) {
+                TORCHKIT_CHECK(mode == "min" || mode == "max", "{}: mode {} is unknown! (expected 'min' or 'max')",
+                               owner, mode);
+              }),
+        field("factor", &O::factor,
+              [](std::string_view owner, std::string_view, double factor) {
+                TORCHKIT_CHECK(factor < 1.0, "{}: Factor should be < 1.0, got factor={}", owner, factor);
+                TORCHKIT_CHECK(factor >= 0, "{}: Factor should be >= 0, got factor={}", owner, factor);
+              }),
+        field("patience", &O::patience, check_non_negative_count),
+        field("threshold", &O::threshold, check_finite_non_negative),
+        field("threshold_mode", &O::threshold_mode,
+              [](std::string_view owner, std::string_view, const std::string& mode) {
+                TORCHKIT_CHECK(mode == "rel" || mode == "abs",
+                               "{}: threshold mode {} is unknown! (expected 'rel' or 'abs')", owner, mode);
+              }),
+        field("cooldown", &O::cooldown, check_non_negative_count),
+        field("min_lr", &O::min_lr, check_group_values),
+        field("eps", &O::eps, check_finite_non_negative)};
+  }
 };
 
 /// Reduces the lr when a metric has stopped improving
@@ -1926,22 +1668,17 @@ class ReduceLROnPlateau {
  public:
   explicit ReduceLROnPlateau(torch::optim::Optimizer& optimizer) : ReduceLROnPlateau(optimizer, {}) {}
   ReduceLROnPlateau(torch::optim::Optimizer& optimizer, ReduceLROnPlateauOptions options)
-      : optimizer_(&optimizer), options_(std::move(options)) {
-    TORCHKIT_CHECK(!optimizer.param_groups().empty(),
-                   "ReduceLROnPlateau: the optimizer has no parameter groups; give it parameters before creating a "
-                   "scheduler");
-    min_lrs_ = validate(options_, optimizer.param_groups().size(), "ReduceLROnPlateau");
-    last_lr_ = group_lrs();
-    reset();
-  }
+      : optimizer_(&optimizer),
+        options_(std::move(options)),
+        min_lrs_(checked_min_lrs(options_, detail::lr::check_optimizer(optimizer, "ReduceLROnPlateau"),
+                                 "ReduceLROnPlateau")),
+        best_(worst(options_)),
+        last_lr_(detail::lr::group_lrs(optimizer)) {}
 
   /// Takes the epoch's metric (e.g. the validation loss); reduces the lr of every group by
   /// `factor` (not below its `min_lr`) after more than `patience` epochs without improvement.
   void step(double metric) {
-    TORCHKIT_CHECK(optimizer_->param_groups().size() == min_lrs_.size(),
-                   "ReduceLROnPlateau: the optimizer has {} parameter groups, but had {} when the scheduler was "
-                   "created",
-                   optimizer_->param_groups().size(), min_lrs_.size());
+    detail::lr::check_group_count(*optimizer_, min_lrs_.size(), "ReduceLROnPlateau");
     const double current = metric;
     last_epoch_ = last_epoch_ + 1;
     if (is_better(current, best_)) {
@@ -1959,14 +1696,14 @@ class ReduceLROnPlateau {
       cooldown_counter_ = options_.cooldown;
       num_bad_epochs_ = 0;
     }
-    last_lr_ = group_lrs();
+    last_lr_ = detail::lr::group_lrs(*optimizer_);
   }
 
   /// The metric as a one-element tensor (Python's `float(metrics)`; synchronises with its
   /// device). Throws Error for a tensor with more than one element.
   void step(const at::Tensor& metric) {
     TORCHKIT_CHECK(metric.defined() && metric.numel() == 1,
-                   "ReduceLROnPlateau: the metric must be a one-element tensor, got {}",
+                   "ReduceLROnPlateau::step: the metric must be a one-element tensor, got {}",
                    metric.defined() ? fmt::format("shape [{}]", fmt::join(metric.sizes(), ", ")) : "an undefined tensor");
     step(metric.item<double>());
   }
@@ -1988,61 +1725,46 @@ class ReduceLROnPlateau {
   /// Writes the state (options, best, counters, epoch, and every group's current lr, which
   /// LibTorch's `optimizer.save()` does not keep) under the key `"lr_scheduler"`.
   void save(torch::serialize::OutputArchive& archive) const {
-    torch::serialize::OutputArchive state(archive.compilation_unit());
-    detail::ArchiveWriter writer(state);
-    writer.write_string("type", "ReduceLROnPlateau");
-    writer.write_string("mode", options_.mode);
-    writer.write_double("factor", options_.factor);
-    writer.write_int("patience", options_.patience);
-    writer.write_double("threshold", options_.threshold);
-    writer.write_string("threshold_mode", options_.threshold_mode);
-    writer.write_int("cooldown", options_.cooldown);
-    writer.write_doubles("min_lrs", min_lrs_);
-    writer.write_double("eps", options_.eps);
-    writer.write_double("best", best_);
-    writer.write_int("num_bad_epochs", num_bad_epochs_);
-    writer.write_int("cooldown_counter", cooldown_counter_);
-    writer.write_int("last_epoch", last_epoch_);
-    writer.write_doubles("last_lr", last_lr_);
-    writer.write_doubles("optimizer_lrs", group_lrs());
-    archive.write("lr_scheduler", state);
+    detail::lr::ArchiveWriter(archive).write_nested("lr_scheduler", [&](detail::lr::ArchiveWriter& writer) {
+      writer.write("type", std::string("ReduceLROnPlateau"));
+      detail::lr::save_fields(writer, options_);
+      writer.write("best", best_);
+      writer.write("num_bad_epochs", num_bad_epochs_);
+      writer.write("cooldown_counter", cooldown_counter_);
+      writer.write("last_epoch", last_epoch_);
+      writer.write("last_lr", last_lr_);
+      writer.write("optimizer_lrs", detail::lr::group_lrs(*optimizer_));
+    });
   }
 
   /// Restores the state written by `save()` and every group's lr; throws Error (changing
-  /// nothing) for another kind of scheduler or a different number of parameter groups.
+  /// nothing) for another kind of scheduler, a different number of parameter groups, or any
+  /// value the constructor would refuse.
   void load(torch::serialize::InputArchive& archive) {
-    detail::ArchiveReader outer(archive, "ReduceLROnPlateau::load");
-    torch::serialize::InputArchive state = outer.read_archive("lr_scheduler");
-    detail::ArchiveReader reader(state, "ReduceLROnPlateau::load");
-    const std::string type = reader.read_string("type");
-    TORCHKIT_CHECK(type == "ReduceLROnPlateau", "{}: the archive holds the state of a {}, not of a ReduceLROnPlateau",
-                   reader.owner(), type);
-    ReduceLROnPlateauOptions options{.mode = reader.read_string("mode"),
-                                     .factor = reader.read_double("factor"),
-                                     .patience = reader.read_int("patience"),
-                                     .threshold = reader.read_double("threshold"),
-                                     .threshold_mode = reader.read_string("threshold_mode"),
-                                     .cooldown = reader.read_int("cooldown"),
-                                     .min_lr = reader.read_doubles("min_lrs"),
-                                     .eps = reader.read_double("eps")};
-    auto min_lrs = validate(options, optimizer_->param_groups().size(), reader.owner());
-    const double best = reader.read_double("best");
-    const int64_t num_bad_epochs = reader.read_int("num_bad_epochs");
-    const int64_t cooldown_counter = reader.read_int("cooldown_counter");
-    const int64_t last_epoch = reader.read_int("last_epoch");
-    auto last_lr = reader.read_doubles("last_lr");
-    const auto optimizer_lrs = reader.read_doubles("optimizer_lrs");
+    const std::string owner = "ReduceLROnPlateau::load";
+    torch::serialize::InputArchive state = detail::lr::ArchiveReader(archive, owner).read_nested("lr_scheduler");
+    detail::lr::ArchiveReader reader(state, owner);
+    const auto type = reader.read<std::string>("type");
+    TORCHKIT_CHECK(type == "ReduceLROnPlateau",
+                   "{}: the archive holds the state of a scheduler of type {}, not ReduceLROnPlateau", owner, type);
+    auto options = detail::lr::load_fields(reader, options_);
+    auto min_lrs = checked_min_lrs(options, optimizer_->param_groups().size(), owner);
+    const auto best = reader.read<double>("best");
+    const auto num_bad_epochs = reader.read<int64_t>("num_bad_epochs");
+    const auto cooldown_counter = reader.read<int64_t>("cooldown_counter");
+    const auto last_epoch = reader.read<int64_t>("last_epoch");
+    auto last_lr = reader.read<std::vector<double>>("last_lr");
+    const auto optimizer_lrs = reader.read<std::vector<double>>("optimizer_lrs");
     TORCHKIT_CHECK(last_lr.size() == min_lrs.size() && optimizer_lrs.size() == min_lrs.size(),
-                   "{}: the archive was saved for {} parameter groups, the optimizer has {}", reader.owner(),
-                   last_lr.size(), min_lrs.size());
+                   "{}: the archive was saved for {} parameter groups, the optimizer has {}", owner, last_lr.size(),
+                   min_lrs.size());
     // Counters beyond 2^53 cannot come from a run, and would overflow the next step.
-    const auto check_counter = [&](std::string_view name, int64_t value) {
-      TORCHKIT_CHECK(value >= 0 && value < detail::max_count, "{}: {} in the archive is {}; expected 0 <= {} < 2^53",
-                     reader.owner(), name, value, name);
-    };
-    check_counter("num_bad_epochs", num_bad_epochs);
-    check_counter("cooldown_counter", cooldown_counter);
-    check_counter("last_epoch", last_epoch);
+    for (const auto& [name, value] : {std::pair{"num_bad_epochs", num_bad_epochs},
+                                      std::pair{"cooldown_counter", cooldown_counter},
+                                      std::pair{"last_epoch", last_epoch}}) {
+      TORCHKIT_CHECK(value >= 0 && value < detail::lr::max_count, "{}: {} in the archive is {}; expected 0 <= {} < 2^53",
+                     owner, name, value, name);
+    }
     options_ = std::move(options);
     min_lrs_ = std::move(min_lrs);
     best_ = best;
@@ -2050,19 +1772,14 @@ class ReduceLROnPlateau {
     cooldown_counter_ = cooldown_counter;
     last_epoch_ = last_epoch;
     last_lr_ = std::move(last_lr);
-    for (std::size_t index = 0; index < optimizer_lrs.size(); ++index) {
-      detail::set_group_lr(*optimizer_, index, optimizer_lrs[index]);
-    }
+    detail::lr::set_group_lrs(*optimizer_, optimizer_lrs);
   }
 
   /// `ReduceLROnPlateau(mode='min', factor=0.1, ...) last_epoch=3 best=0.5 num_bad_epochs=1 last_lr=[0.1]`.
   [[nodiscard]] std::string to_string() const {
-    return fmt::format(
-        "ReduceLROnPlateau(mode='{}', factor={}, patience={}, threshold={}, threshold_mode='{}', cooldown={}, "
-        "min_lr={}, eps={}) last_epoch={} best={} num_bad_epochs={} last_lr={}",
-        options_.mode, options_.factor, options_.patience, options_.threshold, options_.threshold_mode,
-        options_.cooldown, detail::list_to_string(min_lrs_), options_.eps, last_epoch_, best_, num_bad_epochs_,
-        detail::list_to_string(last_lr_));
+    return fmt::format("ReduceLROnPlateau({}) last_epoch={} best={} num_bad_epochs={} last_lr={}",
+                       detail::lr::format_fields(options_), last_epoch_, best_, num_bad_epochs_,
+                       detail::lr::list_to_string(last_lr_));
   }
 
   friend std::ostream& operator<<(std::ostream& stream, const ReduceLROnPlateau& scheduler) {
@@ -2070,35 +1787,18 @@ class ReduceLROnPlateau {
   }
 
  private:
-  static std::vector<double> validate(const ReduceLROnPlateauOptions& options, std::size_t group_count,
-                                      std::string_view owner) {
-    TORCHKIT_CHECK(options.factor < 1.0, "{}: Factor should be < 1.0, got factor={}", owner, options.factor);
-    TORCHKIT_CHECK(options.factor >= 0, "{}: Factor should be >= 0, got factor={}", owner, options.factor);
-    TORCHKIT_CHECK(options.mode == "min" || options.mode == "max", "{}: mode {} is unknown! (expected 'min' or 'max')",
-                   owner, options.mode);
-    TORCHKIT_CHECK(options.threshold_mode == "rel" || options.threshold_mode == "abs",
-                   "{}: threshold mode {} is unknown! (expected 'rel' or 'abs')", owner, options.threshold_mode);
-    TORCHKIT_CHECK(options.patience >= 0, "{}: patience must be >= 0, got {}", owner, options.patience);
-    TORCHKIT_CHECK(options.cooldown >= 0, "{}: cooldown must be >= 0, got {}", owner, options.cooldown);
-    detail::check_non_negative(owner, "threshold", options.threshold);
-    detail::check_non_negative(owner, "eps", options.eps);
-    TORCHKIT_CHECK(!options.min_lr.empty(), "{}: min_lr is empty; give one value or one per group", owner);
-    std::vector<double> min_lrs;
-    if (options.min_lr.for_every_group()) {
-      min_lrs.assign(group_count, options.min_lr.values().front());
-    } else {
-      TORCHKIT_CHECK(options.min_lr.values().size() == group_count, "{}: expected {} min_lrs, got {}", owner,
-                     group_count, options.min_lr.values().size());
-      min_lrs = options.min_lr.values();
-    }
-    detail::check_non_negative(owner, "min_lr", min_lrs);
-    return min_lrs;
+  // Checks every field, then min_lr against the number of groups (Python's wording).
+  static std::vector<double> checked_min_lrs(const ReduceLROnPlateauOptions& options, std::size_t group_count,
+                                             std::string_view owner) {
+    detail::lr::check_fields(options, owner);
+    const auto& min_lr = options.min_lr;
+    TORCHKIT_CHECK(min_lr.for_every_group() || min_lr.values().size() == group_count,
+                   "{}: expected {} min_lrs, got {}", owner, group_count, min_lr.values().size());
+    return min_lr.for_groups(group_count, "min_lr", owner);
   }
 
-  void reset() {
-    best_ = options_.mode == "min" ? std::numeric_limits<double>::infinity() : -std::numeric_limits<double>::infinity();
-    cooldown_counter_ = 0;
-    num_bad_epochs_ = 0;
+  static double worst(const ReduceLROnPlateauOptions& options) {
+    return options.mode == "min" ? std::numeric_limits<double>::infinity() : -std::numeric_limits<double>::infinity();
   }
 
   [[nodiscard]] bool is_better(double a, double best) const {
@@ -2111,20 +1811,12 @@ class ReduceLROnPlateau {
 
   void reduce_lr() {
     for (std::size_t index = 0; index < min_lrs_.size(); ++index) {
-      const double old_lr = detail::group_lr(*optimizer_, index);
+      const double old_lr = detail::lr::group_lr(*optimizer_, index);
       const double new_lr = std::max(old_lr * options_.factor, min_lrs_[index]);
       if (old_lr - new_lr > options_.eps) {
-        detail::set_group_lr(*optimizer_, index, new_lr);
+        detail::lr::set_group_lr(*optimizer_, index, new_lr);
       }
     }
-  }
-
-  [[nodiscard]] std::vector<double> group_lrs() const {
-    std::vector<double> lrs(optimizer_->param_groups().size());
-    for (std::size_t index = 0; index < lrs.size(); ++index) {
-      lrs[index] = detail::group_lr(*optimizer_, index);
-    }
-    return lrs;
   }
 
   torch::optim::Optimizer* optimizer_;
