@@ -79,9 +79,8 @@ concept OptimizerOptions =
 
 /// The module behind any ModuleLike.
 ///
-/// @param caller  the public name the error message starts with (the function that was called
-///                with `model`), "module_of" when called directly.
-/// @throws Error for an empty holder or a null pointer.
+/// Throws Error for an empty holder or a null pointer; the message starts with `caller`, the
+/// public name that was called with `model` ("module_of" when called directly).
 ///
 ///     torch::nn::Linear linear(4, 2);
 ///     torch::nn::Module& module = torchkit::module_of(linear);

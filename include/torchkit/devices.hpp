@@ -263,7 +263,7 @@ class VisibleDevices {
           "the program",
           spec_, detail::quoted_environment_value(previous_));
     }
-    detail::set_environment(detail::visible_devices_variable, spec_);
+    detail::set_environment("VisibleDevices", detail::visible_devices_variable, spec_);
   }
 
   static std::string validated(std::string_view spec) {

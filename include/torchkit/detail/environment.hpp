@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <system_error>
 
 namespace torchkit::detail {
@@ -36,12 +37,12 @@ inline bool set_environment_noexcept(const char* name, const std::optional<std::
 #endif
 }
 
-/// Sets (or, for nullopt, unsets) the environment variable `name`; throws Error when the C
-/// library refuses.
-inline void set_environment(const char* name, const std::optional<std::string>& value) {
+/// Sets (or, for nullopt, unsets) the environment variable `name`; throws Error, prefixed with
+/// `owner` (the public name that was called), when the C library refuses.
+inline void set_environment(std::string_view owner, const char* name, const std::optional<std::string>& value) {
   if (!set_environment_noexcept(name, value)) {
     const int error = errno;
-    fail("torchkit: could not {} the environment variable {}: {}", value ? "set" : "unset", name,
+    fail("{}: could not {} the environment variable {}: {}", owner, value ? "set" : "unset", name,
          std::generic_category().message(error));
   }
 }
