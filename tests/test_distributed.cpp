@@ -37,6 +37,19 @@ bool close(double actual, double expected, double tolerance) {
   return std::abs(actual - expected) <= tolerance * std::max(std::abs(expected), 1e-30);
 }
 
+std::optional<std::string> get_variable(const char* name) {
+  const char* value = std::getenv(name);
+  return value == nullptr ? std::nullopt : std::optional<std::string>(value);
+}
+
+void set_variable(const char* name, const std::optional<std::string>& value) {
+  if (value) {
+    ::setenv(name, value->c_str(), 1);
+  } else {
+    ::unsetenv(name);
+  }
+}
+
 torchkit::TorchrunEnvironment environment_from(const std::map<std::string, std::string>& variables) {
   return torchkit::torchrun_environment([&](std::string_view name) -> std::optional<std::string> {
     const auto found = variables.find(std::string(name));
@@ -319,11 +332,11 @@ TEST_CASE("distributed clipping rejects bad input before the allreduce") {
 TEST_CASE("store_from_environment: two ranks meet through the TCP store, with and without libuv") {
   // LibTorch 2.x asks for the libuv server by default; Debian's 2.6 and 2.14 are built without
   // libuv and must fall back to the classic server. USE_LIBUV=0 asks for the classic one.
-  const std::optional<std::string> saved = torchkit::detail::get_environment("USE_LIBUV");
+  const std::optional<std::string> saved = get_variable("USE_LIBUV");
   int offset = 0;
   for (const char* use_libuv : {static_cast<const char*>(nullptr), "0", "1"}) {
     CAPTURE(std::string(use_libuv ? use_libuv : "unset"));
-    torchkit::detail::set_environment("USE_LIBUV", use_libuv ? std::optional<std::string>(use_libuv) : std::nullopt);
+    set_variable("USE_LIBUV", use_libuv ? std::optional<std::string>(use_libuv) : std::nullopt);
     const std::string port = std::to_string(20000 + static_cast<int>((getpid() + 7919 + 101 * offset++) % 20000));
     std::vector<c10::intrusive_ptr<c10d::Store>> stores(2);
     std::vector<std::exception_ptr> errors(2);
@@ -348,7 +361,7 @@ TEST_CASE("store_from_environment: two ranks meet through the TCP store, with an
     stores[1]->set("reply", std::vector<std::uint8_t>{'o', 'k'});
     CHECK(stores[0]->get("reply") == std::vector<std::uint8_t>{'o', 'k'});
   }
-  torchkit::detail::set_environment("USE_LIBUV", saved);
+  set_variable("USE_LIBUV", saved);
 }
 
 #if TORCHKIT_WITH_GLOO
@@ -470,22 +483,22 @@ TEST_CASE("dist::DistributedSampler rejects bad arguments") {
 }
 
 TEST_CASE("dist::is_rank_zero and rank_zero_out follow RANK") {
-  const auto saved = torchkit::detail::get_environment("RANK");
-  torchkit::detail::set_environment("RANK", std::nullopt);
+  const auto saved = get_variable("RANK");
+  set_variable("RANK", std::nullopt);
   CHECK(torchkit::dist::is_rank_zero());
   CHECK(&torchkit::dist::rank_zero_out() == &std::cout);
-  torchkit::detail::set_environment("RANK", "0");
+  set_variable("RANK", "0");
   CHECK(torchkit::dist::is_rank_zero());
-  torchkit::detail::set_environment("RANK", "1");
+  set_variable("RANK", "1");
   CHECK_FALSE(torchkit::dist::is_rank_zero());
   std::ostream& out = torchkit::dist::rank_zero_out();
   CHECK(&out != &std::cout);
   out << "dropped " << 42 << "\n";
   CHECK(out.good());
   torchkit::dist::print("dropped too {}\n", 1);
-  torchkit::detail::set_environment("RANK", "x");
+  set_variable("RANK", "x");
   CHECK_FALSE(torchkit::dist::is_rank_zero());
-  torchkit::detail::set_environment("RANK", saved);
+  set_variable("RANK", saved);
 }
 
 #if TORCHKIT_WITH_GLOO
