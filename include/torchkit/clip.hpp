@@ -655,6 +655,7 @@ class FastPass {
 /// @param max_norm   the largest total norm allowed, > 0
 /// @param norm_type  p of the p-norm: any p > 0, `INFINITY` (largest magnitude) or 0 (how many
 ///                   gradients have a non-zero element, as PyTorch computes it)
+/// @param options    error_if_nonfinite, and the fast or the reference path (ClipOptions)
 /// @returns a 0-dim tensor on the first gradient's device, of the gradients' promoted dtype.
 ///          No host sync, except with `error_if_nonfinite`, and when CPU gradients must be
 ///          scaled by a norm computed on an accelerator.
@@ -797,8 +798,11 @@ class ClipGrad {
     }
     return clipped_steps_;
   }
+  /// The largest total norm allowed (the constructor's `max_norm`).
   [[nodiscard]] double max_norm() const noexcept { return max_norm_; }
+  /// p of the p-norm (the constructor's `norm_type`).
   [[nodiscard]] double norm_type() const noexcept { return norm_type_; }
+  /// The options every call passes to clip_grad_norm_.
   [[nodiscard]] const ClipOptions& options() const noexcept { return options_; }
 
   /// `ClipGrad(max_norm=20, norm_type=2, steps=100, clipped_steps=12, last_norm=3.25)`.
@@ -807,6 +811,7 @@ class ClipGrad {
     return fmt::format("ClipGrad(max_norm={}, norm_type={}, steps={}, clipped_steps={}, last_norm={})", max_norm_,
                        norm_type_, steps_, clipped_steps(), last_norm());
   }
+  /// Writes to_string().
   friend std::ostream& operator<<(std::ostream& out, const ClipGrad& clip) { return out << clip.to_string(); }
 
  private:

@@ -38,14 +38,15 @@ namespace torchkit {
 ///     std::cout << torchkit::memory_stats() << '\n';
 ///     // allocated 1.50 MiB (peak 3.00 MiB), reserved 20.00 MiB (peak 22.00 MiB)
 struct MemoryStats {
-  std::int64_t allocated = 0;
-  std::int64_t reserved = 0;
-  std::int64_t peak_allocated = 0;
-  std::int64_t peak_reserved = 0;
+  std::int64_t allocated = 0;       ///< bytes held by live tensors (`memory_allocated`)
+  std::int64_t reserved = 0;        ///< bytes the caching allocator holds (`memory_reserved`)
+  std::int64_t peak_allocated = 0;  ///< largest `allocated` since the last reset (`max_memory_allocated`)
+  std::int64_t peak_reserved = 0;   ///< largest `reserved` since the last reset (`max_memory_reserved`)
 
   /// `allocated 1.50 MiB (peak 3.00 MiB), reserved 20.00 MiB (peak 22.00 MiB)`.
   [[nodiscard]] std::string to_string() const;
 
+  /// Every field equal.
   friend bool operator==(const MemoryStats&, const MemoryStats&) = default;
 };
 

@@ -221,7 +221,9 @@ class OneHot {
     return one_hot(labels, num_classes_, options_);
   }
 
+  /// The number of classes, the length of the last output dimension.
   [[nodiscard]] std::int64_t num_classes() const { return num_classes_; }
+  /// The options every call uses.
   [[nodiscard]] const OneHotOptions& options() const { return options_; }
 
   /// `OneHot(num_classes=10, dtype=Float, smoothing=0.1, ignore_index=255)`.
@@ -232,6 +234,7 @@ class OneHot {
                                                          : std::string("none"));
   }
 
+  /// Writes to_string().
   friend std::ostream& operator<<(std::ostream& out, const OneHot& encoder) {
     return out << encoder.to_string();
   }
