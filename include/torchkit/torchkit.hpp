@@ -14,6 +14,7 @@
 #include <torchkit/devices.hpp>
 #include <torchkit/summary.hpp>
 #include <torchkit/clip.hpp>
+#include <torchkit/amp.hpp>
 #include <torchkit/batch.hpp>
 #include <torchkit/one_hot.hpp>
 #include <torchkit/grad_mode.hpp>

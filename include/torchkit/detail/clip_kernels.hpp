@@ -765,11 +765,13 @@ template <Isa isa>
   }
 }
 
-/// Unscales `size` elements of `dtype` and multiplies them by `factor` (rounded to the element
-/// type first, as scale does) in place: both roundings of the two separate PyTorch ops.
+/// Unscales `size` elements of `dtype` and multiplies them by `factor` in place: both roundings
+/// of the two separate PyTorch ops. For float16/bfloat16 elements the factor is used as a float
+/// (LibTorch 2.x: `mul_` by a 0-dim float CPU tensor reads it in opmath precision), or first
+/// rounded to the element type with `round_factor` (LibTorch 1.13, as scale does).
 template <Isa isa>
 [[gnu::always_inline]] inline void unscale_scale_any(at::ScalarType dtype, void* data, std::int64_t size, float inv,
-                                                     double factor) {
+                                                     double factor, bool round_factor) {
   constexpr int bytes = vector_bytes<isa>;
   const bool multiply = inv != 1.0f;
   switch (dtype) {
@@ -782,8 +784,10 @@ template <Isa isa>
     case at::kHalf:
     case at::kBFloat16: {
       const bool is_half = dtype == at::kHalf;
-      const auto rounded = is_half ? static_cast<float>(c10::Half(static_cast<float>(factor)))
-                                   : static_cast<float>(c10::BFloat16(static_cast<float>(factor)));
+      const auto single = static_cast<float>(factor);
+      const auto rounded = !round_factor ? single
+                           : is_half     ? static_cast<float>(c10::Half(single))
+                                         : static_cast<float>(c10::BFloat16(single));
       for_each_block<isa, true>(is_half, static_cast<std::uint16_t*>(data), size,
                                 [&](float* buffer, std::int64_t count) {
                                   if (multiply) {
@@ -825,10 +829,10 @@ template <Isa isa>
 /// Unscales every run and multiplies it by `factor`, in place, in order.
 template <Isa isa>
 [[gnu::always_inline]] inline void unscale_scale_runs_any(const Run* runs, std::int64_t count, float inv,
-                                                          double factor) {
+                                                          double factor, bool round_factor) {
   for (std::int64_t r = 0; r < count; ++r) {
     if (r + prefetch_distance < count) prefetch_run<true>(runs[r + prefetch_distance]);
-    unscale_scale_any<isa>(runs[r].dtype, runs[r].data, runs[r].size, inv, factor);
+    unscale_scale_any<isa>(runs[r].dtype, runs[r].data, runs[r].size, inv, factor, round_factor);
   }
 }
 
@@ -861,8 +865,8 @@ template <Isa isa>
     unscale_reduce_runs_any<isa>(runs, count, kind, p, inv, partials, nonfinite);                                \
   }                                                                                                              \
   __VA_ARGS__ inline void unscale_scale_runs_##suffix(const Run* runs, std::int64_t count, float inv,            \
-                                                      double factor) {                                           \
-    unscale_scale_runs_any<isa>(runs, count, inv, factor);                                                       \
+                                                      double factor, bool round_factor) {                        \
+    unscale_scale_runs_any<isa>(runs, count, inv, factor, round_factor);                                         \
   }
 
 TORCHKIT_CLIP_ENTRY_POINTS(portable, Isa::portable)
@@ -978,9 +982,10 @@ inline void unscale_reduce_runs(const Run* runs, std::int64_t count, NormKind ki
   TORCHKIT_CLIP_DISPATCH(unscale_reduce_runs, runs, count, kind, p, inv, partials, nonfinite);
 }
 
-/// Unscales every run by `inv` and multiplies it by `factor`, in place, in order.
-inline void unscale_scale_runs(const Run* runs, std::int64_t count, float inv, double factor) {
-  TORCHKIT_CLIP_DISPATCH(unscale_scale_runs, runs, count, inv, factor);
+/// Unscales every run by `inv` and multiplies it by `factor` (for float16/bfloat16 runs rounded
+/// to their type first when `round_factor`), in place, in order.
+inline void unscale_scale_runs(const Run* runs, std::int64_t count, float inv, double factor, bool round_factor) {
+  TORCHKIT_CLIP_DISPATCH(unscale_scale_runs, runs, count, inv, factor, round_factor);
 }
 
 #undef TORCHKIT_CLIP_DISPATCH
