@@ -939,3 +939,60 @@ TEST_CASE("each options struct's field table drives to_string, save and load") {
                        doctest::Contains("CyclicLR::load: the archive was saved with a scale_fn, this scheduler has none"),
                        torchkit::Error);
 }
+
+namespace {
+
+// A scheduler written as the built-in ones are: an options struct with its field table, and a
+// rule (here the multiplicative shape). Its constructor only passes the options on.
+struct HalvingOptions {
+  int64_t every = 2;
+  static constexpr auto fields() {
+    return std::tuple{torchkit::detail::lr::field("every", &HalvingOptions::every, torchkit::detail::lr::check_count)};
+  }
+};
+
+struct HalvingRule {
+  static constexpr std::string_view name = "Halving";
+  using Options = HalvingOptions;
+  static double factor(const Options& options, int64_t epoch) {
+    return epoch > 0 && epoch % options.every == 0 ? 0.5 : 1.0;
+  }
+  static double closed_factor(const Options& options, int64_t epoch) {
+    return std::pow(0.5, static_cast<double>(epoch / options.every));
+  }
+};
+
+class Halving final : public lr::RuleScheduler<HalvingRule> {
+ public:
+  Halving(torch::optim::Optimizer& optimizer, HalvingOptions options) : RuleScheduler(optimizer, options) {}
+};
+
+}  // namespace
+
+TEST_CASE("a new scheduler is an options table and a rule: RuleScheduler finishes its construction") {
+  auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.8, 0.2}}});
+  auto& optimizer = *setup.optimizer;
+  Halving halving(optimizer, {.every = 2});
+  CHECK(halving.last_epoch() == 0);  // the initial step, taken by the base
+  CHECK(halving.base_lrs() == std::vector<double>{0.8, 0.2});
+  halving.step();
+  halving.step();
+  CHECK(halving.last_lr() == std::vector<double>{0.4, 0.1});
+  CHECK(halving.to_string() == "Halving(every=2) last_epoch=2 last_lr=[0.4, 0.1]");
+  CHECK_THROWS_WITH_AS(Halving(optimizer, {.every = 0}),
+                       doctest::Contains("Halving: Expected positive integer every, but got 0"), torchkit::Error);
+  CHECK(lrs_of(optimizer) == std::vector<double>{0.4, 0.1});
+
+  // At a milestone SequentialLR starts it from its closed form.
+  auto other = make_optimizer({{"type", "sgd"}, {"lrs", {1.0}}});
+  lr::SequentialLR sequential(*other.optimizer,
+                              {lr::ConstantLR(*other.optimizer, {.factor = 0.5, .total_iters = 10}),
+                               Halving(*other.optimizer, {.every = 1})},
+                              {3});
+  const std::vector<double> expected{0.5, 0.5, 0.5, 1.0, 0.5, 0.25};
+  for (std::size_t epoch = 0; epoch < expected.size(); ++epoch) {
+    INFO("epoch ", epoch);
+    CHECK(sequential.last_lr()[0] == expected[epoch]);
+    sequential.step();
+  }
+}
