@@ -1,4 +1,4 @@
-// Tests for batch.hpp: to_batch, from_batch, image_to_batch, images_to_batch.
+// Tests for batch.hpp: to_batch, from_batch, image_to_batch, images_to_batch, resize, center crop, letterbox.
 #include <torchkit/batch.hpp>
 
 #include "test_support.hpp"
@@ -272,4 +272,269 @@ TEST_CASE("image_to_batch rejects bad images and options, naming the value") {
   if (!torch::cuda::is_available()) {
     throws(image, {.device = c10::Device(c10::kCUDA, 0)}, "cuda:0");
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resize, center crop and letterbox (issue 13): torchvision / cv2 goldens from resize_golden.py.
+
+namespace {
+
+using torchkit::Interpolation;
+using torchkit::detail::clip::ForceIsa;
+using torchkit::detail::clip::Isa;
+
+/// resize_golden.py's test image: (7x² + 3y² + 5xy + 13x + 11y + 71c + 37 seed) mod 256.
+at::Tensor pattern_image(int64_t height, int64_t width, int64_t channels, int64_t seed) {
+  const auto y = torch::arange(height, torch::kLong).view({height, 1, 1});
+  const auto x = torch::arange(width, torch::kLong).view({1, width, 1});
+  const auto c = torch::arange(channels, torch::kLong).view({1, 1, channels});
+  const auto v = (7 * x * x + 3 * y * y + 5 * x * y + 13 * x + 11 * y + 71 * c + 37 * seed).remainder(256);
+  return v.to(torch::kByte).contiguous();
+}
+
+at::Tensor golden_pattern(const nlohmann::json& c, bool as_float) {
+  const auto shape = c["shape"].get<std::vector<int64_t>>();
+  const auto image = pattern_image(shape[0], shape[1], shape[2], c["seed"].get<int64_t>());
+  return as_float ? image.to(torch::kFloat).div(255) : image;
+}
+
+Interpolation interpolation_of(const std::string& name) {
+  if (name == "nearest") return Interpolation::nearest;
+  if (name == "bicubic") return Interpolation::bicubic;
+  return Interpolation::bilinear;
+}
+
+/// Compares `output` ([C, H, W], double) with the stored golden (whole, or grid + sums).
+void check_against_golden(const at::Tensor& output, const nlohmann::json& c, double tolerance, double sum_tolerance) {
+  const auto out = c["out"].get<std::vector<int64_t>>();
+  REQUIRE(output.sizes() == at::IntArrayRef(out));
+  const auto values = output.to(at::kDouble).contiguous();
+  if (c.contains("full")) {
+    const auto expected = torch::tensor(c["full"].get<std::vector<double>>(), torch::kDouble).view(out);
+    const double error = (values - expected).abs().max().item<double>();
+    CHECK(error <= tolerance);
+    return;
+  }
+  const auto rows = torch::tensor(c["rows"].get<std::vector<int64_t>>(), torch::kLong);
+  const auto cols = torch::tensor(c["cols"].get<std::vector<int64_t>>(), torch::kLong);
+  const auto grid = values.index_select(1, rows).index_select(2, cols);
+  const auto expected = torch::tensor(c["grid"].get<std::vector<double>>(), torch::kDouble).view(grid.sizes());
+  const double error = (grid - expected).abs().max().item<double>();
+  CHECK(error <= tolerance);
+  const auto sums = c["sums"].get<std::vector<double>>();
+  for (std::size_t channel = 0; channel < sums.size(); ++channel) {
+    const double sum = values[static_cast<int64_t>(channel)].sum().item<double>();
+    CHECK(std::abs(sum - sums[channel]) <= sum_tolerance * static_cast<double>(out[1] * out[2]));
+  }
+}
+
+ImageOptions golden_options(const nlohmann::json& c) {
+  ImageOptions options;
+  torchkit::Resize resize;
+  const auto size = c["size"].get<std::vector<int64_t>>();
+  if (size.size() == 1) {
+    resize.shorter_side = size[0];
+  } else {
+    resize.size = std::array<int64_t, 2>{size[0], size[1]};
+  }
+  if (!c["max_size"].is_null()) {
+    resize.max_size = c["max_size"].get<int64_t>();
+  }
+  resize.interpolation = interpolation_of(c["interpolation"].get<std::string>());
+  resize.antialias = c["antialias"].get<bool>();
+  options.resize = resize;
+  if (!c["crop"].is_null()) {
+    const auto crop = c["crop"].get<std::vector<int64_t>>();
+    options.center_crop = std::array<int64_t, 2>{crop[0], crop[1]};
+  }
+  options.scale = 1.0;
+  if (!c["mean"].is_null()) {
+    options.mean = c["mean"].get<std::vector<double>>();
+    options.std = c["std"].get<std::vector<double>>();
+  }
+  return options;
+}
+
+std::vector<Isa> every_isa() {
+  std::vector<Isa> isas{Isa::portable};
+  for (const Isa isa : {Isa::avx, Isa::avx2, Isa::avx512}) {
+    if (isa <= torchkit::detail::clip::cpu_isa()) {
+      isas.push_back(isa);
+    }
+  }
+  return isas;
+}
+
+}  // namespace
+
+TEST_CASE("image_to_batch with resize and center_crop matches torchvision, on every instruction set") {
+  const auto golden = load_golden("resize.json");
+  REQUIRE(golden["classifier"].size() >= 60);
+  for (const auto& c : golden["classifier"]) {
+    const std::string name = c["name"].get<std::string>();
+    CAPTURE(name);
+    const bool is_float = c["dtype"] == "float32";
+    const auto image = golden_pattern(c, is_float);
+    const ImageOptions options = golden_options(c);
+    // uint8: torchvision rounds the resized image; the float pass may land on the other side of a
+    // half in rare pixels (one level). float: 1e-5 absolute.
+    const double tolerance = is_float ? 1e-5 : 1.0 + 1e-9;
+    const double sum_tolerance = is_float ? 1e-5 : 0.02;
+    at::Tensor first;
+    for (const Isa isa : every_isa()) {
+      CAPTURE(torchkit::detail::clip::isa_name(isa));
+      const ForceIsa force(isa);
+      const auto batch = torchkit::image_to_batch(image, options);
+      REQUIRE(batch.dim() == 4);
+      if (!first.defined()) {
+        first = batch;
+        check_against_golden(batch[0], c, tolerance, sum_tolerance);
+      } else {
+        CHECK(torch::equal(batch, first));  // the same bits on every path
+      }
+    }
+    // The ATen-operations path (ATen's own interpolation kernels) agrees too.
+    const auto transform = torchkit::detail::image_transform_of("test", image.size(2), options);
+    const auto plan = torchkit::detail::plan_of("test", options, image.size(0), image.size(1));
+    REQUIRE(plan.has_value());
+    const auto reference = torchkit::detail::images_to_batch_with_aten_ops(
+        std::span<const at::Tensor>(&image, 1), transform, options, at::kCPU,
+        std::span<const torchkit::detail::resize::Plan>(&*plan, 1));
+    REQUIRE(reference.sizes() == first.sizes());
+    CHECK((reference - first).abs().max().item<double>() <= tolerance);
+    if (!is_float) {  // off by one level in at most a few pixels
+      CHECK((reference - first).abs().gt(0.5).sum().item<int64_t>() * 200 <= first.numel());
+    }
+  }
+}
+
+TEST_CASE("resize: strided images, every output dtype and several threads give the fast path's values") {
+  const auto image = pattern_image(61, 90, 3, 5);
+  ImageOptions options{.resize = torchkit::Resize{.shorter_side = 37, .interpolation = Interpolation::bicubic},
+                       .center_crop = {{33, 40}},
+                       .bgr_to_rgb = true,
+                       .mean = {0.485, 0.456, 0.406},
+                       .std = {0.229, 0.224, 0.225}};
+  const auto expected = torchkit::image_to_batch(image, options);
+  CHECK(expected.sizes() == at::IntArrayRef{1, 3, 33, 40});
+  // The same pixels in a planar buffer (channel stride H*W) and as a crop of a larger image.
+  const auto planar = image.permute({2, 0, 1}).contiguous().permute({1, 2, 0});
+  CHECK(torch::equal(torchkit::image_to_batch(planar, options), expected));
+  const auto larger = pattern_image(80, 100, 3, 9);
+  larger.slice(0, 7, 68).slice(1, 5, 95).copy_(image);
+  CHECK(torch::equal(torchkit::image_to_batch(larger.slice(0, 7, 68).slice(1, 5, 95), options), expected));
+  for (const auto dtype : {at::kDouble, at::kHalf, at::kBFloat16}) {
+    options.dtype = dtype;
+    const auto other = torchkit::image_to_batch(image, options);
+    CHECK((other.scalar_type() == dtype));
+    CHECK(torch::allclose(other.to(at::kFloat), expected, 1e-2, 1e-2));
+  }
+  options.dtype = at::kFloat;
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  const auto one_thread = torchkit::image_to_batch(pattern_image(1080, 1920, 3, 1), options);
+  at::set_num_threads(std::max(2, threads));
+  const auto many_threads = torchkit::image_to_batch(pattern_image(1080, 1920, 3, 1), options);
+  at::set_num_threads(threads);
+  CHECK(torch::equal(one_thread, many_threads));
+}
+
+TEST_CASE("center_crop without a resize is a view of the image, with torchvision's rounding") {
+  const auto image = pattern_image(40, 61, 3, 2);
+  // (40 - 21) / 2 = 9.5 rounds to 10 (half to even), (61 - 30) / 2 = 15.5 rounds to 16.
+  const auto batch = torchkit::image_to_batch(image, {.center_crop = {{21, 30}}, .scale = 1.0});
+  const auto expected = image.slice(0, 10, 31).slice(1, 16, 46).permute({2, 0, 1}).to(at::kFloat).unsqueeze(0);
+  CHECK(torch::equal(batch, expected));
+  // (40 - 23) / 2 = 8.5 rounds to 8.
+  const auto other = torchkit::image_to_batch(image, {.center_crop = {{23, 61}}, .scale = 1.0});
+  CHECK(torch::equal(other, image.slice(0, 8, 31).permute({2, 0, 1}).to(at::kFloat).unsqueeze(0)));
+  // A crop larger than the image pads with zero pixels: (7 - 4) // 2 = 1 before, 2 after.
+  const auto small = pattern_image(4, 5, 1, 3);
+  const auto padded = torchkit::image_to_batch(small, {.center_crop = {{7, 5}}, .scale = 1.0, .mean = {10.0}});
+  CHECK(padded.sizes() == at::IntArrayRef{1, 1, 7, 5});
+  CHECK(torch::equal(padded[0][0].slice(0, 1, 5), small.squeeze(-1).to(at::kFloat) - 10));
+  CHECK(torch::equal(padded[0][0][0], torch::full({5}, -10.0f)));
+  CHECK(torch::equal(padded[0][0].slice(0, 5, 7), torch::full({2, 5}, -10.0f)));
+}
+
+TEST_CASE("images_to_batch accepts images of different sizes when the resize makes them equal") {
+  const std::vector<at::Tensor> images{pattern_image(50, 70, 3, 1), pattern_image(90, 40, 3, 2),
+                                       pattern_image(33, 33, 3, 3)};
+  const ImageOptions fixed{.resize = torchkit::Resize{.size = {{24, 32}}}};
+  const auto batch = torchkit::images_to_batch(images, fixed);
+  REQUIRE(batch.sizes() == at::IntArrayRef{3, 3, 24, 32});
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    CHECK(torch::equal(batch[static_cast<int64_t>(i)], torchkit::image_to_batch(images[i], fixed)[0]));
+  }
+  const ImageOptions classifier{.resize = torchkit::Resize{.shorter_side = 30}, .center_crop = {{28, 28}}};
+  CHECK(torchkit::images_to_batch(images, classifier).sizes() == at::IntArrayRef{3, 3, 28, 28});
+  // The shorter side alone leaves the aspect ratios: image 1 ends 67x30, image 0 30x42.
+  const ImageOptions shorter{.resize = torchkit::Resize{.shorter_side = 30}};
+  const auto message = message_of([&] { (void)torchkit::images_to_batch(images, shorter); });
+  CHECK(message.find("image 1") != std::string::npos);
+  CHECK(message.find("67x30") != std::string::npos);
+  // Without a resize, different sizes are refused as before.
+  CHECK(message_of([&] { (void)torchkit::images_to_batch(images); }).find("image 1 has shape") != std::string::npos);
+}
+
+TEST_CASE("resize follows torchvision's Resize(int) size rule, max_size included") {
+  const auto size_of = [](int64_t h, int64_t w, torchkit::Resize resize) {
+    const auto batch = torchkit::image_to_batch(pattern_image(h, w, 1, 0), {.resize = resize});
+    return std::array<int64_t, 2>{batch.size(2), batch.size(3)};
+  };
+  CHECK(size_of(1080, 1920, {.shorter_side = 256}) == std::array<int64_t, 2>{256, 455});  // int(256*1920/1080)
+  CHECK(size_of(517, 333, {.shorter_side = 256}) == std::array<int64_t, 2>{397, 256});
+  CHECK(size_of(100, 400, {.shorter_side = 60, .max_size = 120}) == std::array<int64_t, 2>{30, 120});
+  CHECK(size_of(300, 200, {.shorter_side = 50, .max_size = 100}) == std::array<int64_t, 2>{75, 50});
+  CHECK(size_of(7, 7, {.shorter_side = 3}) == std::array<int64_t, 2>{3, 3});
+}
+
+TEST_CASE("letterbox matches the cv2 reference, and to_original maps boxes back") {
+  const auto golden = load_golden("resize.json");
+  REQUIRE(golden["letterbox"].size() >= 5);
+  for (const auto& c : golden["letterbox"]) {
+    const std::string name = c["name"].get<std::string>();
+    CAPTURE(name);
+    const auto image = golden_pattern(c, false);
+    const auto new_shape = c["new_shape"].get<std::vector<int64_t>>();
+    const torchkit::LetterboxOptions options{.size = {new_shape[0], new_shape[1]},
+                                             .scale_up = c["scale_up"].get<bool>(),
+                                             .image = {.scale = 1.0}};
+    at::Tensor first;
+    for (const Isa isa : every_isa()) {
+      const ForceIsa force(isa);
+      const auto boxed = torchkit::letterbox(image, options);
+      if (!first.defined()) {
+        first = boxed.batch;
+        CHECK(boxed.scale == doctest::Approx(c["scale"].get<double>()).epsilon(1e-15));
+        CHECK(boxed.pad_top == c["pad_top"].get<int64_t>());
+        CHECK(boxed.pad_left == c["pad_left"].get<int64_t>());
+        CHECK(boxed.resized_size[0] == c["unpadded"][0].get<int64_t>());
+        CHECK(boxed.resized_size[1] == c["unpadded"][1].get<int64_t>());
+        // cv2's fixed point is off by one level in a few percent of the pixels: grid within 1
+        // level, the mean within 0.2.
+        check_against_golden(boxed.batch[0], c, 1.0 + 1e-9, 0.2);
+      } else {
+        CHECK(torch::equal(boxed.batch, first));
+      }
+    }
+  }
+
+  // A box on a 1080x1920 frame, letterboxed to 640x640 (scale 1/3, 140 rows above), and back.
+  const auto frame = pattern_image(1080, 1920, 3, 4);
+  const auto boxed = torchkit::letterbox(frame, {.image = {.bgr_to_rgb = true}});
+  CHECK(boxed.batch.sizes() == at::IntArrayRef{1, 3, 640, 640});
+  CHECK(boxed.pad_top == 140);
+  CHECK(boxed.pad_left == 0);
+  const auto box = torch::tensor({{300.0, 150.0, 960.0, 900.0, 0.9, 2.0}}, torch::kDouble);
+  auto predicted = box.clone();
+  for (const int64_t column : {0, 2}) predicted.select(1, column).mul_(boxed.scale).add_(boxed.pad_left);
+  for (const int64_t column : {1, 3}) predicted.select(1, column).mul_(boxed.scale).add_(boxed.pad_top);
+  const auto predicted_copy = predicted.clone();
+  const auto back = boxed.to_original(predicted);
+  CHECK(torch::allclose(back, box, 0, 1e-9));
+  CHECK(torch::equal(predicted, predicted_copy));  // the input is not changed
+  // Boxes reaching into the border are clamped to the image.
+  const auto outside = boxed.to_original(torch::tensor({{-5.0, 100.0, 700.0, 600.0}}));
+  CHECK(torch::allclose(outside, torch::tensor({{0.0f, 0.0f, 1920.0f, 1080.0f}})));
 }
