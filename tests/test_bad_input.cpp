@@ -535,6 +535,196 @@ Rows batch_rows() {
   return rows;
 }
 
+/// A GradScaler held by the fixture (probed: scale, growth tracker, options), `scaled` when
+/// scale() has run, so that unscale_/step/update get past their first check.
+torchkit::GradScaler& held_scaler(Fixture& f, bool scaled, torchkit::GradScalerOptions options = {}) {
+  auto scaler = f.hold<torchkit::GradScaler>(options);
+  f.probe("GradScaler", [scaler] { return scaler->to_string(); });
+  if (scaled) (void)scaler->scale(torch::tensor(1.0f));
+  return *scaler;
+}
+
+/// An archive holding a "grad_scaler" written by `fill`, held by the fixture, ready to load.
+torch::serialize::InputArchive& held_scaler_archive(Fixture& f,
+                                                   const std::function<void(torch::serialize::OutputArchive&)>& fill) {
+  torch::serialize::OutputArchive out;
+  fill(out);
+  std::stringstream bytes;
+  out.save_to(bytes);
+  auto in = f.hold<torch::serialize::InputArchive>();
+  in->load_from(bytes);
+  return *in;
+}
+
+Rows amp_rows() {
+  const auto autocast_probe = [](Fixture& f) {
+    f.probe("autocast", [] {
+      namespace autocast = torchkit::detail::autocast;
+      return fmt::format("cpu {} {} cache {}", autocast::is_enabled(at::kCPU),
+                         c10::toString(autocast::dtype(at::kCPU)), autocast::is_cache_enabled());
+    });
+  };
+  const auto sparse_bias = [](Fixture& f) {
+    held_scaler(f, true);
+    set_grad(f, "4.bias", f.parameter("4.bias").grad().to_sparse());
+  };
+  const auto int_bias = [](Fixture& f) {
+    held_scaler(f, true);
+    set_grad(f, "4.bias", torch::ones({5}, torch::kInt));
+  };
+  const auto stepped = [](Fixture& f) {
+    auto& scaler = held_scaler(f, true);
+    (void)scaler.step(*f.optimizer);
+  };
+  return {
+      // AutocastScope
+      {"amp.hpp:AutocastScope", "dtype float32 on the CPU",
+       "AutocastScope: dtype Float is not supported by autocast on cpu",
+       [](Fixture&) { torchkit::AutocastScope scope(at::kCPU, at::kFloat); }, autocast_probe},
+      {"amp.hpp:AutocastScope", "device meta", "AutocastScope: device type meta has no autocast here",
+       [](Fixture&) { torchkit::AutocastScope scope(at::kMeta); }, autocast_probe},
+      // GradScaler
+      {"amp.hpp:GradScaler::GradScaler", "growth_factor = 1", "GradScaler: growth_factor must be a finite number > 1, got 1",
+       [](Fixture&) { torchkit::GradScaler scaler({.growth_factor = 1.0}); }},
+      {"amp.hpp:GradScaler::GradScaler", "backoff_factor = 1.5", "GradScaler: backoff_factor must be in (0, 1), got 1.5",
+       [](Fixture&) { torchkit::GradScaler scaler({.backoff_factor = 1.5}); }},
+      {"amp.hpp:GradScaler::GradScaler", "backoff_factor = nan", "GradScaler: backoff_factor must be in (0, 1), got nan",
+       [](Fixture&) { torchkit::GradScaler scaler({.backoff_factor = nan}); }},
+      {"amp.hpp:GradScaler::GradScaler", "growth_interval = 0", "GradScaler: growth_interval must be > 0, got 0",
+       [](Fixture&) { torchkit::GradScaler scaler({.growth_interval = 0}); }},
+      {"amp.hpp:GradScaler::GradScaler", "init_scale = inf",
+       "GradScaler: init_scale (the scale) must be a finite number > 0, got inf",
+       [](Fixture&) { torchkit::GradScaler scaler({.init_scale = infinity}); }},
+      {"amp.hpp:GradScaler::scale", "an undefined loss", "GradScaler::scale: the loss is an undefined tensor",
+       [](Fixture& f) { (void)f.last_held<torchkit::GradScaler>().scale(at::Tensor()); },
+       [](Fixture& f) { held_scaler(f, false); }},
+      {"amp.hpp:GradScaler::scale", "an int64 loss", "GradScaler::scale: the loss has dtype Long",
+       [](Fixture& f) { (void)f.last_held<torchkit::GradScaler>().scale(f.tensors.at("labels")); },
+       [](Fixture& f) { held_scaler(f, false); }},
+      {"amp.hpp:GradScaler::unscale_", "scale() never called", "GradScaler::unscale_: scale() was never called",
+       [](Fixture& f) { f.last_held<torchkit::GradScaler>().unscale_(*f.optimizer); },
+       [](Fixture& f) { held_scaler(f, false); }},
+      {"amp.hpp:GradScaler::unscale_", "twice in one step",
+       "GradScaler::unscale_: unscale_() has already been called on this optimizer since the last update()",
+       [](Fixture& f) { f.last_held<torchkit::GradScaler>().unscale_(*f.optimizer); },
+       [](Fixture& f) { held_scaler(f, true).unscale_(*f.optimizer); }},
+      {"amp.hpp:GradScaler::unscale_", "after step()", "GradScaler::unscale_: unscale_() is being called after step()",
+       [](Fixture& f) { f.last_held<torchkit::GradScaler>().unscale_(*f.optimizer); }, stepped},
+      {"amp.hpp:GradScaler::unscale_", "an int32 gradient",
+       "GradScaler::unscale_: the gradient of parameter 5 of the optimizer has dtype Int",
+       [](Fixture& f) { f.last_held<torchkit::GradScaler>().unscale_(*f.optimizer); }, int_bias},
+      {"amp.hpp:GradScaler::unscale_", "a sparse gradient",
+       "GradScaler::unscale_: the gradient of parameter 5 of the optimizer is sparse",
+       [](Fixture& f) { f.last_held<torchkit::GradScaler>().unscale_(*f.optimizer); }, sparse_bias},
+      {"amp.hpp:GradScaler::step", "scale() never called", "GradScaler::step: scale() was never called",
+       [](Fixture& f) { (void)f.last_held<torchkit::GradScaler>().step(*f.optimizer); },
+       [](Fixture& f) { held_scaler(f, false); }},
+      {"amp.hpp:GradScaler::step", "twice in one step",
+       "GradScaler::step: step() has already been called on this optimizer since the last update()",
+       [](Fixture& f) { (void)f.last_held<torchkit::GradScaler>().step(*f.optimizer); }, stepped},
+      {"amp.hpp:GradScaler::step", "a sparse gradient", "GradScaler::step: the gradient of parameter 5 of the optimizer is sparse",
+       [](Fixture& f) { (void)f.last_held<torchkit::GradScaler>().step(*f.optimizer); }, sparse_bias},
+      {"amp.hpp:GradScaler::step", "no parameter has a gradient",
+       "GradScaler::step: no parameter of the optimizer has a gradient",
+       [](Fixture& f) { (void)f.last_held<torchkit::GradScaler>().step(f.held<torch::optim::SGD>(0)); },
+       [](Fixture& f) {
+         (void)f.hold<torch::optim::SGD>(std::vector<at::Tensor>{torch::zeros({2}, torch::requires_grad())}, 0.1);
+         held_scaler(f, true);
+       }},
+      {"amp.hpp:GradScaler::update", "scale() never called", "GradScaler::update: scale() was never called",
+       [](Fixture& f) { f.last_held<torchkit::GradScaler>().update(); }, [](Fixture& f) { held_scaler(f, false); }},
+      {"amp.hpp:GradScaler::update", "new_scale = 0", "GradScaler::update: new_scale must be a finite number > 0, got 0",
+       [](Fixture& f) { f.last_held<torchkit::GradScaler>().update(0.0); }, stepped},
+      {"amp.hpp:GradScaler::update", "new_scale = -inf",
+       "GradScaler::update: new_scale must be a finite number > 0, got -inf",
+       [](Fixture& f) { f.last_held<torchkit::GradScaler>().update(-infinity); }, stepped},
+      {"amp.hpp:GradScaler::update", "no unscale_/step since the last update",
+       "GradScaler::update: no inf checks were recorded since the last update()",
+       [](Fixture& f) { f.last_held<torchkit::GradScaler>().update(); }, [](Fixture& f) { held_scaler(f, true); }},
+      {"amp.hpp:GradScaler::load", "no grad_scaler in the archive", "GradScaler::load: the archive has no 'grad_scaler'",
+       [](Fixture& f) { f.held<torchkit::GradScaler>(1).load(f.held<torch::serialize::InputArchive>(0)); },
+       [](Fixture& f) {
+         (void)held_scaler_archive(f, [](torch::serialize::OutputArchive& out) { out.write("x", c10::IValue(1.0)); });
+         held_scaler(f, true);
+       }},
+      {"amp.hpp:GradScaler::load", "saved by a disabled scaler",
+       "GradScaler::load: the archive was saved by a disabled GradScaler",
+       [](Fixture& f) { f.held<torchkit::GradScaler>(1).load(f.held<torch::serialize::InputArchive>(0)); },
+       [](Fixture& f) {
+         (void)held_scaler_archive(f, [](torch::serialize::OutputArchive& out) {
+           torchkit::GradScaler({.enabled = false}).save(out);
+         });
+         held_scaler(f, true);
+       }},
+      {"amp.hpp:GradScaler::load", "growth_factor 0.5 in the archive",
+       "GradScaler::load: growth_factor must be a finite number > 1, got 0.5",
+       [](Fixture& f) { f.held<torchkit::GradScaler>(1).load(f.held<torch::serialize::InputArchive>(0)); },
+       [](Fixture& f) {
+         (void)held_scaler_archive(f, [](torch::serialize::OutputArchive& out) {
+           torch::serialize::OutputArchive nested(out.compilation_unit());
+           nested.write("enabled", c10::IValue(true));
+           nested.write("scale", c10::IValue(8.0));
+           nested.write("growth_factor", c10::IValue(0.5));
+           nested.write("backoff_factor", c10::IValue(0.5));
+           nested.write("growth_interval", c10::IValue(std::int64_t{10}));
+           nested.write("_growth_tracker", c10::IValue(std::int64_t{0}));
+           out.write("grad_scaler", nested);
+         });
+         held_scaler(f, true);
+       }},
+      {"amp.hpp:GradScaler::load", "scale given as an integer",
+       "GradScaler::load: 'scale' in the archive should be a float",
+       [](Fixture& f) { f.held<torchkit::GradScaler>(1).load(f.held<torch::serialize::InputArchive>(0)); },
+       [](Fixture& f) {
+         (void)held_scaler_archive(f, [](torch::serialize::OutputArchive& out) {
+           torch::serialize::OutputArchive nested(out.compilation_unit());
+           nested.write("enabled", c10::IValue(true));
+           nested.write("scale", c10::IValue(std::int64_t{8}));
+           out.write("grad_scaler", nested);
+         });
+         held_scaler(f, true);
+       }},
+      // The scaler-aware clip_grad_norm_
+      {"amp.hpp:clip_grad_norm_", "max_norm = 0", "clip_grad_norm_: max_norm must be a positive number, got 0",
+       [](Fixture& f) { (void)torchkit::clip_grad_norm_(*f.optimizer, 0.0, 2.0, f.last_held<torchkit::GradScaler>()); },
+       [](Fixture& f) { held_scaler(f, true); }},
+      {"amp.hpp:clip_grad_norm_", "norm_type = nan", "clip_grad_norm_: norm_type must be 0, a positive number or inf, got nan",
+       [](Fixture& f) { (void)torchkit::clip_grad_norm_(*f.optimizer, 1.0, nan, f.last_held<torchkit::GradScaler>()); },
+       [](Fixture& f) { held_scaler(f, true); }},
+      {"amp.hpp:clip_grad_norm_", "scale() never called", "clip_grad_norm_: scale() was never called",
+       [](Fixture& f) { (void)torchkit::clip_grad_norm_(*f.optimizer, 1.0, 2.0, f.last_held<torchkit::GradScaler>()); },
+       [](Fixture& f) { held_scaler(f, false); }},
+      {"amp.hpp:clip_grad_norm_", "after scaler.step()", "clip_grad_norm_: the scaler already stepped this optimizer",
+       [](Fixture& f) { (void)torchkit::clip_grad_norm_(*f.optimizer, 1.0, 2.0, f.last_held<torchkit::GradScaler>()); },
+       stepped},
+      {"amp.hpp:clip_grad_norm_", "a sparse gradient",
+       "clip_grad_norm_: the gradient of parameter 5 of the optimizer is sparse",
+       [](Fixture& f) { (void)torchkit::clip_grad_norm_(*f.optimizer, 1.0, 2.0, f.last_held<torchkit::GradScaler>()); },
+       sparse_bias},
+      {"amp.hpp:clip_grad_norm_", "an int32 gradient",
+       "clip_grad_norm_: the gradient of parameter 5 of the optimizer has dtype Int",
+       [](Fixture& f) { (void)torchkit::clip_grad_norm_(*f.optimizer, 1.0, 2.0, f.last_held<torchkit::GradScaler>()); },
+       int_bias},
+      {"amp.hpp:clip_grad_norm_", "a misshapen gradient",
+       "clip_grad_norm_: the gradient of parameter 5 has shape [6] but the parameter has shape [5]",
+       [](Fixture& f) { (void)torchkit::clip_grad_norm_(*f.optimizer, 1.0, 2.0, f.last_held<torchkit::GradScaler>()); },
+       [](Fixture& f) {
+         held_scaler(f, true);
+         set_grad(f, "4.bias", torch::ones({6}));
+       }},
+      {"amp.hpp:clip_grad_norm_", "error_if_nonfinite, an inf gradient",
+       "clip_grad_norm_: the total norm of order 2 of the unscaled gradients is inf (non-finite)",
+       [](Fixture& f) {
+         (void)torchkit::clip_grad_norm_(*f.optimizer, 1.0, 2.0, f.last_held<torchkit::GradScaler>(),
+                                         {.error_if_nonfinite = true});
+       },
+       [](Fixture& f) {
+         held_scaler(f, true);
+         infinite_grad(f);
+       }},
+  };
+}
+
 Rows clip_rows() {
   const auto nan_in_last_weight = [](Fixture& f) {
     at::Tensor grad = f.parameter("4.weight").grad().clone();
@@ -1085,6 +1275,74 @@ Rows freeze_rows() {
        }},
       {"freeze.hpp:freeze", "an empty regex", "freeze: pattern 1 of 1 is empty",
        [](Fixture& f) { (void)torchkit::freeze(f.model, {torchkit::regex("")}); }},
+  };
+}
+
+Rows averaging_rows() {
+  // An average of the fixture's model, probed (its values and n_averaged) so that a refused call
+  // that changed it is noticed.
+  const auto averaged_of_model = [](Fixture& f) {
+    auto averaged = f.hold<torchkit::AveragedModel>(f.model, torchkit::AveragingOptions{.use_buffers = true});
+    averaged->update_parameters(f.model);
+    f.probe("averaged model", [averaged] {
+      std::string text = averaged->to_string();
+      for (const auto& item : averaged->named_parameters()) text += " " + describe(item.tensor) + fmt::format("{}", item.tensor.sum().item<double>());
+      for (const auto& item : averaged->named_buffers()) text += " " + fmt::format("{}", item.tensor.sum().item<double>());
+      return text;
+    });
+  };
+  return {
+      {"averaging.hpp:AveragedModel", "ema_decay 1.5", "AveragedModel: ema_decay must be in [0, 1], got 1.5",
+       [](Fixture& f) { torchkit::AveragedModel bad(f.model, {.ema_decay = 1.5}); }},
+      {"averaging.hpp:AveragedModel", "an empty module holder", "AveragedModel: the module holder is empty",
+       [](Fixture&) {
+         torch::nn::Sequential empty{nullptr};
+         torchkit::AveragedModel bad(empty);
+       }},
+      {"averaging.hpp:AveragedModel", "update_parameters with a model of another structure",
+       "AveragedModel::update_parameters: the model's parameter 0 is '0.weight' but the averaged model's is "
+       "'weight'",
+       [](Fixture& f) { f.last_held<torchkit::AveragedModel>().update_parameters(f.model); },
+       [](Fixture& f) {
+         auto averaged = f.hold<torchkit::AveragedModel>(torch::nn::Linear(2, 2));
+         f.probe("foreign average", [averaged] { return averaged->to_string(); });
+       }},
+      {"averaging.hpp:AveragedModel::load", "an archive without the entry",
+       "AveragedModel::load: the archive has no 'averaged_model' entry",
+       [](Fixture& f) {
+         torch::serialize::InputArchive empty;
+         f.held<torchkit::AveragedModel>(0).load(empty);
+       },
+       averaged_of_model},
+      {"averaging.hpp:AveragedModel::load", "an archive of another model",
+       "AveragedModel::load: the model's parameter 0 is 'weight' but the averaged model's is '0.weight'",
+       [](Fixture& f) { f.held<torchkit::AveragedModel>(0).load(f.last_held<torch::serialize::InputArchive>()); },
+       [averaged_of_model](Fixture& f) {
+         averaged_of_model(f);
+         torchkit::AveragedModel foreign(torch::nn::Linear(2, 2));
+         std::stringstream stream;
+         torch::serialize::OutputArchive out;
+         foreign.save(out);
+         out.save_to(stream);
+         f.hold<torch::serialize::InputArchive>()->load_from(stream);
+       }},
+      {"averaging.hpp:ModelEma", "decay -0.5", "ModelEma: decay must be in [0, 1], got -0.5",
+       [](Fixture& f) { torchkit::ModelEma bad(f.model, {.decay = -0.5}); }},
+      {"averaging.hpp:ModelEma", "min_decay above decay", "ModelEma: min_decay (0.5) must be <= decay (0.25)",
+       [](Fixture& f) { torchkit::ModelEma bad(f.model, {.decay = 0.25, .min_decay = 0.5}); }},
+      {"averaging.hpp:ModelEma", "warmup_gamma nan", "ModelEma: warmup_gamma must be a finite number > 0, got nan",
+       [](Fixture& f) { torchkit::ModelEma bad(f.model, {.warmup_gamma = nan}); }},
+      {"averaging.hpp:ModelEma", "warmup_power 0", "ModelEma: warmup_power must be a finite number > 0, got 0",
+       [](Fixture& f) { torchkit::ModelEma bad(f.model, {.warmup_power = 0}); }},
+      {"averaging.hpp:AveragedWeightsScope", "an average of another model",
+       "AveragedWeightsScope: the model's parameter 0 is '0.weight' but the averaged model's is 'weight'",
+       [](Fixture& f) { torchkit::AveragedWeightsScope scope(f.model, f.last_held<torchkit::AveragedModel>()); },
+       [](Fixture& f) { (void)f.hold<torchkit::AveragedModel>(torch::nn::Linear(2, 2)); }},
+      {"averaging.hpp:update_bn", "an empty module holder", "update_bn: the module holder is empty",
+       [](Fixture& f) {
+         torch::nn::Sequential empty{nullptr};
+         torchkit::update_bn(std::vector<at::Tensor>{f.tensors.at("image")}, empty);
+       }},
   };
 }
 
@@ -2042,9 +2300,11 @@ Rows all_rows() {
   Rows rows;
   append(rows, batch_rows());
   append(rows, clip_rows());
+  append(rows, amp_rows());
   append(rows, devices_rows());
   append(rows, distributed_rows());
   append(rows, freeze_rows());
+  append(rows, averaging_rows());
   append(rows, grad_mode_memory_rows());
   append(rows, one_hot_rows());
   append(rows, param_groups_rows());
