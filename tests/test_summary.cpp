@@ -688,6 +688,34 @@ TEST_CASE("summary: nested containers, a ModuleDict head never called") {
                   "     └─Linear: 2-5                       --                        42\n") != std::string::npos);
 }
 
+TEST_CASE("summary: each Row carries what the tables are drawn from (the one row model)") {
+  NestedContainers net;
+  const Summary summary = torchkit::summary(net, {5}, {.batch_size = 1});
+  const std::string text = summary.to_string();
+  for (const auto& row : summary.rows()) {
+    INFO("row ", row.name, " (", row.type, ")");
+    if (row.depth >= 1 && row.depth <= summary.options().depth && !row.placeholder) {  // printed titles: depth-depth_index
+      CHECK(row.depth_index >= 1);
+      CHECK(text.find(fmt::format("{}: {}-{}", row.type, row.depth, row.depth_index)) != std::string::npos);
+    }
+    if (row.leaf) {
+      CHECK(row.own_params == row.params);  // no submodules, no tied tensors in this model
+    }
+    CHECK(row.container == (row.type == "Sequential" || row.type == "ModuleList" || row.type == "ModuleDict"));
+    if (!row.output_shape.empty()) {
+      CHECK(row.output_element_size == 4);  // float outputs
+    }
+  }
+  CHECK(row_named(summary, "heads.used").called);
+  CHECK_FALSE(row_named(summary, "heads.unused").called);
+  CHECK_FALSE(row_named(summary, "_layers").leaf);
+  CHECK(row_named(summary, "_layers").own_params == 0);
+  // {fmt} prints the table with summary.hpp alone; the earlier enumerator spellings still work.
+  CHECK(fmt::format("{}", summary) == text);
+  static_assert(SummaryStyle::Tree == SummaryStyle::tree && SummaryStyle::Flat == SummaryStyle::flat);
+  CHECK(summary.to_string(SummaryStyle::flat) == summary.to_string(SummaryStyle::Flat));
+}
+
 TEST_CASE("summary: parameters only, no forward pass") {
   ThrowingNet net;  // its forward throws; summary(model) never calls it
   const Summary summary = torchkit::summary(net);
