@@ -129,9 +129,9 @@ Options options_from(const json& args) {
       value = args.at(name).get<T>();
     }
   });
-  for (const auto& [key, value] : args.items()) {
-    INFO("argument ", key);
-    CHECK(known.contains(key));
+  for (const auto& item : args.items()) {
+    INFO("argument ", item.key());
+    CHECK(known.contains(item.key()));
   }
   return options;
 }
