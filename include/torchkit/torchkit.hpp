@@ -23,6 +23,7 @@
 #include <torchkit/name_pattern.hpp>
 #include <torchkit/freeze.hpp>
 #include <torchkit/param_groups.hpp>
+#include <torchkit/averaging.hpp>
 #include <torchkit/distributed.hpp>
 #include <torchkit/format.hpp>
 
