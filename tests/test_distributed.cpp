@@ -768,6 +768,23 @@ TEST_CASE("dist: a rank that never joins or dies gives an error within the timeo
         std::string::npos);
   CHECK(clock::now() - start < std::chrono::seconds(20));
 
+  // Through the TCP store of a torchrun-like environment: rank 0 waits for rank 1, which never
+  // comes; rank 1 of another world finds no rank 0.
+  for (const char* rank : {"0", "1"}) {
+    CAPTURE(rank);
+    // A port of its own for each (a store that failed may keep its port a little while).
+    const std::string port = std::to_string(20000 + static_cast<int>((getpid() + 4999 + rank[0]) % 20000));
+    start = clock::now();
+    const auto where =
+        environment_from({{"RANK", rank}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}});
+    const auto message = message_of<torchkit::Error>(
+        [&] { (void)torchkit::store_from_environment(where, std::chrono::milliseconds(1500)); });
+    CHECK(message.find(fmt::format("store_from_environment: rank {} of 2 could not meet the other ranks at "
+                                   "127.0.0.1:{} within 1500 ms",
+                                   rank, port)) != std::string::npos);
+    CHECK(clock::now() - start < std::chrono::seconds(30));
+  }
+
   // Dies: rank 1 joins, then leaves without reducing.
   Net model;
   model->forward(torch::randn({2, 6})).sum().backward();

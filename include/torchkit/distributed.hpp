@@ -47,6 +47,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <thread>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -181,6 +182,9 @@ concept CollectiveGroup =
 /// the libuv server where LibTorch has one and the classic server where it was built without
 /// libuv (Debian's 2.x) or USE_LIBUV=0 is set.
 ///
+/// @throws torchkit::Error when the ranks do not all meet within `timeout` (one never started
+///         or died, MASTER_ADDR is wrong) or rank 0 cannot listen on MASTER_PORT (in use).
+///
 ///     auto store = torchkit::store_from_environment(torchkit::torchrun_environment());
 [[nodiscard]] inline c10::intrusive_ptr<c10d::Store> store_from_environment(
     const TorchrunEnvironment& environment, std::chrono::milliseconds timeout = std::chrono::minutes(30)) {
@@ -190,7 +194,32 @@ concept CollectiveGroup =
   options.numWorkers = static_cast<std::size_t>(environment.world_size);
   options.waitWorkers = true;
   options.timeout = timeout;
-  return detail::make_tcp_store(environment.master_addr, options);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  const char* reason = environment.rank == 0 ? "rank 0 hosts the store and waits for every rank"
+                                             : "this rank connects to rank 0's store";
+  try {
+    auto store = detail::make_tcp_store(environment.master_addr, options);
+    // LibTorch 1.13's server stops waiting for the workers at the timeout without an error
+    // (2.x throws): every rank checks in, and rank 0 counts them.
+    const std::string joined = "torchkit/store_from_environment/joined";
+    int64_t count = store->add(joined, 1);
+    while (environment.rank == 0 && count < environment.world_size) {
+      TORCHKIT_CHECK(std::chrono::steady_clock::now() < deadline,
+                     "store_from_environment: rank 0 of {} could not meet the other ranks at {}:{} within {} ms ({}): "
+                     "{} of {} ranks arrived",
+                     environment.world_size, environment.master_addr, environment.master_port, timeout.count(),
+                     reason, count, environment.world_size);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      count = store->add(joined, 0);
+    }
+    return store;
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& error) {
+    detail::fail("store_from_environment: rank {} of {} could not meet the other ranks at {}:{} within {} ms ({}): {}",
+                 environment.rank, environment.world_size, environment.master_addr, environment.master_port,
+                 timeout.count(), reason, error.what());
+  }
 }
 
 #if TORCHKIT_WITH_GLOO
