@@ -203,9 +203,9 @@ class AveragedModel {
   }
 
   /// `AveragedModel(swa, n_averaged=3, parameters=8, buffers=3, use_buffers=false)`, or
-  /// `ema_decay=0.999` in place of `swa`.
+  /// `ema_decay=0.999` in place of `swa` (`ModelEma(...)` for a ModelEma).
   [[nodiscard]] std::string to_string() const {
-    return fmt::format("AveragedModel({}, n_averaged={}, parameters={}, buffers={}, use_buffers={})",
+    return fmt::format("{}({}, n_averaged={}, parameters={}, buffers={}, use_buffers={})", type_name_,
                        options_.ema_decay ? fmt::format("ema_decay={}", *options_.ema_decay) : std::string("swa"),
                        n_averaged_, parameters_.size(), buffers_.size(), options_.use_buffers);
   }
@@ -215,6 +215,9 @@ class AveragedModel {
   }
 
  protected:
+  /// The class name to_string() prints.
+  std::string type_name_ = "AveragedModel";
+
   /// One update with `ema_decay` (none: the SWA mean), after checking the structure.
   void update(const torch::nn::Module& module, std::string_view owner, std::optional<double> ema_decay) {
     const auto live_parameters = named_parameters_of(module);
@@ -309,7 +312,9 @@ class ModelEma : public AveragedModel {
   template <ModuleLike M>
   explicit ModelEma(const M& model, ModelEmaOptions options = {})
       : AveragedModel(model, AveragingOptions{.ema_decay = checked(options).decay, .use_buffers = options.use_buffers}),
-        ema_options_(options) {}
+        ema_options_(options) {
+    type_name_ = "ModelEma";
+  }
 
   /// Folds the model's weights in with the decay of this update (decay_at(n_averaged() + 1)).
   template <ModuleLike M>
