@@ -996,3 +996,119 @@ TEST_CASE("a new scheduler is an options table and a rule: RuleScheduler finishe
     sequential.step();
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// SWALR (lr/swa.hpp) against torch.optim.swa_utils.SWALR (tests/golden/swa.json, swa_golden.py)
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+// swa_golden.py's optimizer: SGD (momentum 0.9) with three groups; `before` steps of
+// CosineAnnealingLR(T_max=40, eta_min=0.001) first, so that SWALR starts where a scheduler left
+// the lrs.
+Setup swa_optimizer(const json& case_) {
+  auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.03, 0.5}}, {"momentum", 0.9}});
+  const auto before = case_.value("before", 0);
+  if (before > 0) {
+    lr::CosineAnnealingLR warm(*setup.optimizer, {.T_max = 40, .eta_min = 0.001});
+    for (int step = 0; step < before; ++step) {
+      warm.step();
+    }
+  }
+  return setup;
+}
+
+}  // namespace
+
+TEST_CASE("SWALR reproduces PyTorch 1.13's sequence, cos and linear, per group, to 1e-12") {
+  static const json swa = torchkit::test::load_golden("swa.json");
+  std::set<std::string> strategies;
+  for (const auto& case_ : swa.at("cases")) {
+    INFO("case: ", case_.at("args").dump(), " before=", case_.at("before").get<int>());
+    auto setup = swa_optimizer(case_);
+    const auto options = options_from<lr::SWALROptions>(case_.at("args"));
+    strategies.insert(options.anneal_strategy);
+    lr::SWALR scheduler(*setup.optimizer, options);
+    check_row(case_, 0, *setup.optimizer, scheduler.last_lr());
+    continue_case(case_, *setup.optimizer, scheduler, 0);
+    CHECK(case_.at("steps").get<int>() >= 200);
+  }
+  CHECK(strategies == std::set<std::string>{"cos", "linear"});
+  CHECK(swa.at("cases").size() >= 9);
+}
+
+TEST_CASE("SWALR: the scalar, per-group and options forms agree; swa_lrs() per group") {
+  auto a = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.03}}});
+  auto b = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.03}}});
+  auto c = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.03}}});
+  lr::SWALR scalar(*a.optimizer, 0.05, {.anneal_epochs = 4, .anneal_strategy = "linear"});
+  lr::SWALR per_group(*b.optimizer, std::vector<double>{0.05, 0.05}, {.anneal_epochs = 4, .anneal_strategy = "linear"});
+  lr::SWALR options(*c.optimizer, {.swa_lr = 0.05, .anneal_epochs = 4, .anneal_strategy = "linear"});
+  CHECK(scalar.swa_lrs() == std::vector<double>{0.05, 0.05});
+  CHECK(per_group.swa_lrs() == std::vector<double>{0.05, 0.05});
+  for (int step = 0; step < 6; ++step) {
+    scalar.step();
+    per_group.step();
+    options.step();
+    CHECK(scalar.last_lr() == per_group.last_lr());
+    CHECK(scalar.last_lr() == options.last_lr());
+  }
+  CHECK(scalar.last_lr() == std::vector<double>{0.05, 0.05});  // annealed, then held
+  CHECK(scalar.to_string() ==
+        "SWALR(swa_lr=0.05, anneal_epochs=4, anneal_strategy='linear') last_epoch=6 last_lr=[0.05, 0.05]");
+  check_described(lr::SWALR(*a.optimizer, 0.05));
+}
+
+TEST_CASE("SWALR: a run stopped at step k and resumed from archives continues exactly") {
+  static const json swa = torchkit::test::load_golden("swa.json");
+  for (const auto& case_ : swa.at("cases")) {
+    for (const std::size_t stop : {std::size_t{0}, std::size_t{1}, std::size_t{20}, std::size_t{151}}) {
+      INFO("case: ", case_.at("args").dump(), " stopped after ", stop, " steps");
+      std::stringstream checkpoint;
+      {
+        auto setup = swa_optimizer(case_);
+        lr::SWALR scheduler(*setup.optimizer, options_from<lr::SWALROptions>(case_.at("args")));
+        for (std::size_t step = 0; step < stop; ++step) {
+          scheduler.step();
+        }
+        torch::serialize::OutputArchive archive;
+        setup.optimizer->save(archive);
+        scheduler.save(archive);
+        archive.save_to(checkpoint);
+      }
+      // The resumed run is constructed with other arguments: load() restores the saved ones.
+      auto setup = swa_optimizer(case_);
+      lr::SWALR scheduler(*setup.optimizer, 0.9, {.anneal_epochs = 2});
+      torch::serialize::InputArchive archive;
+      archive.load_from(checkpoint);
+      setup.optimizer->load(archive);
+      scheduler.load(archive);
+      CHECK(scheduler.last_epoch() == static_cast<int64_t>(stop));
+      check_row(case_, stop, *setup.optimizer, scheduler.last_lr());
+      continue_case(case_, *setup.optimizer, scheduler, stop);
+    }
+  }
+}
+
+TEST_CASE("SWALR: Python's errors, with Python's wording, and the optimizer left as it was") {
+  static const json swa = torchkit::test::load_golden("swa.json");
+  for (const auto& error : swa.at("errors")) {
+    INFO("args: ", error.at("args").dump(), "\nPython: ", error.at("message").get<std::string>());
+    const auto groups = error.at("groups").get<std::size_t>();
+    const std::vector<double> all{0.1, 0.03, 0.5};
+    auto setup = make_optimizer({{"type", "sgd"}, {"lrs", std::vector<double>(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(groups))}});
+    const auto before = lrs_of(*setup.optimizer);
+    const auto message = message_of<torchkit::Error>(
+        [&] { lr::SWALR scheduler(*setup.optimizer, options_from<lr::SWALROptions>(error.at("args"))); });
+    CHECK(message.find("SWALR: " + python_message(error)) != std::string::npos);
+    CHECK(lrs_of(*setup.optimizer) == before);
+  }
+  // What Python lets through: a negative, infinite or missing SWA lr.
+  auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1, 0.03}}});
+  CHECK_THROWS_WITH_AS(lr::SWALR(*setup.optimizer, -0.5), doctest::Contains("SWALR: swa_lr"), torchkit::Error);
+  CHECK_THROWS_WITH_AS(lr::SWALR(*setup.optimizer, std::vector<double>{0.1, std::numeric_limits<double>::infinity()}),
+                       doctest::Contains("SWALR: swa_lr"), torchkit::Error);
+  CHECK_THROWS_WITH_AS(lr::SWALR(*setup.optimizer, lr::SWALROptions{}), doctest::Contains("SWALR: swa_lr is required"),
+                       torchkit::Error);
+  CHECK(lrs_of(*setup.optimizer) == std::vector<double>{0.1, 0.03});
+}

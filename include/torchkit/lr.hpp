@@ -24,7 +24,7 @@
 /// torchkit scheduler throws before changing anything.
 ///
 /// The family lives in include/torchkit/lr/: scheduler.hpp (the base), decay.hpp, lambda.hpp,
-/// cyclic.hpp, composite.hpp and plateau.hpp; this header includes them all.
+/// cyclic.hpp, composite.hpp, plateau.hpp and swa.hpp (SWALR); this header includes them all.
 
 #include <torchkit/lr/scheduler.hpp>
 #include <torchkit/lr/decay.hpp>
@@ -32,3 +32,4 @@
 #include <torchkit/lr/cyclic.hpp>
 #include <torchkit/lr/composite.hpp>
 #include <torchkit/lr/plateau.hpp>
+#include <torchkit/lr/swa.hpp>
