@@ -39,6 +39,7 @@
 #include <limits>
 #include <optional>
 #include <ostream>
+#include <ranges>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -148,30 +149,32 @@ inline constexpr bool round_factor_to_gradient_type = false;
   return static_cast<float>(1.0 / static_cast<double>(scale));
 }
 
+/// Every parameter of every group of `optimizer`, in order, as a view (no tensor handle copied).
+[[nodiscard]] inline auto parameters_of(const torch::optim::Optimizer& optimizer) {
+  return optimizer.param_groups() |
+         std::views::transform([](const torch::optim::OptimizerParamGroup& group) -> const std::vector<at::Tensor>& {
+           return group.params();
+         }) |
+         std::views::join;
+}
+
 /// Checks what clip::collect does not say in GradScaler's words: dense floating gradients.
-inline void check_scalable(const std::vector<at::Tensor>& parameters, std::string_view function) {
-  for (std::size_t k = 0; k < parameters.size(); ++k) {
-    if (!parameters[k].defined()) continue;
-    const at::Tensor& grad = clip::gradient_of(parameters[k]);
+inline void check_scalable(const torch::optim::Optimizer& optimizer, std::string_view function) {
+  std::size_t k = 0;
+  for (const at::Tensor& parameter : parameters_of(optimizer)) {
+    const std::size_t index = k++;
+    if (!parameter.defined()) continue;
+    const at::Tensor& grad = clip::gradient_of(parameter);
     if (!grad.defined()) continue;
     TORCHKIT_CHECK(grad.layout() == at::kStrided,
                    "{}: the gradient of parameter {} of the optimizer is sparse (layout {}); GradScaler unscales "
                    "dense (strided) gradients only",
-                   function, k, c10::str(grad.layout()));
+                   function, index, c10::str(grad.layout()));
     TORCHKIT_CHECK(clip::is_supported_dtype(grad.scalar_type()),
                    "{}: the gradient of parameter {} of the optimizer has dtype {}; expected float, double, float16 "
                    "or bfloat16",
-                   function, k, c10::toString(grad.scalar_type()));
+                   function, index, c10::toString(grad.scalar_type()));
   }
-}
-
-/// Every parameter of every group of `optimizer`, in order.
-[[nodiscard]] inline std::vector<at::Tensor> parameters_of(const torch::optim::Optimizer& optimizer) {
-  std::vector<at::Tensor> parameters;
-  for (const auto& group : optimizer.param_groups()) {
-    parameters.insert(parameters.end(), group.params().begin(), group.params().end());
-  }
-  return parameters;
 }
 
 /// The CPU gradients of a Collected set as runs over raw memory (as clip's FastPass lays them
@@ -402,9 +405,8 @@ class GradScaler {
                    "{}: unscale_() has already been called on this optimizer since the last update()", function);
     TORCHKIT_CHECK(existing == nullptr || existing->stage != Stage::stepped,
                    "{}: unscale_() is being called after step() for this optimizer; call update() first", function);
-    const std::vector<at::Tensor> parameters = detail::amp::parameters_of(optimizer);
-    detail::amp::check_scalable(parameters, function);
-    const auto collected = detail::clip::collect(parameters, function, /*mutating=*/true);
+    detail::amp::check_scalable(optimizer, function);
+    const auto collected = detail::clip::collect(detail::amp::parameters_of(optimizer), function, /*mutating=*/true);
     State& state = state_of(optimizer);
     unscale_collected(collected, state);
   }
@@ -426,9 +428,8 @@ class GradScaler {
     TORCHKIT_CHECK(existing == nullptr || existing->stage != Stage::stepped,
                    "{}: step() has already been called on this optimizer since the last update()", function);
     if (existing == nullptr || existing->stage == Stage::ready) {
-      const std::vector<at::Tensor> parameters = detail::amp::parameters_of(optimizer);
-      detail::amp::check_scalable(parameters, function);
-      const auto collected = detail::clip::collect(parameters, function, /*mutating=*/true);
+      detail::amp::check_scalable(optimizer, function);
+      const auto collected = detail::clip::collect(detail::amp::parameters_of(optimizer), function, /*mutating=*/true);
       TORCHKIT_CHECK(!collected.gradients.empty(),
                      "{}: no parameter of the optimizer has a gradient, so no inf checks were recorded", function);
       unscale_collected(collected, state_of(optimizer));
@@ -676,9 +677,8 @@ struct ScalerAccess {
     constexpr std::string_view function = "clip_grad_norm_";
     clip::check_max_norm(max_norm, function);
     clip::check_norm_type(norm_type, function);
-    const std::vector<at::Tensor> parameters = parameters_of(optimizer);
     if (!scaler.options_.enabled) {
-      const auto collected = clip::collect(parameters, function, /*mutating=*/true);
+      const auto collected = clip::collect(parameters_of(optimizer), function, /*mutating=*/true);
       return clip::norm_and_clip(collected, norm_type, max_norm, options, function);
     }
     scaler.check_scaled(function);
@@ -687,8 +687,8 @@ struct ScalerAccess {
                    "{}: the scaler already stepped this optimizer since the last update(); clip before "
                    "scaler.step(optimizer)",
                    function);
-    check_scalable(parameters, function);
-    const auto collected = clip::collect(parameters, function, /*mutating=*/true);
+    check_scalable(optimizer, function);
+    const auto collected = clip::collect(parameters_of(optimizer), function, /*mutating=*/true);
     const bool unscaled = existing != nullptr && existing->stage == GradScaler::Stage::unscaled;
     if (unscaled || collected.gradients.empty()) {
       if (!unscaled) scaler.state_of(optimizer).stage = GradScaler::Stage::unscaled;  // Python records nothing

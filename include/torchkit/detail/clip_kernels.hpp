@@ -722,6 +722,69 @@ template <Isa isa>
   }
 }
 
+/// The sum of squares of `data[i] * inv` over `size` float or double elements in one pass, the
+/// same bits as reduce_run<NormKind::two> over the unscaled values (same lanes, same order);
+/// `nonfinite` is set when any element is inf or nan.
+template <class T, int Bytes>
+[[gnu::always_inline]] inline double unscale_reduce_two(const T* data, std::int64_t size, T inv, bool& nonfinite) {
+  TORCHKIT_CLIP_NO_CONTRACT
+  using Vector = typename VectorOf<T, Bytes>::Vector;
+  constexpr std::int64_t lanes = Bytes / static_cast<std::int64_t>(sizeof(T));
+  constexpr std::int64_t unroll = partial_bytes / Bytes;
+  constexpr std::int64_t block = partial_bytes / static_cast<std::int64_t>(sizeof(T));
+  const Vector invs = Vector{} + inv;
+  Vector accumulators[unroll] = {};
+  Vector seen{};
+  std::int64_t i = 0;
+  for (; i + block <= size; i += block) {
+    for (std::int64_t u = 0; u < unroll; ++u) {
+      Vector x;
+      std::memcpy(&x, data + i + u * lanes, sizeof(Vector));
+      seen += x - x;
+      x *= invs;
+      accumulators[u] += x * x;
+    }
+  }
+  T partial[block];
+  std::memcpy(partial, accumulators, sizeof(partial));
+  constexpr std::int64_t quarter = block / 4;
+  T total = 0;
+  for (std::int64_t lane = 0; lane < quarter; ++lane) {
+    total += (partial[lane] + partial[quarter + lane]) + (partial[2 * quarter + lane] + partial[3 * quarter + lane]);
+  }
+  bool found = false;
+  for (std::int64_t lane = 0; lane < lanes; ++lane) found = found || seen[lane] != seen[lane];
+  for (; i < size; ++i) {
+    found = found || !std::isfinite(data[i]);
+    const T x = data[i] * inv;
+    total += x * x;
+  }
+  nonfinite = found || nonfinite;
+  return static_cast<double>(total);
+}
+
+/// unscale_reduce_any for float or double elements: the unscaled values block by block through a
+/// buffer (a function template, not a lambda, so that it is compiled for the caller's target).
+template <class T, int Bytes>
+[[gnu::always_inline]] inline double unscale_reduce_wide(NormKind kind, const T* values, std::int64_t size, double p,
+                                                         float inv, bool& nonfinite) {
+  if (inv == 1.0f) {
+    // Read-only check (unscale_run writes nothing without multiply), then the plain reduction.
+    nonfinite = unscale_run<T, Bytes>(const_cast<T*>(values), size, T(1), false) || nonfinite;
+    return reduce_run<T, Bytes>(kind, values, size, p);
+  }
+  if (kind == NormKind::two) return unscale_reduce_two<T, Bytes>(values, size, static_cast<T>(inv), nonfinite);
+  alignas(64) T buffer[block_elements];
+  double partial = 0.0;
+  for (std::int64_t begin = 0; begin < size; begin += block_elements) {
+    const std::int64_t count = std::min(block_elements, size - begin);
+    std::memcpy(buffer, values + begin, static_cast<std::size_t>(count) * sizeof(T));
+    nonfinite = unscale_run<T, Bytes>(buffer, count, static_cast<T>(inv), true) || nonfinite;
+    partial = combine(kind, partial, reduce_run<T, Bytes>(kind, buffer, count, p));
+  }
+  return partial;
+}
+
 /// The norm partial (as reduce) of the unscaled values of `size` elements of `dtype`, without
 /// writing them; `nonfinite` is set when any element is inf or nan.
 template <Isa isa>
@@ -729,25 +792,11 @@ template <Isa isa>
                                                         std::int64_t size, double p, float inv, bool& nonfinite) {
   constexpr int bytes = vector_bytes<isa>;
   const bool multiply = inv != 1.0f;
-  const auto wide = [&]<class T>(const T* values) {
-    if (!multiply) {
-      // Read-only check (unscale_run writes nothing without multiply), then the plain reduction.
-      nonfinite = unscale_run<T, bytes>(const_cast<T*>(values), size, T(1), false) || nonfinite;
-      return reduce_run<T, bytes>(kind, values, size, p);
-    }
-    alignas(64) T buffer[block_elements];
-    double partial = 0.0;
-    for (std::int64_t begin = 0; begin < size; begin += block_elements) {
-      const std::int64_t count = std::min(block_elements, size - begin);
-      std::memcpy(buffer, values + begin, static_cast<std::size_t>(count) * sizeof(T));
-      nonfinite = unscale_run<T, bytes>(buffer, count, static_cast<T>(inv), true) || nonfinite;
-      partial = combine(kind, partial, reduce_run<T, bytes>(kind, buffer, count, p));
-    }
-    return partial;
-  };
   switch (dtype) {
-    case at::kFloat: return wide(static_cast<const float*>(data));
-    case at::kDouble: return wide(static_cast<const double*>(data));
+    case at::kFloat:
+      return unscale_reduce_wide<float, bytes>(kind, static_cast<const float*>(data), size, p, inv, nonfinite);
+    case at::kDouble:
+      return unscale_reduce_wide<double, bytes>(kind, static_cast<const double*>(data), size, p, inv, nonfinite);
     case at::kHalf:
     case at::kBFloat16: {
       const bool is_half = dtype == at::kHalf;

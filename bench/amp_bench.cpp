@@ -1,0 +1,222 @@
+// Mixed precision: the scaler-aware clip, torchkit::clip_grad_norm_(optimizer, max_norm, 2,
+// scaler) (unscale + non-finite check + norm + clip in one read pass and one write pass),
+// beside the same recipe written with LibTorch ops, in the same binary at the same thread count:
+//
+//   libtorch_recipe  `g.mul_(inv_scale)` per gradient, an `isfinite(g).all()` check per gradient
+//                    (one host read for all), then torch::nn::utils::clip_grad_norm_ — what a
+//                    LibTorch user writes for Python's `scaler.unscale_(opt); clip_grad_norm_(...)`
+//                    (LibTorch 1.13 has no CPU `_amp_foreach_non_finite_check_and_unscale_`)
+//   torchkit         the scaler-aware clip_grad_norm_
+//   floor            two passes over as many bytes in one contiguous tensor with torchkit's own
+//                    kernels: a norm read pass and a scale pass (the least the job can cost)
+//
+// on two float32 gradient sets (as bench/clip_bench.cpp): a_2000x512 (2,000 tensors of 512) and
+// b_bert (the 199 shapes of BERT-base scaled down 8x). torchkit's rows carry the ratios measured
+// in the same run: vs_libtorch (LibTorch's time / torchkit's) and vs_floor (torchkit's / floor's).
+//
+// Each iteration: the scale alternates between 2 and 0.5 (update(new_scale): exact, no drift)
+// and the gradients are clipped to 0.999 of their unscaled norm, so both factors always
+// multiply (the values shrink by 0.999 a call); they are restored before each benchmark.
+#include <torchkit/amp.hpp>
+
+#include <benchmark/benchmark.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/sgd.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace {
+
+using Shapes = std::vector<std::vector<int64_t>>;
+
+Shapes many_small_shapes() { return Shapes(2000, std::vector<int64_t>{512}); }
+
+Shapes bert_shapes() {
+  const int64_t hidden = 96, intermediate = 384, vocabulary = 3815, positions = 512;
+  Shapes shapes = {{vocabulary, hidden}, {positions, hidden}, {2, hidden}, {hidden}, {hidden}};
+  for (int layer = 0; layer < 12; ++layer) {
+    for (int projection = 0; projection < 3; ++projection) {
+      shapes.push_back({hidden, hidden});
+      shapes.push_back({hidden});
+    }
+    for (const auto& shape : Shapes{{hidden, hidden}, {hidden}, {hidden}, {hidden}, {intermediate, hidden},
+                                    {intermediate}, {hidden, intermediate}, {hidden}, {hidden}, {hidden}}) {
+      shapes.push_back(shape);
+    }
+  }
+  shapes.push_back({hidden, hidden});
+  shapes.push_back({hidden});
+  return shapes;
+}
+
+constexpr double shrink = 0.999;
+
+struct Set {
+  std::vector<at::Tensor> params;
+  std::vector<at::Tensor> initial;  // the gradients' first values
+  std::unique_ptr<torch::optim::SGD> optimizer;
+  at::Tensor flat;
+  int64_t elements = 0;
+  double norm = 0;  // the norm of the gradients as they are now (scaled), tracked from the clips
+
+  /// Back to the first values, scaled by 2 (the scale the first iteration unscales).
+  void restore() {
+    const at::NoGradGuard no_grad;
+    for (std::size_t k = 0; k < params.size(); ++k) params[k].mutable_grad().copy_(initial[k]).mul_(2.0);
+    norm = torchkit::grad_norm(params).item<double>();
+  }
+};
+
+Set& set_named(const std::string& name) {
+  static std::map<std::string, std::unique_ptr<Set>> cache;
+  auto& slot = cache[name];
+  if (!slot) {
+    slot = std::make_unique<Set>();
+    torch::manual_seed(0);
+    for (const auto& shape : name == "a_2000x512" ? many_small_shapes() : bert_shapes()) {
+      slot->params.push_back(torch::zeros(shape, torch::requires_grad()));
+      slot->elements += slot->params.back().numel();
+    }
+    for (auto& param : slot->params) {
+      param.mutable_grad() = torch::empty_like(param).uniform_(-1, 1);
+      slot->initial.push_back(param.grad().clone());
+    }
+    slot->optimizer = std::make_unique<torch::optim::SGD>(slot->params, 0.1);
+    slot->flat = torch::empty({slot->elements}).uniform_(-1, 1);
+  }
+  return *slot;
+}
+
+/// One scaled step of the LibTorch recipe: unscale by mul_, isfinite check, clip.
+void libtorch_step(Set& set, double& scale) {
+  const at::NoGradGuard no_grad;
+  const at::Tensor inv = at::scalar_tensor(static_cast<float>(1.0 / scale));
+  std::vector<at::Tensor> finite;
+  finite.reserve(set.params.size());
+  for (auto& param : set.params) {
+    at::Tensor& grad = param.mutable_grad();
+    grad.mul_(inv);
+    finite.push_back(at::isfinite(grad).all());
+  }
+  const bool found_inf = !at::stack(finite).all().item<bool>();
+  benchmark::DoNotOptimize(found_inf);
+  // Clip to 0.999 of the unscaled norm: the gradients then have norm max_norm.
+  const double max_norm = set.norm / scale * shrink;
+  benchmark::DoNotOptimize(torch::nn::utils::clip_grad_norm_(set.params, max_norm));
+  set.norm = max_norm;
+  scale = 1.0 / scale;  // 2, 0.5, 2, ...
+}
+
+/// The same step with torchkit (the scaler's scale set to `scale` by update(new_scale)).
+void torchkit_step(Set& set, torchkit::GradScaler& scaler, double& scale) {
+  const double max_norm = set.norm / scale * shrink;
+  benchmark::DoNotOptimize(torchkit::clip_grad_norm_(*set.optimizer, max_norm, 2.0, scaler));
+  set.norm = max_norm;
+  scale = 1.0 / scale;
+  scaler.update(scale);  // a new step, with the next scale
+}
+
+void floor_step(Set& set, double& factor) {
+  using namespace torchkit::detail::clip;
+  benchmark::DoNotOptimize(reduce(at::kFloat, NormKind::two, set.flat.data_ptr(), set.elements, 2.0));
+  scale(at::kFloat, set.flat.data_ptr(), set.elements, factor);
+  factor = 1.0 / factor;
+}
+
+double seconds_per_call(const std::function<void()>& step, int iterations) {
+  for (int i = 0; i < iterations; ++i) step();
+  double best = 1e30;
+  for (int round = 0; round < 5; ++round) {
+    const auto begin = std::chrono::steady_clock::now();
+    for (int i = 0; i < iterations; ++i) step();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count());
+  }
+  return best / iterations;
+}
+
+struct References {
+  double libtorch = 0;
+  double floor = 0;
+};
+
+const References& references(const std::string& name, int threads, int iterations) {
+  static std::map<std::pair<std::string, int>, References> cache;
+  auto& slot = cache[{name, threads}];
+  if (slot.libtorch == 0) {
+    Set& set = set_named(name);
+    set.restore();
+    double scale = 2.0;
+    slot.libtorch = seconds_per_call([&] { libtorch_step(set, scale); }, iterations);
+    double factor = 0.5;
+    slot.floor = seconds_per_call([&] { floor_step(set, factor); }, iterations);
+  }
+  return slot;
+}
+
+void finish(benchmark::State& state, const Set& set) {
+  state.SetBytesProcessed(state.iterations() * set.elements * static_cast<int64_t>(sizeof(float)) * 3);
+  state.counters["tensors"] = static_cast<double>(set.params.size());
+}
+
+void BM_libtorch_recipe(benchmark::State& state, const std::string& name) {
+  at::set_num_threads(static_cast<int>(state.range(0)));
+  Set& set = set_named(name);
+  set.restore();
+  double scale = 2.0;
+  for (auto _ : state) libtorch_step(set, scale);
+  finish(state, set);
+}
+
+void BM_torchkit(benchmark::State& state, const std::string& name) {
+  const int threads = static_cast<int>(state.range(0));
+  at::set_num_threads(threads);
+  Set& set = set_named(name);
+  const References& reference = references(name, threads, state.max_iterations > 10 ? 20 : 1);
+  set.restore();
+  double scale = 2.0;
+  torchkit::GradScaler scaler({.init_scale = scale});
+  (void)scaler.scale(torch::tensor(1.0f));
+  const auto begin = std::chrono::steady_clock::now();
+  for (auto _ : state) torchkit_step(set, scaler, scale);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count() /
+      static_cast<double>(std::max<benchmark::IterationCount>(1, state.iterations()));
+  state.counters["vs_libtorch"] = reference.libtorch / seconds;
+  state.counters["vs_floor"] = seconds / reference.floor;
+  finish(state, set);
+}
+
+void BM_floor(benchmark::State& state, const std::string& name) {
+  at::set_num_threads(static_cast<int>(state.range(0)));
+  Set& set = set_named(name);
+  double factor = 0.5;
+  for (auto _ : state) floor_step(set, factor);
+  finish(state, set);
+}
+
+const bool registered = [] {
+  for (const std::string name : {"a_2000x512", "b_bert"}) {
+    for (const auto& [label, function] :
+         std::vector<std::pair<std::string, void (*)(benchmark::State&, const std::string&)>>{
+             {"libtorch_recipe", BM_libtorch_recipe}, {"torchkit", BM_torchkit}, {"floor", BM_floor}}) {
+      benchmark::RegisterBenchmark(("scaled_clip/" + name + "/" + label).c_str(), function, name)
+          ->ArgName("threads")
+          ->Arg(1)
+          ->Arg(2)
+          ->Unit(benchmark::kMicrosecond);
+    }
+  }
+  return true;
+}();
+
+}  // namespace
+
+BENCHMARK_MAIN();
