@@ -526,6 +526,94 @@ Rows batch_rows() {
        }},
       {"batch.hpp:images_to_batch", "image 1 undefined", "images_to_batch: image 1 is an undefined tensor",
        [](Fixture& f) { (void)torchkit::images_to_batch({f.tensors.at("image"), at::Tensor()}); }},
+      // resize / center_crop (issue 13)
+      {"batch.hpp:image_to_batch", "resize with neither shorter_side nor size",
+       "image_to_batch: resize has neither shorter_side nor size",
+       [](Fixture& f) { (void)torchkit::image_to_batch(f.tensors.at("image"), {.resize = torchkit::Resize{}}); }},
+      {"batch.hpp:image_to_batch", "resize with both shorter_side and size",
+       "image_to_batch: resize has both shorter_side and size",
+       [](Fixture& f) {
+         (void)torchkit::image_to_batch(f.tensors.at("image"),
+                                        {.resize = torchkit::Resize{.shorter_side = 3, .size = {{3, 3}}}});
+       }},
+      {"batch.hpp:image_to_batch", "resize.size {0, 5}", "image_to_batch: resize.size is {0, 5}",
+       [](Fixture& f) {
+         (void)torchkit::image_to_batch(f.tensors.at("image"), {.resize = torchkit::Resize{.size = {{0, 5}}}});
+       }},
+      {"batch.hpp:image_to_batch", "resize.shorter_side -3", "image_to_batch: resize.shorter_side is -3",
+       [](Fixture& f) {
+         (void)torchkit::image_to_batch(f.tensors.at("image"), {.resize = torchkit::Resize{.shorter_side = -3}});
+       }},
+      {"batch.hpp:image_to_batch", "max_size with a fixed size",
+       "image_to_batch: resize.max_size is 100 with a fixed size {4, 4}",
+       [](Fixture& f) {
+         (void)torchkit::image_to_batch(f.tensors.at("image"),
+                                        {.resize = torchkit::Resize{.size = {{4, 4}}, .max_size = 100}});
+       }},
+      {"batch.hpp:image_to_batch", "max_size 8 = shorter_side 8",
+       "image_to_batch: resize.max_size is 8 but shorter_side is 8",
+       [](Fixture& f) {
+         (void)torchkit::image_to_batch(f.tensors.at("image"),
+                                        {.resize = torchkit::Resize{.shorter_side = 8, .max_size = 8}});
+       }},
+      {"batch.hpp:image_to_batch", "interpolation 7", "image_to_batch: resize.interpolation is 7, not an Interpolation",
+       [](Fixture& f) {
+         (void)torchkit::image_to_batch(
+             f.tensors.at("image"),
+             {.resize = torchkit::Resize{.shorter_side = 3, .interpolation = static_cast<torchkit::Interpolation>(7)}});
+       }},
+      {"batch.hpp:image_to_batch", "center_crop {0, 3}", "image_to_batch: center_crop is {0, 3}",
+       [](Fixture& f) { (void)torchkit::image_to_batch(f.tensors.at("image"), {.center_crop = {{0, 3}}}); }},
+      {"batch.hpp:image_to_batch", "empty image with a resize", "image_to_batch: the image is empty (shape [0, 5, 3])",
+       [](Fixture& f) {
+         (void)torchkit::image_to_batch(f.tensors.at("empty"), {.resize = torchkit::Resize{.shorter_side = 3}});
+       },
+       [](Fixture& f) { f.tensors["empty"] = torch::zeros({0, 5, 3}, torch::kByte); }},
+      {"batch.hpp:images_to_batch", "image 1 ends another size after the resize",
+       "images_to_batch: image 1 (shape [4, 6, 3]) becomes 3x4 after the resize and crop but image 0 (shape [4, 5, "
+       "3]) becomes 3x3",
+       [](Fixture& f) {
+         (void)torchkit::images_to_batch({f.tensors.at("image"), f.tensors.at("wide")},
+                                         {.resize = torchkit::Resize{.shorter_side = 3}});
+       },
+       [](Fixture& f) { f.tensors["wide"] = torch::zeros({4, 6, 3}, torch::kByte); }},
+      {"batch.hpp:images_to_batch", "image 1 with 1 channel under a resize",
+       "images_to_batch: image 1 has 1 channels (shape [4, 5, 1]) but image 0 has 3",
+       [](Fixture& f) {
+         (void)torchkit::images_to_batch({f.tensors.at("image"), f.tensors.at("gray1")},
+                                         {.resize = torchkit::Resize{.size = {{2, 2}}}});
+       },
+       [](Fixture& f) { f.tensors["gray1"] = torch::zeros({4, 5, 1}, torch::kByte); }},
+      // letterbox
+      {"batch.hpp:letterbox", "size {0, 640}", "letterbox: size is {0, 640}",
+       [](Fixture& f) { (void)torchkit::letterbox(f.tensors.at("image"), {.size = {0, 640}}); }},
+      {"batch.hpp:letterbox", "pad_value nan", "letterbox: pad_value is nan",
+       [](Fixture& f) { (void)torchkit::letterbox(f.tensors.at("image"), {.pad_value = nan}); }},
+      {"batch.hpp:letterbox", "interpolation 5", "letterbox: interpolation is 5, not an Interpolation",
+       [](Fixture& f) {
+         (void)torchkit::letterbox(f.tensors.at("image"), {.interpolation = static_cast<torchkit::Interpolation>(5)});
+       }},
+      {"batch.hpp:letterbox", "image options with a resize", "letterbox: options.image has a resize",
+       [](Fixture& f) {
+         (void)torchkit::letterbox(f.tensors.at("image"),
+                                   {.image = {.resize = torchkit::Resize{.shorter_side = 3}}});
+       }},
+      {"batch.hpp:letterbox", "empty image [0, 5, 3]", "letterbox: the image is empty (shape [0, 5, 3])",
+       [](Fixture& f) { (void)torchkit::letterbox(f.tensors.at("empty")); },
+       [](Fixture& f) { f.tensors["empty"] = torch::zeros({0, 5, 3}, torch::kByte); }},
+      {"batch.hpp:letterbox", "2 channels", "letterbox: the image has 2 channels (shape [4, 5, 2])",
+       [](Fixture& f) { (void)torchkit::letterbox(f.tensors.at("two")); },
+       [](Fixture& f) { f.tensors["two"] = torch::zeros({4, 5, 2}, torch::kByte); }},
+      {"batch.hpp:letterbox", "std 0", "letterbox: std[0] is 0",
+       [](Fixture& f) { (void)torchkit::letterbox(f.tensors.at("image"), {.image = {.std = {0.0}}}); }},
+      {"batch.hpp:Letterbox::to_original", "undefined boxes", "Letterbox::to_original: the boxes are an undefined tensor",
+       [](Fixture&) { (void)torchkit::Letterbox{}.to_original(at::Tensor()); }},
+      {"batch.hpp:Letterbox::to_original", "boxes [2, 3]", "Letterbox::to_original: boxes have shape [2, 3]",
+       [](Fixture& f) { (void)torchkit::Letterbox{}.to_original(f.tensors.at("boxes3")); },
+       [](Fixture& f) { f.tensors["boxes3"] = torch::ones({2, 3}); }},
+      {"batch.hpp:Letterbox::to_original", "int64 boxes", "Letterbox::to_original: boxes have dtype Long",
+       [](Fixture& f) { (void)torchkit::Letterbox{}.to_original(f.tensors.at("long_boxes")); },
+       [](Fixture& f) { f.tensors["long_boxes"] = torch::ones({2, 4}, torch::kLong); }},
   };
   if (!at::hasCUDA()) {
     rows.push_back({"batch.hpp:image_to_batch", "device cuda on a LibTorch without CUDA",
@@ -2240,6 +2328,15 @@ Rows opencv_rows() {
       {"opencv.hpp:as_tensor", "a CV_16UC3 Mat", "as_tensor: the Mat's type CV_16UC3 has no tensor dtype",
        [](Fixture& f) { (void)torchkit::as_tensor(f.mats.at("u16")); },
        [](Fixture& f) { f.mats["u16"] = cv::Mat(4, 5, CV_16UC3, cv::Scalar(1, 2, 3)); }},
+      {"opencv.hpp:letterbox", "an empty Mat", "letterbox: the Mat is empty (0x0)",
+       [](Fixture& f) { (void)torchkit::letterbox(f.mats.at("empty")); },
+       [](Fixture& f) { f.mats["empty"] = cv::Mat(); }},
+      {"opencv.hpp:letterbox", "a CV_8UC2 Mat", "letterbox: the Mat has 2 channels (type CV_8UC2)",
+       [](Fixture& f) { (void)torchkit::letterbox(f.mats.at("two")); },
+       [](Fixture& f) { f.mats["two"] = cv::Mat(4, 5, CV_8UC2, cv::Scalar(1, 2)); }},
+      {"opencv.hpp:letterbox", "size {640, -1} (a good Mat)", "letterbox: size is {640, -1}",
+       [](Fixture& f) { (void)torchkit::letterbox(f.mats.at("good"), {.size = {640, -1}}); },
+       [](Fixture& f) { f.mats["good"] = cv::Mat(4, 5, CV_8UC3, cv::Scalar(1, 2, 3)); }},
       {"opencv.hpp:image_to_batch", "an empty Mat", "image_to_batch: the Mat is empty (0x0)",
        [](Fixture& f) { (void)torchkit::image_to_batch(f.mats.at("empty")); },
        [](Fixture& f) { f.mats["empty"] = cv::Mat(); }},

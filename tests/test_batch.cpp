@@ -538,3 +538,25 @@ TEST_CASE("letterbox matches the cv2 reference, and to_original maps boxes back"
   const auto outside = boxed.to_original(torch::tensor({{-5.0, 100.0, 700.0, 600.0}}));
   CHECK(torch::allclose(outside, torch::tensor({{0.0f, 0.0f, 1920.0f, 1080.0f}})));
 }
+
+TEST_CASE("image_to_batch without a resize gives the same bits on every instruction set") {
+  for (const int64_t channels : {1, 3, 4}) {
+    CAPTURE(channels);
+    const auto image = pattern_image(37, 101, channels, channels);  // 101: 6 steps of 16 and a tail
+    const ImageOptions options{.bgr_to_rgb = true, .mean = {0.5}, .std = {0.25}};
+    at::Tensor first;
+    for (const Isa isa : every_isa()) {
+      const ForceIsa force(isa);
+      const auto batch = torchkit::image_to_batch(image, options);
+      if (!first.defined()) {
+        first = batch;
+        const auto expected = ((image.permute({2, 0, 1}).to(at::kFloat) / 255 - 0.5) / 0.25).unsqueeze(0);
+        const auto swapped = channels >= 3 ? torch::cat({expected.slice(1, 0, 3).flip(1), expected.slice(1, 3)}, 1)
+                                           : expected;
+        CHECK(torch::allclose(batch, swapped, 1e-6, 1e-6));
+      } else {
+        CHECK(torch::equal(batch, first));
+      }
+    }
+  }
+}
