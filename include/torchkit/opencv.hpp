@@ -134,7 +134,8 @@ inline int cv_depth_of(at::ScalarType dtype) {
   return detail::images_to_batch_impl("image_to_batch", std::span<const at::Tensor>(&view, 1), options);
 }
 
-/// images_to_batch for Mats of one size and channel count: `[N, C, H, W]`, each Mat read in place.
+/// images_to_batch for Mats of one channel count and one size (or sizes a resize / center_crop
+/// makes equal): `[N, C, H, W]`, each Mat read in place.
 /// OpenCV's nearest equivalent is `cv::dnn::blobFromImages`.
 ///
 ///     std::vector<cv::Mat> frames = ...;
@@ -147,6 +148,21 @@ inline int cv_depth_of(at::ScalarType dtype) {
     views.push_back(detail::mat_view("images_to_batch", images[i]));
   }
   return detail::images_to_batch_impl("images_to_batch", views, options);
+}
+
+/// letterbox for a `cv::Mat` (CV_8U or CV_32F, 1, 3 or 4 channels, any step), read in place: the
+/// detector's `letterbox(cv2.imread(path), (640, 640))` + to-tensor lines in one pass.
+///
+/// @throws Error for an empty Mat, another depth or channel count, and everything the tensor
+///         letterbox rejects.
+///
+///     cv::Mat frame = cv::imread("street.jpg");
+///     auto boxed = torchkit::letterbox(frame, {.image = {.bgr_to_rgb = true}});  // [1, 3, 640, 640]
+///     auto boxes = boxed.to_original(detections);                              // frame pixels
+[[nodiscard]] inline Letterbox letterbox(const cv::Mat& image, const LetterboxOptions& options = {}) {
+  detail::check_image_mat("letterbox", image, "the Mat");
+  const at::Tensor view = detail::mat_view("letterbox", image);
+  return detail::letterbox_impl(view, options);
 }
 
 /// images_to_batch for a `std::vector<cv::Mat>`.
