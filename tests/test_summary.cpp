@@ -7,7 +7,11 @@
 
 #include <ATen/record_function.h>
 
+#include <cmath>
+#include <cstdint>
+#include <map>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -1003,3 +1007,235 @@ TEST_CASE("summary: torchinfo's number formats") {
   CHECK(impl::tree_prefix({true, false}) == "│    └─");
   CHECK(impl::tree_prefix({false, false, true}) == "          ├─");
 }
+
+// --- Count::Operators: mult-adds per operator --------------------------------------------------
+
+namespace {
+
+using torchkit::Count;
+
+/// The mult-adds summed per operator name, and their sum, from a summary.
+std::map<std::string, std::int64_t> mult_adds_by_operator(const Summary& info) {
+  std::map<std::string, std::int64_t> totals;
+  for (const auto& total : info.operator_totals()) {
+    totals[total.name] += total.mult_adds;
+  }
+  return totals;
+}
+
+/// The mult-adds of the operators a Linear layer runs and of raw matmuls. LibTorch 1.13's
+/// `F::linear` runs `aten::addmm` (2-D input) or `aten::matmul`, later versions `aten::linear`,
+/// so the tests add these up.
+std::int64_t matrix_products(const std::map<std::string, std::int64_t>& totals) {
+  std::int64_t sum = 0;
+  for (const char* name : {"aten::linear", "aten::matmul", "aten::addmm"}) {
+    sum += totals.contains(name) ? totals.at(name) : 0;
+  }
+  return sum;
+}
+
+std::int64_t sum_of(const std::map<std::string, std::int64_t>& totals) {
+  std::int64_t sum = 0;
+  for (const auto& [name, mult_adds] : totals) {
+    sum += mult_adds;
+  }
+  return sum;
+}
+
+const Summary::Row& called_row(const Summary& info, const std::string& name) {
+  for (const auto& row : info.rows()) {
+    if (row.name == name && row.called) {
+      return row;
+    }
+  }
+  throw std::runtime_error("no called row " + name);
+}
+
+/// Multi-head self-attention written with raw matmuls in its own forward: the products of the
+/// attention are no module, so torchinfo's rule never sees them.
+struct RawAttentionImpl : torch::nn::Module {
+  RawAttentionImpl(std::int64_t embed, std::int64_t heads) : embed(embed), heads(heads) {
+    q = register_module("q", torch::nn::Linear(embed, embed));
+    k = register_module("k", torch::nn::Linear(embed, embed));
+    v = register_module("v", torch::nn::Linear(embed, embed));
+    o = register_module("o", torch::nn::Linear(embed, embed));
+  }
+  torch::Tensor split(const torch::Tensor& x) const {
+    return x.view({x.size(0), x.size(1), heads, embed / heads}).transpose(1, 2);  // (B, h, S, d)
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    const torch::Tensor query = split(q(x));
+    const torch::Tensor key = split(k(x));
+    const torch::Tensor value = split(v(x));
+    const double scale = 1.0 / std::sqrt(static_cast<double>(embed / heads));
+    const torch::Tensor weights = torch::softmax(query.matmul(key.transpose(-2, -1)) * scale, -1);
+    const torch::Tensor mixed = weights.matmul(value).transpose(1, 2).reshape({x.size(0), x.size(1), embed});
+    return o(mixed);
+  }
+  std::int64_t embed, heads;
+  torch::nn::Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
+};
+TORCH_MODULE(RawAttention);
+
+struct AttentionNetImpl : torch::nn::Module {
+  AttentionNetImpl() {
+    attention = register_module("attention", RawAttention(12, 3));
+    head = register_module("head", torch::nn::Linear(12, 5));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return head(attention(x)); }
+  RawAttention attention{nullptr};
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(AttentionNet);
+
+struct EinsumNetImpl : torch::nn::Module {
+  EinsumNetImpl() { proj = register_module("proj", torch::nn::Linear(6, 6)); }
+  torch::Tensor forward(const torch::Tensor& x) {
+    const torch::Tensor y = proj(x);                    // (B, S, 6)
+    const torch::Tensor scores = torch::einsum("bsd,btd->bst", {y, y});
+    return torch::einsum("bst,btd->bsd", {scores, y});
+  }
+  torch::nn::Linear proj{nullptr};
+};
+TORCH_MODULE(EinsumNet);
+
+}  // namespace
+
+TEST_CASE("summary: Count::Operators counts the matmuls of a transformer encoder layer") {
+  // S = 5, N = 2, E = 16, 4 heads, feed-forward 32. LibTorch's self-attention runs one in-projection
+  // linear (E -> 3E) on the S x N tokens, Q K^T and the weighted sum of V as two bmm of
+  // (N * heads) x S x S x (E / heads) each, then the out-projection; linear1 and linear2 follow.
+  constexpr std::int64_t S = 5, N = 2, E = 16, heads = 4, FF = 32;
+  torch::manual_seed(0);
+  torch::nn::TransformerEncoderLayer layer(torch::nn::TransformerEncoderLayerOptions(E, heads).dim_feedforward(FF));
+  const torch::Tensor src = torch::rand({S, N, E});
+  const Summary info = torchkit::summary_of({.count = Count::operators}, layer, src);
+
+  const std::int64_t in_projection = S * N * E * 3 * E;
+  const std::int64_t out_projection = S * N * E * E;
+  const std::int64_t feed_forward = S * N * E * FF + S * N * FF * E;
+  const std::int64_t attention_products = 2 * (N * heads) * S * S * (E / heads);
+  const auto totals = mult_adds_by_operator(info);
+  CHECK(matrix_products(totals) == in_projection + out_projection + feed_forward);
+  CHECK(sum_of(totals) - matrix_products(totals) == attention_products);  // the bmm of the attention
+  CHECK(sum_of(totals) == in_projection + out_projection + feed_forward + attention_products);
+  CHECK(info.total_mult_adds() == sum_of(totals));
+  CHECK(info.rows().front().mult_adds == info.total_mult_adds());
+  CHECK(called_row(info, "linear1").mult_adds == S * N * E * FF);
+  CHECK(called_row(info, "linear2").mult_adds == S * N * FF * E);
+  CHECK(called_row(info, "self_attn.out_proj").mult_adds == out_projection);
+  // torchinfo's rule sees only the modules' weights: the attention products are missing.
+  const Summary modules = torchkit::summary_of(layer, src);
+  CHECK(modules.total_mult_adds() < info.total_mult_adds());
+  CHECK(modules.operator_totals().empty());
+}
+
+TEST_CASE("summary: Count::Operators counts raw matmuls in a custom forward for the module that ran them") {
+  constexpr std::int64_t B = 2, S = 4, E = 12, heads = 3;
+  torch::manual_seed(1);
+  const std::int64_t projections = 4 * B * S * E * E;
+  const std::int64_t products = 2 * (B * heads) * S * S * (E / heads);
+  SUBCASE("the attention block as the model") {
+    RawAttention block(E, heads);
+    const Summary info = torchkit::summary(block, {S, E}, {.count = Count::operators});
+    const auto totals = mult_adds_by_operator(info);
+    CHECK(matrix_products(totals) == projections + products);
+    CHECK(sum_of(totals) == projections + products);
+    CHECK(info.total_mult_adds() == projections + products);
+    CHECK(info.rows().front().mult_adds == projections + products);
+    CHECK(called_row(info, "q").mult_adds == B * S * E * E);
+    std::int64_t calls = 0;
+    for (const auto& total : info.operator_totals()) {
+      calls += total.calls;
+    }
+    CHECK(calls == 4 + 2);  // four projections, two attention products
+  }
+  SUBCASE("the attention block inside a custom forward") {
+    AttentionNet net;
+    const Summary info = torchkit::summary(net, {S, E}, {.count = Count::operators});
+    CHECK(called_row(info, "attention").mult_adds == projections + products);
+    CHECK(called_row(info, "head").mult_adds == B * S * E * 5);
+    CHECK(info.total_mult_adds() == projections + products + B * S * E * 5);
+    CHECK(info.total_mult_adds() == sum_of(mult_adds_by_operator(info)));
+  }
+  SUBCASE("the attention block as a Sequential child") {
+    torch::nn::Sequential sequential(RawAttention(E, heads), torch::nn::ReLU());
+    const Summary info = torchkit::summary(sequential, {S, E}, {.count = Count::operators});
+    CHECK(called_row(info, "0").mult_adds == projections + products);
+    CHECK(info.total_mult_adds() == projections + products);
+  }
+}
+
+TEST_CASE("summary: Count::Operators counts grouped, dilated, strided and transposed convolutions") {
+  // Input (1, 8, 10, 10).
+  // conv 0: 8 -> 16, 3x3, groups 4, dilation 2, padding 1: output 8x8 (10 + 2 - 5 + 1), each
+  //         output element reads 8/4 channels x 9 taps.
+  // conv 2: 16 -> 32, 3x3, stride 2, groups 16: output 3x3 ((8 - 3) / 2 + 1), 16/16 x 9 taps.
+  // conv 3: transposed 32 -> 8, 2x2, stride 2, groups 2: each of the 32 x 3 x 3 input elements is
+  //         spread over 8/2 x 4 outputs.
+  // conv1d 4 on (1, 8, 36) viewed from the (1, 8, 6, 6) output: 8 -> 4, kernel 3, dilation 3: output
+  //         36 - 6 = 30, each element reads 8 x 3.
+  using torch::nn::Conv2dOptions;
+  torch::manual_seed(2);
+  torch::nn::Sequential net(torch::nn::Conv2d(Conv2dOptions(8, 16, 3).groups(4).dilation(2).padding(1)), torch::nn::ReLU(),
+                            torch::nn::Conv2d(Conv2dOptions(16, 32, 3).stride(2).groups(16)),
+                            torch::nn::ConvTranspose2d(torch::nn::ConvTranspose2dOptions(32, 8, 2).stride(2).groups(2)),
+                            torch::nn::Flatten(torch::nn::FlattenOptions().start_dim(2)),
+                            torch::nn::Conv1d(torch::nn::Conv1dOptions(8, 4, 3).dilation(3)));
+  const Summary info = torchkit::summary(net, {8, 10, 10}, {.batch_size = 1, .count = Count::operators});
+  const std::int64_t conv0 = 16 * 8 * 8 * (8 / 4) * 9;
+  const std::int64_t conv2 = 32 * 3 * 3 * (16 / 16) * 9;
+  const std::int64_t conv3 = 32 * 3 * 3 * (8 / 2) * 4;
+  const std::int64_t conv5 = 4 * 30 * 8 * 3;
+  CHECK(called_row(info, "0").mult_adds == conv0);
+  CHECK(called_row(info, "2").mult_adds == conv2);
+  CHECK(called_row(info, "3").mult_adds == conv3);
+  CHECK(called_row(info, "5").output_shape == std::vector<std::int64_t>{1, 4, 30});
+  CHECK(called_row(info, "5").mult_adds == conv5);
+  const auto totals = mult_adds_by_operator(info);
+  CHECK(totals.at("aten::conv2d") == conv0 + conv2);
+  CHECK(totals.at("aten::conv_transpose2d") == conv3);
+  CHECK(totals.at("aten::conv1d") == conv5);
+  CHECK(info.total_mult_adds() == conv0 + conv2 + conv3 + conv5);
+}
+
+TEST_CASE("summary: Count::Operators counts every weight matrix of an LSTM at every step") {
+  // T = 7, batch 3, input 10, hidden 20, two layers, both directions: layer 0 has W_ih 80 x 10 and
+  // W_hh 80 x 20 per direction, layer 1 W_ih 80 x 40 and W_hh 80 x 20; every step of every row
+  // multiplies by each of them.
+  torch::manual_seed(3);
+  torch::nn::LSTM lstm(torch::nn::LSTMOptions(10, 20).num_layers(2).bidirectional(true));
+  const Summary info = torchkit::summary_of({.count = Count::operators}, lstm, torch::rand({7, 3, 10}));
+  const std::int64_t per_row_step = 2 * (80 * 10 + 80 * 20) + 2 * (80 * 40 + 80 * 20);
+  CHECK(info.total_mult_adds() == 7 * 3 * per_row_step);
+  CHECK(mult_adds_by_operator(info).at("aten::lstm") == 7 * 3 * per_row_step);
+  CHECK(info.rows().front().mult_adds == 7 * 3 * per_row_step);
+
+  torch::nn::LSTMCell cell(torch::nn::LSTMCellOptions(10, 20));
+  const Summary cell_info = torchkit::summary_of({.count = Count::operators}, cell, torch::rand({3, 10}));
+  CHECK(cell_info.total_mult_adds() == 3 * (80 * 10 + 80 * 20));
+}
+
+TEST_CASE("summary: Count::Operators counts einsum contractions the shapes determine") {
+  // (B=2, S=3, d=6): proj 2*3*6*6; "bsd,btd->bst" 2*3*3*6; "bst,btd->bsd" 2*3*3*6.
+  EinsumNet net;
+  const Summary info = torchkit::summary(net, {3, 6}, {.count = Count::operators});
+  CHECK(mult_adds_by_operator(info).at("aten::einsum") == 2 * (2 * 3 * 3 * 6));
+  CHECK(info.total_mult_adds() == 2 * 3 * 6 * 6 + 2 * (2 * 3 * 3 * 6));
+  CHECK(info.rows().front().mult_adds == info.total_mult_adds());
+}
+
+#if TORCHKIT_TORCH_AT_LEAST(2, 0)
+TEST_CASE("summary: Count::Operators counts scaled_dot_product_attention") {
+  struct SdpaImpl : torch::nn::Module {
+    torch::Tensor forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+      return at::scaled_dot_product_attention(q, k, v);
+    }
+  };
+  auto sdpa = std::make_shared<SdpaImpl>();
+  // (B=2, h=3, L=4, E=8), keys and values (S=5, Ev=6): 2*3*4*5*8 + 2*3*4*5*6.
+  const Summary info = torchkit::summary_of({.count = Count::operators}, sdpa, torch::rand({2, 3, 4, 8}),
+                                            torch::rand({2, 3, 5, 8}), torch::rand({2, 3, 5, 6}));
+  CHECK(info.total_mult_adds() == 2 * 3 * 4 * 5 * 8 + 2 * 3 * 4 * 5 * 6);
+}
+#endif

@@ -70,6 +70,26 @@ enum class SummaryStyle {
   Flat = flat,  ///< the earlier spelling, kept so that existing code compiles
 };
 
+/// How summary() counts mult-adds.
+enum class Count {
+  /// torchinfo's rule: from each leaf module's parameters and output shape (a Conv's weight
+  /// times the output's spatial size, a Linear's weight times its rows, ...). Matrix products
+  /// that are no module (`q.matmul(k)` in an attention's forward) are not seen.
+  modules,
+  /// From every matmul-like operator the forward pass runs, by its input shapes (fvcore's rule:
+  /// the products only, no bias additions): `linear`, `matmul`, `mm`, `addmm`, `bmm`, `baddbmm`,
+  /// `addbmm`, `mv`, `addmv`, `dot`, `conv*`/`conv_transpose*` (groups, dilation, stride),
+  /// `scaled_dot_product_attention` (LibTorch 2.x), `einsum` with one or two operands, and the
+  /// recurrent `lstm`/`gru`/`rnn_*` operators and cells (rows x steps x every weight matrix).
+  /// Each operator counts for the module whose forward ran it; one that reads no module's
+  /// parameters counts for the innermost module with submodules whose call is open (the
+  /// attention block), else for the module whose forward is being observed.
+  /// Summary::operator_totals() lists the totals per operator.
+  operators,
+  Modules = modules,      ///< DESIGN.md's spelling
+  Operators = operators,  ///< DESIGN.md's spelling
+};
+
 /// Options of summary(). Designated initializers read well: `{.depth = 1, .batch_size = 4}`.
 struct SummaryOptions {
   int depth = 3;                         ///< rows deeper than this are not printed (torchinfo's depth)
@@ -80,6 +100,7 @@ struct SummaryOptions {
   std::vector<at::ScalarType> dtypes{};  ///< one dtype per input, overriding `dtype` (torchinfo's dtypes)
   bool show_mult_adds = false;           ///< Tree style: add torchinfo's "Mult-Adds" column
   bool show_trainable = false;           ///< Tree style: add torchinfo's "Trainable" column (True/False/Partial)
+  Count count = Count::modules;          ///< how mult-adds are counted (rows, totals, the Mult-Adds column)
 };
 
 class Summary;
@@ -119,6 +140,9 @@ class Summary {
     std::int64_t output_element_size = 0;    ///< bytes per element of the output
   };
 
+  /// The mult-adds of one operator over the forward pass: name (`aten::linear`), calls, mult-adds.
+  using OperatorTotal = detail::summary::OperatorTotal;
+
   /// One row per module call, in call order; modules never called appear too, with an empty
   /// shape, after the rows of their parent.
   [[nodiscard]] const std::vector<Row>& rows() const noexcept { return rows_; }
@@ -131,6 +155,10 @@ class Summary {
   }
   /// Sum of the leaf modules' mult-adds over all calls (torchinfo's "Total mult-adds").
   [[nodiscard]] std::int64_t total_mult_adds() const noexcept { return totals_.total_mult_adds; }
+  /// Count::Operators: each counted operator (`aten::conv2d`, `aten::bmm`, ...) with its calls and
+  /// mult-adds, in order of first call; their mult-adds sum to total_mult_adds(). Empty for
+  /// Count::Modules.
+  [[nodiscard]] const std::vector<OperatorTotal>& operator_totals() const noexcept { return operator_totals_; }
   /// Bytes of the inputs of the forward pass.
   [[nodiscard]] std::int64_t input_bytes() const noexcept { return input_bytes_; }
   /// 2 x the bytes of the outputs of every call of a leaf module with parameters (activations
@@ -163,6 +191,7 @@ class Summary {
 
   std::vector<Row> rows_;
   detail::summary::SummaryTotals totals_;
+  std::vector<OperatorTotal> operator_totals_;
   std::int64_t input_bytes_ = 0;
   bool forward_pass_ = false;
   bool batch_synthesized_ = false;  ///< the batch dimension was made by summary(): Flat prints it as -1
@@ -184,6 +213,7 @@ struct SummaryAccess {
     Summary summary;
     summary.rows_ = builder.take_rows();
     summary.totals_ = builder.totals();
+    summary.operator_totals_ = builder.operator_totals();
     summary.input_bytes_ = input_bytes;
     summary.forward_pass_ = forward_pass;
     summary.batch_synthesized_ = batch_synthesized;
@@ -202,6 +232,7 @@ Summary observe(M& model, const SummaryOptions& options, const std::string& trie
                 bool batch_synthesized, Run&& run) {
   torch::nn::Module& root = root_module(model);
   SummaryBuilder<Summary::Row> builder(root);
+  builder.count_operators(options.count == Count::operators);
   run_forward_pass(builder, root, tried, [&] { run(builder); });
   return SummaryAccess::make(builder, options, input_bytes, /*forward_pass=*/true, batch_synthesized);
 }

@@ -167,6 +167,13 @@ struct ModuleNode {
   bool leaf() const { return children.empty(); }
 };
 
+/// The mult-adds of one operator over a forward pass (Count::Operators).
+struct OperatorTotal {
+  std::string name;            ///< "aten::linear"
+  std::int64_t calls = 0;      ///< how many times it ran (at the top level of a forward)
+  std::int64_t mult_adds = 0;  ///< the sum of its calls' mult-adds
+};
+
 /// The totals of a summary, counted as torchinfo counts them.
 struct SummaryTotals {
   std::int64_t total_params = 0;            ///< each parameter tensor once
@@ -191,6 +198,15 @@ class SummaryBuilder {
   const std::vector<ModuleNode>& nodes() const { return nodes_; }
   const std::vector<Row>& rows() const { return rows_; }
   Recorder& recorder() { return recorder_; }
+
+  /// Count::Operators: mult-adds from the matmul-like operators each call ran (set before the
+  /// forward pass).
+  void count_operators(bool on) {
+    count_operators_ = on;
+    recorder_.count_operators = on;
+  }
+  /// Count::Operators: each counted operator's calls and mult-adds, in order of first call.
+  const std::vector<OperatorTotal>& operator_totals() const { return operator_totals_; }
 
   /// Appends the row of a new call of `node`; returns its index.
   int open_call(int node) {
@@ -222,25 +238,33 @@ class SummaryBuilder {
   }
 
   /// Attributes the operators recorded while `region_node`'s forward ran to its descendants.
+  ///
+  /// Count::Operators: an operator's mult-adds go to the call it is attributed to; one that is
+  /// attributed to no module (`q.matmul(k)` inside an attention's custom forward) goes to the
+  /// innermost open call of a module with submodules (the attention), else to the region's call.
   void attribute_region(int region_node) {
+    const int region_row = static_cast<int>(rows_.size()) - 1;  // open_call(region_node) came last
     std::vector<OpenCall> open;
     int context = region_node;
     for (const OpRecord& op : recorder_.ops) {
-      if (!op.has_output || op.prepares_state()) {
-        continue;
-      }
-      if (!op.state_read.empty()) {
-        const int owner = owner_of(op, region_node, open);
-        if (owner >= 0) {
-          record_event(region_node, owner, op, /*reads_state=*/true, open);
-          context = owner;
+      int module = -1;
+      if (op.has_output && !op.prepares_state()) {
+        if (!op.state_read.empty()) {
+          module = owner_of(op, region_node, open);
+          if (module >= 0) {
+            record_event(region_node, module, op, /*reads_state=*/true, open);
+          }
+        } else {
+          module = parameter_free_module_for(op, region_node, context);
+          if (module >= 0) {
+            record_event(region_node, module, op, /*reads_state=*/false, open);
+          }
         }
-        continue;
+        context = module >= 0 ? module : context;
       }
-      const int module = parameter_free_module_for(op, region_node, context);
-      if (module >= 0) {
-        record_event(region_node, module, op, /*reads_state=*/false, open);
-        context = module;
+      if (count_operators_ && op.cost.counted) {
+        charge_operator(op, module >= 0 ? innermost_open_row(open, /*with_submodules=*/false, region_row)
+                                        : innermost_open_row(open, /*with_submodules=*/true, region_row));
       }
     }
   }
@@ -263,16 +287,46 @@ class SummaryBuilder {
 
   /// The finished rows (moved out).
   std::vector<Row> take_rows() { return std::move(rows_); }
+  /// Count::Operators: the mult-adds of the operators attributed to each row's call itself.
+  const std::vector<std::int64_t>& own_operator_mult_adds() const { return own_mult_adds_; }
   const SummaryTotals& totals() const { return totals_; }
 
  private:
   void push_row(int node, Row row) {
     rows_.push_back(std::move(row));
     row_nodes_.push_back(node);
+    own_mult_adds_.push_back(0);
   }
   void insert_row(std::size_t position, int node, Row row) {
     rows_.insert(rows_.begin() + static_cast<std::ptrdiff_t>(position), std::move(row));
     row_nodes_.insert(row_nodes_.begin() + static_cast<std::ptrdiff_t>(position), node);
+    own_mult_adds_.insert(own_mult_adds_.begin() + static_cast<std::ptrdiff_t>(position), 0);
+  }
+
+  /// The row of the innermost open call of a callable module (with submodules, if asked), else
+  /// `fallback`.
+  template <class Open>
+  int innermost_open_row(const Open& open, bool with_submodules, int fallback) const {
+    for (auto call = open.rbegin(); call != open.rend(); ++call) {
+      const ModuleNode& node = nodes_[static_cast<std::size_t>(call->node)];
+      if (node.callable && (!with_submodules || !node.leaf())) {
+        return call->row;
+      }
+    }
+    return fallback;
+  }
+
+  void charge_operator(const OpRecord& op, int row) {
+    if (row >= 0) {
+      own_mult_adds_[static_cast<std::size_t>(row)] += op.mult_adds;
+    }
+    auto [entry, inserted] = operator_index_.emplace(op.name, operator_totals_.size());
+    if (inserted) {
+      operator_totals_.push_back(OperatorTotal{op.name, 0, 0});
+    }
+    OperatorTotal& total = operator_totals_[entry->second];
+    ++total.calls;
+    total.mult_adds += op.mult_adds;
   }
   const ModuleNode& node_of_row(std::size_t row) const { return nodes_[static_cast<std::size_t>(row_nodes_[row])]; }
 
@@ -626,6 +680,17 @@ class SummaryBuilder {
   }
 
   void compute_mult_adds() {
+    if (count_operators_) {
+      // A call's mult-adds are those of the operators attributed to it and to the calls nested in it.
+      for (std::size_t i = 0; i < rows_.size(); ++i) {
+        std::int64_t sum = own_mult_adds_[i];
+        for (std::size_t j = i + 1; j < rows_.size() && rows_[j].depth > rows_[i].depth; ++j) {
+          sum += own_mult_adds_[j];
+        }
+        rows_[i].mult_adds = sum;
+      }
+      return;
+    }
     for (std::size_t i = 0; i < rows_.size(); ++i) {
       const ModuleNode& node = node_of_row(i);
       rows_[i].mult_adds = node.leaf() ? leaf_mult_adds(node, rows_[i].output_shape) : 0;
@@ -648,9 +713,12 @@ class SummaryBuilder {
   /// torchinfo's totals: parameters (each tensor once) and their bytes; mult-adds of the leaf
   /// calls; 2 x the output bytes of every call of a leaf module with parameters.
   void count_totals() {
+    for (const std::int64_t mult_adds : own_mult_adds_) {
+      totals_.total_mult_adds += count_operators_ ? mult_adds : 0;
+    }
     for (const Row& row : rows_) {
       if (row.leaf && row.called) {
-        totals_.total_mult_adds += row.mult_adds;
+        totals_.total_mult_adds += count_operators_ ? 0 : row.mult_adds;
         if (row.params > 0 && !row.output_shape.empty()) {
           std::int64_t elements = 1;
           for (const std::int64_t size : row.output_shape) {
@@ -679,6 +747,10 @@ class SummaryBuilder {
   std::vector<int> row_nodes_;  ///< the module node of each row
   SummaryTotals totals_;
   Recorder recorder_;
+  bool count_operators_ = false;
+  std::vector<std::int64_t> own_mult_adds_;  ///< per row: Count::Operators mult-adds of the call itself
+  std::vector<OperatorTotal> operator_totals_;
+  std::unordered_map<std::string, std::size_t> operator_index_;
 };
 
 }  // namespace torchkit::detail::summary

@@ -36,6 +36,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <array>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -44,6 +46,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
 #include <typeinfo>
@@ -91,6 +94,196 @@ inline RecordFunctionInputs inputs_of(const at::RecordFunction& function) {
 
 // --- what is recorded ---------------------------------------------------------------------
 
+/// The mult-adds of a matmul-like operator, from the shapes of its inputs (Count::Operators):
+/// `fixed`, plus `per_output_element` times the elements of its output (known at its end).
+struct OperatorCost {
+  bool counted = false;                ///< a matmul-like operator whose mult-adds the shapes determine
+  std::int64_t fixed = 0;
+  std::int64_t per_output_element = 0;
+};
+
+namespace operators {
+
+inline const at::Tensor* tensor_at(RecordFunctionInputs inputs, std::size_t index) {
+  return index < inputs.size() && inputs[index].isTensor() && inputs[index].toTensor().defined()
+             ? &inputs[index].toTensor()
+             : nullptr;
+}
+
+inline std::int64_t last_size(const at::Tensor& tensor) { return tensor.dim() == 0 ? 1 : tensor.size(-1); }
+
+/// The rows a matrix product runs over: the elements of `tensor` over its last dimension.
+inline std::int64_t rows_of(const at::Tensor& tensor) {
+  const std::int64_t last = last_size(tensor);
+  return last == 0 ? 0 : tensor.numel() / last;
+}
+
+/// `einsum` with one or two operands where every label of one operand that the other lacks is
+/// kept in the output (nothing is summed before the product): the product of all label sizes.
+/// Other equations (three or more operands: the order of the contractions decides) are not
+/// counted.
+inline OperatorCost einsum_cost(RecordFunctionInputs inputs) {
+  if (inputs.size() < 2 || !inputs[0].isString() || !inputs[1].isTensorList()) {
+    return {};
+  }
+  const std::string equation = inputs[0].toStringRef();
+  const std::vector<at::Tensor> operands = inputs[1].toTensorList().vec();
+  const std::size_t arrow = equation.find("->");
+  const std::string lhs = equation.substr(0, arrow);
+  const std::string output = arrow == std::string::npos ? std::string() : equation.substr(arrow + 2);
+  std::vector<std::string> terms;
+  for (std::size_t start = 0;;) {
+    const std::size_t comma = lhs.find(',', start);
+    terms.push_back(lhs.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) {
+      break;
+    }
+    start = comma + 1;
+  }
+  if (terms.size() != operands.size() || operands.empty() || operands.size() > 2) {
+    return {};
+  }
+  if (operands.size() == 1) {
+    return {true, 0, 0};  // one operand: sums and permutations, no products
+  }
+  std::array<std::int64_t, 128> sizes{};
+  std::array<std::array<bool, 128>, 2> present{};
+  std::vector<std::int64_t> ellipsis;  // broadcast sizes of "...", aligned right
+  for (std::size_t operand = 0; operand < 2; ++operand) {
+    std::string term;
+    for (const char c : terms[operand]) {
+      if (c != ' ') {
+        term.push_back(c);
+      }
+    }
+    const at::Tensor& tensor = operands[operand];
+    const std::size_t dots = term.find("...");
+    const std::size_t labels = term.size() - (dots == std::string::npos ? 0 : 3);
+    if (labels > static_cast<std::size_t>(tensor.dim())) {
+      return {};
+    }
+    const std::int64_t covered = tensor.dim() - static_cast<std::int64_t>(labels);
+    std::int64_t dim = 0;
+    for (std::size_t i = 0; i < term.size(); ++i) {
+      if (dots != std::string::npos && i == dots) {
+        std::vector<std::int64_t> own(tensor.sizes().begin() + dim, tensor.sizes().begin() + dim + covered);
+        if (own.size() > ellipsis.size()) {
+          ellipsis.insert(ellipsis.begin(), own.size() - ellipsis.size(), 1);
+        }
+        for (std::size_t k = 0; k < own.size(); ++k) {
+          std::int64_t& target = ellipsis[ellipsis.size() - own.size() + k];
+          target = std::max(target, own[k]);
+        }
+        dim += covered;
+        i += 2;
+        continue;
+      }
+      const auto label = static_cast<unsigned char>(term[i]);
+      if (label >= 128) {
+        return {};
+      }
+      sizes[label] = std::max(sizes[label], tensor.size(dim));
+      present[operand][label] = true;
+      ++dim;
+    }
+  }
+  std::int64_t total = 1;
+  for (const std::int64_t size : ellipsis) {
+    total *= size;
+  }
+  for (std::size_t label = 0; label < 128; ++label) {
+    if (!present[0][label] && !present[1][label]) {
+      continue;
+    }
+    const bool in_output = arrow == std::string::npos ? present[0][label] != present[1][label]
+                                                      : output.find(static_cast<char>(label)) != std::string::npos;
+    if (present[0][label] != present[1][label] && !in_output) {
+      return {};  // summed out of one operand before the product: not determined by the shapes
+    }
+    total *= sizes[label];
+  }
+  return {true, total, 0};
+}
+
+/// The mult-adds of one operator, from its inputs: the products of matrix multiplications and
+/// convolutions (additions of a bias, activations, softmax not counted, as fvcore counts).
+inline OperatorCost cost_of(std::string_view name, RecordFunctionInputs inputs) {
+  if (!name.starts_with("aten::")) {
+    return {};
+  }
+  name.remove_prefix(6);
+  const at::Tensor* first = tensor_at(inputs, 0);
+  const at::Tensor* second = tensor_at(inputs, 1);
+  // Matrix products: every output element is a dot product over the shared dimension K.
+  if (name == "linear" || name == "matmul" || name == "mm" || name == "bmm" || name == "mv" || name == "dot" ||
+      name == "vdot") {
+    return first != nullptr ? OperatorCost{true, 0, last_size(*first)} : OperatorCost{};
+  }
+  if (name == "addmm" || name == "baddbmm" || name == "addmv") {
+    return second != nullptr ? OperatorCost{true, 0, last_size(*second)} : OperatorCost{};
+  }
+  if (name == "addbmm") {  // (B, M, K) x (B, K, N) summed over B into (M, N)
+    return second != nullptr && second->dim() == 3 ? OperatorCost{true, 0, second->size(0) * second->size(2)}
+                                                   : OperatorCost{};
+  }
+  // Convolutions: each output element reads (C_in / groups) x kernel inputs; a transposed one
+  // spreads each input element over (C_out / groups) x kernel outputs.
+  const bool transposed_call = name.starts_with("conv_transpose");
+  bool convolution = name == "conv1d" || name == "conv2d" || name == "conv3d" || transposed_call;
+  bool transposed = transposed_call;
+  if (name == "convolution" || name == "_convolution") {
+    convolution = true;
+    transposed = inputs.size() > 6 && inputs[6].isBool() && inputs[6].toBool();
+  }
+  if (convolution) {
+    if (first == nullptr || second == nullptr || second->dim() < 1 || second->size(0) == 0) {
+      return {};
+    }
+    const std::int64_t per_channel = second->numel() / second->size(0);
+    return transposed ? OperatorCost{true, first->numel() * per_channel, 0} : OperatorCost{true, 0, per_channel};
+  }
+  if (name == "scaled_dot_product_attention") {  // Q K^T and the weighted sum of V
+    const at::Tensor* value = tensor_at(inputs, 2);
+    if (first == nullptr || second == nullptr || value == nullptr || first->dim() < 2 || second->dim() < 2) {
+      return {};
+    }
+    const std::int64_t source = second->size(-2);
+    return {true, rows_of(*first) * source * (last_size(*first) + last_size(*value)), 0};
+  }
+  // Recurrent layers: every step of every row runs a product with each weight matrix (the
+  // 2-D tensors of the parameter list, all layers and directions).
+  if (name == "lstm" || name == "gru" || name == "rnn_tanh" || name == "rnn_relu") {
+    const c10::IValue* params = nullptr;
+    for (const c10::IValue& value : inputs) {
+      if (value.isTensorList()) {
+        params = &value;
+      }
+    }
+    if (first == nullptr || params == nullptr) {
+      return {};
+    }
+    std::int64_t weights = 0;
+    for (const at::Tensor& tensor : params->toTensorList().vec()) {
+      weights += tensor.dim() == 2 ? tensor.numel() : 0;
+    }
+    return {true, rows_of(*first) * weights, 0};
+  }
+  if (name == "lstm_cell" || name == "gru_cell" || name == "rnn_tanh_cell" || name == "rnn_relu_cell") {
+    const at::Tensor* input_weight = tensor_at(inputs, 2);
+    const at::Tensor* hidden_weight = tensor_at(inputs, 3);
+    if (first == nullptr || input_weight == nullptr || hidden_weight == nullptr) {
+      return {};
+    }
+    return {true, rows_of(*first) * (input_weight->numel() + hidden_weight->numel()), 0};
+  }
+  if (name == "einsum") {
+    return einsum_cost(inputs);
+  }
+  return {};
+}
+
+}  // namespace operators
+
 /// One top-level operator of the observed forward pass.
 struct OpRecord {
   std::string name;                   ///< "aten::conv2d"
@@ -99,6 +292,11 @@ struct OpRecord {
   std::vector<std::int64_t> output_shape;  ///< shape of the first tensor output
   std::int64_t output_element_size = 0;    ///< bytes per element of that output
   bool has_output = false;
+  OperatorCost cost;                  ///< Count::Operators: how its mult-adds are computed
+  std::int64_t mult_adds = 0;         ///< Count::Operators: its mult-adds (0 where not counted)
+  at::Tensor output;                  ///< capture: its first tensor output
+  std::int64_t output_version = 0;    ///< capture: that tensor's version counter at the operator's end
+  std::vector<const c10::TensorImpl*> inputs;  ///< capture: the tensors it read
   /// Only reads module state (e.g. `weight.t()`): prepares state, is no module call itself; its
   /// output counts as the state it was derived from.
   bool prepares_state() const { return !reads_data && !state_read.empty(); }
@@ -115,6 +313,9 @@ struct Recorder {
 
   std::vector<OpRecord> ops;  ///< top-level operators, in the order they ran
   bool recording = false;     ///< only operators run while this is set are recorded
+  bool count_operators = false;  ///< compute each operator's mult-adds (Count::Operators)
+  bool keep_outputs = false;     ///< keep each operator's output tensor and inputs (capture)
+  bool skipping = false;         ///< the depth-0 callback now running is no operator (a backward node)
   int depth = 0;              ///< RecordFunction nesting depth on the recording thread
   OpRecord pending;           ///< the top-level operator now running
 
@@ -132,6 +333,9 @@ struct Recorder {
       return;
     }
     const c10::TensorImpl* impl = tensor.unsafeGetTensorImpl();
+    if (keep_outputs) {
+      pending.inputs.push_back(impl);
+    }
     if (const auto found = state_index.find(impl); found != state_index.end()) {
       pending.state_read.push_back(found->second);
       return;
@@ -164,8 +368,12 @@ struct Recorder {
   void start(const at::RecordFunction& function) {
     pending = OpRecord{};
     pending.name = function.name();
-    for (const c10::IValue& value : inputs_of(function)) {
+    const RecordFunctionInputs inputs = inputs_of(function);
+    for (const c10::IValue& value : inputs) {
       note_input(value);
+    }
+    if (count_operators) {
+      pending.cost = operators::cost_of(pending.name, inputs);
     }
   }
 
@@ -194,6 +402,13 @@ struct Recorder {
     const auto sizes = output.sizes();
     pending.output_shape.assign(sizes.begin(), sizes.end());
     pending.output_element_size = static_cast<std::int64_t>(output.element_size());
+    if (pending.cost.counted) {
+      pending.mult_adds = pending.cost.fixed + pending.cost.per_output_element * output.numel();
+    }
+    if (keep_outputs) {
+      pending.output = output;
+      pending.output_version = static_cast<std::int64_t>(output._version());
+    }
     if (pending.prepares_state()) {
       derived_state.emplace(output.unsafeGetTensorImpl(), pending.state_read);
       derived_tensors.push_back(std::move(output));
@@ -214,6 +429,12 @@ inline std::unique_ptr<at::ObserverContext> on_operator_start(const at::RecordFu
     return nullptr;
   }
   if (recorder->depth++ == 0) {
+    // A backward node (an autograd function run by backward() on this thread) is no operator of
+    // the forward pass: it and the operators inside it are not recorded.
+    recorder->skipping = function.scope() != at::RecordScope::FUNCTION;
+    if (recorder->skipping) {
+      return nullptr;
+    }
     try {
       recorder->start(function);
     } catch (const std::exception&) {
@@ -228,7 +449,7 @@ inline void on_operator_end(const at::RecordFunction& function, at::ObserverCont
   if (recorder == nullptr || !recorder->recording || recorder->depth == 0) {
     return;
   }
-  if (--recorder->depth == 0) {
+  if (--recorder->depth == 0 && !recorder->skipping) {
     try {
       recorder->end(function);
     } catch (const std::exception&) {
@@ -250,7 +471,8 @@ class ObservationScope {
                                      : at::addThreadLocalCallback(at::RecordFunctionCallback(&on_operator_start, &on_operator_end)
                                                                       .needsInputs(true)
                                                                       .needsOutputs(true)
-                                                                      .scopes({at::RecordScope::FUNCTION}))) {
+                                                                      .scopes({at::RecordScope::FUNCTION,
+                                                                               at::RecordScope::BACKWARD_FUNCTION}))) {
     current_recorder() = &recorder;
   }
   ~ObservationScope() {
