@@ -531,3 +531,258 @@ TEST_CASE("{fmt} formats NamePattern, PatternList and FreezeReport with only fre
   CHECK(fmt::format("{}", torchkit::PatternList{"a", "b"}) == R"("a", "b")");
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Fine-tuning: frozen statistics, cleared gradients, torchkit::train / TrainScope
+// ---------------------------------------------------------------------------------------------
+
+#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/instancenorm.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
+
+namespace {
+
+// conv (0) -> BatchNorm2d (1) -> relu (2) -> conv (3) -> BatchNorm2d (4) -> flatten (5) -> linear (6)
+torch::nn::Sequential bn_net() {
+  torch::manual_seed(3);
+  return torch::nn::Sequential(torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 4, 3)), torch::nn::BatchNorm2d(4),
+                               torch::nn::ReLU(), torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 4, 3)),
+                               torch::nn::BatchNorm2d(4), torch::nn::Flatten(), torch::nn::Linear(4 * 4 * 4, 3));
+}
+
+// Every parameter and buffer, cloned, by name.
+std::map<std::string, at::Tensor> state_of(const torch::nn::Module& module) {
+  std::map<std::string, at::Tensor> state;
+  for (const auto& item : module.named_parameters()) {
+    state[item.key()] = item.value().detach().clone();
+  }
+  for (const auto& item : module.named_buffers()) {
+    state[item.key()] = item.value().detach().clone();
+  }
+  return state;
+}
+
+// The names whose tensors are bit-identical in the two states (torch::equal: same values, NaN aside).
+std::set<std::string> unchanged(const std::map<std::string, at::Tensor>& before,
+                                const std::map<std::string, at::Tensor>& after) {
+  std::set<std::string> names;
+  for (const auto& [name, tensor] : before) {
+    if (torch::equal(tensor, after.at(name))) {
+      names.insert(name);
+    }
+  }
+  return names;
+}
+
+void train_steps(torch::nn::Sequential& net, torch::optim::Optimizer& optimizer, int steps) {
+  for (int step = 0; step < steps; ++step) {
+    optimizer.zero_grad();
+    const at::Tensor input = torch::randn({8, 3, 8, 8});
+    net->forward(input).pow(2).mean().backward();
+    optimizer.step();
+  }
+}
+
+const std::set<std::string> kFrozenPart{"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+                                        "1.num_batches_tracked"};
+
+}  // namespace
+
+TEST_CASE("frozen statistics: after k steps with torchkit::train, running stats and frozen parameters are bit-identical") {
+  auto net = bn_net();
+  torch::optim::SGD optimizer(net->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-2));
+  torchkit::train(net);
+  train_steps(net, optimizer, 2);  // momentum buffers and gradients exist for every parameter
+  const auto report = torchkit::freeze(net, {"0", "1"}, {.freeze_norm_stats = true});
+  CHECK(report.frozen_batchnorm == std::vector<std::string>{"1"});
+  CHECK(report.summary().find("; 1 normalisation layer with frozen statistics") != std::string::npos);
+  CHECK_FALSE(net[1]->is_training());  // in eval at once: the model was in training mode
+  CHECK_FALSE(net[0]->as<torch::nn::Conv2d>()->weight.grad().defined());  // cleared
+
+  torchkit::train(net);
+  CHECK(net->is_training());
+  CHECK_FALSE(net[1]->is_training());
+  CHECK(net[4]->is_training());
+  const auto before = state_of(*net);
+  train_steps(net, optimizer, 5);
+  const auto same = unchanged(before, state_of(*net));
+  for (const auto& name : kFrozenPart) {
+    INFO(name);
+    CHECK(same.contains(name));
+  }
+  // The rest trained: the other BatchNorm's statistics and every trainable parameter moved.
+  for (const char* name : {"3.weight", "4.weight", "4.running_mean", "4.running_var", "4.num_batches_tracked", "6.weight"}) {
+    INFO(name);
+    CHECK_FALSE(same.contains(name));
+  }
+  CHECK(torchkit::requires_grad_report(net).frozen_batchnorm == std::vector<std::string>{"1"});
+
+  // LibTorch's model->train() does not know: the layer trains again (documented), torchkit::train
+  // freezes it again, since the layer stays remembered.
+  net->train();
+  CHECK(net[1]->is_training());
+  torchkit::train(net);
+  CHECK_FALSE(net[1]->is_training());
+  torchkit::train(net, false);
+  CHECK_FALSE(net->is_training());
+  CHECK_FALSE(net[4]->is_training());
+}
+
+TEST_CASE("the Python trap, reproduced: without freeze_norm_stats a frozen BatchNorm's statistics drift") {
+  auto net = bn_net();
+  torch::optim::SGD optimizer(net->parameters(), torch::optim::SGDOptions(0.05));
+  const auto report = torchkit::freeze(net, {"0", "1"});
+  CHECK(report.frozen_batchnorm.empty());
+  torchkit::train(net);
+  CHECK(net[1]->is_training());
+  const auto before = state_of(*net);
+  train_steps(net, optimizer, 3);
+  const auto same = unchanged(before, state_of(*net));
+  CHECK(same.contains("1.weight"));
+  CHECK_FALSE(same.contains("1.running_mean"));
+  CHECK_FALSE(same.contains("1.running_var"));
+}
+
+TEST_CASE("a parameter frozen after the optimizer was built stays bit-identical (SGD momentum + weight decay, AdamW)") {
+  const auto run = [](auto make_optimizer, bool clear_grads) {
+    auto net = bn_net();
+    auto optimizer = make_optimizer(net->parameters());
+    torchkit::train(net);
+    train_steps(net, optimizer, 3);
+    (void)torchkit::freeze(net, {"0", "6.bias"}, {.clear_grads = clear_grads});
+    const auto before = state_of(*net);
+    train_steps(net, optimizer, 4);
+    return unchanged(before, state_of(*net));
+  };
+  const auto sgd = [](std::vector<at::Tensor> parameters) {
+    return torch::optim::SGD(std::move(parameters), torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-2));
+  };
+  const auto adamw = [](std::vector<at::Tensor> parameters) {
+    return torch::optim::AdamW(std::move(parameters), torch::optim::AdamWOptions(1e-2).weight_decay(0.05));
+  };
+  for (const bool use_adamw : {false, true}) {
+    const std::string optimizer_name = use_adamw ? "AdamW" : "SGD";
+    INFO(optimizer_name);
+    const auto same = use_adamw ? run(adamw, true) : run(sgd, true);
+    for (const char* name : {"0.weight", "0.bias", "6.bias"}) {
+      INFO(name);
+      CHECK(same.contains(name));
+    }
+    CHECK_FALSE(same.contains("6.weight"));
+    // clear_grads = false is Python's behaviour: the zeroed gradient stays defined and the
+    // optimizer's momentum / weight decay keep moving the "frozen" parameters.
+    const auto python = use_adamw ? run(adamw, false) : run(sgd, false);
+    CHECK_FALSE(python.contains("0.weight"));
+    CHECK_FALSE(python.contains("6.bias"));
+  }
+}
+
+TEST_CASE("freeze_all_except with frozen statistics: BatchNorm without affine, InstanceNorm, GroupNorm, LayerNorm") {
+  torch::nn::Sequential net(
+      torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 4, 3)),                                         // 0
+      torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(4).affine(false)),                     // 1: no parameters
+      torch::nn::InstanceNorm2d(torch::nn::InstanceNorm2dOptions(4).affine(true).track_running_stats(true)),  // 2
+      torch::nn::InstanceNorm2d(torch::nn::InstanceNorm2dOptions(4).affine(true)),                // 3: no running stats
+      torch::nn::GroupNorm(torch::nn::GroupNormOptions(2, 4)),                                    // 4
+      torch::nn::Flatten(),                                                                       // 5
+      torch::nn::LayerNorm(torch::nn::LayerNormOptions({144})),                                   // 6
+      torch::nn::Linear(144, 2),                                                                  // 7
+      torch::nn::BatchNorm1d(2));                                                                 // 8: in the head
+  net->train();
+  const auto report = torchkit::freeze_all_except(net, {"7", "8"}, {.freeze_norm_stats = true});
+  CHECK(report.frozen_batchnorm == std::vector<std::string>{"1", "2"});
+  CHECK(torchkit::trainable_parameters(net).size() == 4);  // 7 and 8's weights and biases
+  CHECK_FALSE(net[4]->as<torch::nn::GroupNorm>()->weight.requires_grad());
+  CHECK_FALSE(net[6]->as<torch::nn::LayerNorm>()->weight.requires_grad());
+  torchkit::train(net);
+  CHECK_FALSE(net[1]->is_training());
+  CHECK_FALSE(net[2]->is_training());
+  CHECK(net[3]->is_training());
+  CHECK(net[8]->is_training());
+  const auto before = state_of(*net);
+  torch::optim::SGD optimizer(torchkit::trainable_parameters(net), torch::optim::SGDOptions(0.1));
+  for (int step = 0; step < 3; ++step) {
+    optimizer.zero_grad();
+    net->forward(torch::randn({4, 3, 8, 8})).pow(2).mean().backward();
+    optimizer.step();
+  }
+  const auto same = unchanged(before, state_of(*net));
+  for (const char* name : {"1.running_mean", "1.running_var", "2.running_mean", "2.running_var", "2.weight", "4.weight",
+                           "6.bias"}) {
+    INFO(name);
+    CHECK(same.contains(name));
+  }
+  CHECK_FALSE(same.contains("8.running_mean"));
+
+  // unfreeze releases the statistics of the layers a pattern reaches.
+  const auto released = torchkit::unfreeze(net, {"2"});
+  CHECK(released.frozen_batchnorm == std::vector<std::string>{"1"});
+  torchkit::train(net);
+  CHECK(net[2]->is_training());
+  CHECK_FALSE(net[1]->is_training());
+}
+
+TEST_CASE("a BatchNorm frozen only in part keeps training statistics; a norm model by itself") {
+  auto net = bn_net();
+  const auto report = torchkit::freeze(net, {"1.weight"}, {.freeze_norm_stats = true});
+  CHECK(report.frozen_batchnorm.empty());  // 1.bias still trains: its statistics do too
+  torch::nn::BatchNorm1d alone(3);
+  CHECK(torchkit::freeze(alone, {"weight", "bias"}, {.freeze_norm_stats = true}).frozen_batchnorm ==
+        std::vector<std::string>{""});
+  torchkit::train(alone);
+  CHECK_FALSE(alone->is_training());
+}
+
+TEST_CASE("FreezeByName restores frozen statistics and training flags; TrainScope restores every flag") {
+  auto net = bn_net();
+  net->eval();
+  {
+    torchkit::FreezeByName frozen(net, {"0", "1"}, {.freeze_norm_stats = true});
+    CHECK(frozen.report().frozen_batchnorm == std::vector<std::string>{"1"});
+    {
+      torchkit::TrainScope training(net);
+      CHECK(net->is_training());
+      CHECK_FALSE(net[1]->is_training());
+      CHECK(net[4]->is_training());
+    }
+    CHECK_FALSE(net->is_training());
+    CHECK_FALSE(net[4]->is_training());
+  }
+  CHECK(torchkit::requires_grad_report(net).frozen_batchnorm.empty());
+  CHECK(torchkit::trainable_parameters(net).size() == 10);
+  torchkit::train(net);
+  CHECK(net[1]->is_training());
+
+  // all_except, and a scope left by an exception.
+  net->train();
+  {
+    torchkit::FreezeByName frozen(net, {"6"}, torchkit::FreezeMode::all_except, {.freeze_norm_stats = true});
+    CHECK(frozen.report().frozen_batchnorm == std::vector<std::string>{"1", "4"});
+    CHECK_FALSE(net[4]->is_training());
+  }
+  CHECK(net[1]->is_training());
+  CHECK(net[4]->is_training());
+  net[4]->eval();
+  CHECK_THROWS_AS(
+      [&] {
+        torchkit::TrainScope training(net);
+        throw std::runtime_error("leaves the scope");
+      }(),
+      std::runtime_error);
+  CHECK(net->is_training());
+  CHECK_FALSE(net[4]->is_training());
+  CHECK(net[3]->is_training());
+}
+
+TEST_CASE("train and TrainScope: Error for an empty holder or a null pointer") {
+  torch::nn::Sequential empty{nullptr};
+  CHECK_THROWS_WITH_AS(torchkit::train(empty), doctest::Contains("train: the module holder is empty"), torchkit::Error);
+  std::shared_ptr<torch::nn::Module> null;
+  CHECK_THROWS_WITH_AS(torchkit::TrainScope scope(null), doctest::Contains("TrainScope: the module pointer is null"),
+                       torchkit::Error);
+}
