@@ -467,6 +467,9 @@ class CosineAnnealingWarmRestarts final : public RuleScheduler<detail::lr::Cosin
   [[nodiscard]] int64_t T_i() const noexcept { return state_.T_i; }  // NOLINT(readability-identifier-naming)
 
  private:
+  using Rule = detail::lr::CosineAnnealingWarmRestartsRule;
+
+  // Moves to `last_epoch` and the period position `next`, and sets the lrs there.
   void commit(int64_t last_epoch, const State& next) {
     std::vector<double> lrs;
     for (const double base_lr : base_lrs_) {
@@ -476,7 +479,6 @@ class CosineAnnealingWarmRestarts final : public RuleScheduler<detail::lr::Cosin
     state_ = next;
     apply(lrs);
   }
-  using Rule = detail::lr::CosineAnnealingWarmRestartsRule;
   void step_to(int64_t epoch) override { step(static_cast<double>(epoch)); }
 };
 
