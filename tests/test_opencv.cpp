@@ -1,4 +1,4 @@
-// Tests for opencv.hpp: image_to_batch / images_to_batch from cv::Mat, as_tensor, to_mat.
+// Tests for opencv.hpp: image_to_batch / images_to_batch / letterbox from cv::Mat, as_tensor, to_mat.
 // The reference is OpenCV's own cv::dnn::blobFromImage(s) (same scale, mean and swapRB).
 #include <torchkit/opencv.hpp>
 
@@ -6,6 +6,7 @@
 
 #include <opencv2/core.hpp>
 #include <opencv2/dnn.hpp>
+#include <opencv2/imgproc.hpp>
 
 #include <string>
 #include <vector>
@@ -176,4 +177,43 @@ TEST_CASE("to_mat turns tensors back into Mats") {
                        torchkit::Error);
   CHECK_THROWS_WITH_AS((void)torchkit::to_mat(at::Tensor()), doctest::Contains("undefined"), torchkit::Error);
   CHECK_THROWS_WITH_AS((void)torchkit::to_mat(torch::zeros({0, 6, 3})), doctest::Contains("empty"), torchkit::Error);
+}
+
+TEST_CASE("letterbox(cv::Mat) matches cv::resize INTER_LINEAR + cv::copyMakeBorder, for a ROI too") {
+  // The detectors' letterbox written with OpenCV's C++ API (resize_golden.py does it with cv2).
+  const cv::Mat large = random_mat(420, 700, CV_8UC3);
+  for (const cv::Mat& frame : {large, cv::Mat(large(cv::Rect(13, 7, 517, 333)))}) {
+    const torchkit::Letterbox boxed = torchkit::letterbox(frame, {.size = {320, 320}, .image = {.scale = 1.0}});
+    const double r = std::min(320.0 / frame.rows, 320.0 / frame.cols);
+    const int width = static_cast<int>(std::nearbyint(frame.cols * r));
+    const int height = static_cast<int>(std::nearbyint(frame.rows * r));
+    cv::Mat resized;
+    cv::resize(frame, resized, cv::Size(width, height), 0, 0, cv::INTER_LINEAR);
+    const int top = (320 - height) / 2;
+    const int left = (320 - width) / 2;
+    cv::Mat padded;
+    cv::copyMakeBorder(resized, padded, top, 320 - height - top, left, 320 - width - left, cv::BORDER_CONSTANT,
+                       cv::Scalar::all(114));
+    CHECK(boxed.pad_top == top);
+    CHECK(boxed.pad_left == left);
+    CHECK(boxed.scale == doctest::Approx(r));
+    const at::Tensor expected = torchkit::as_tensor(padded).permute({2, 0, 1}).unsqueeze(0).to(at::kFloat);
+    REQUIRE(boxed.batch.sizes() == expected.sizes());
+    const auto difference = (boxed.batch - expected).abs();
+    CHECK(difference.max().item<double>() <= 1.0);  // cv2's fixed point: one level at most
+    CHECK(difference.mean().item<double>() <= 0.2);
+  }
+}
+
+TEST_CASE("image_to_batch(cv::Mat) with a resize and crop equals the tensor path; Mats may differ in size") {
+  const cv::Mat a = random_mat(90, 120, CV_8UC3);
+  const cv::Mat b = random_mat(61, 47, CV_8UC3);
+  const ImageOptions options{.resize = torchkit::Resize{.shorter_side = 40}, .center_crop = {{32, 32}},
+                             .bgr_to_rgb = true, .mean = {0.485, 0.456, 0.406}, .std = {0.229, 0.224, 0.225}};
+  const auto from_mat = torchkit::image_to_batch(a, options);
+  CHECK(torch::equal(from_mat, torchkit::image_to_batch(torchkit::as_tensor(a), options)));
+  const auto batch = torchkit::images_to_batch(std::vector<cv::Mat>{a, b}, options);
+  REQUIRE(batch.sizes() == at::IntArrayRef{2, 3, 32, 32});
+  CHECK(torch::equal(batch[0], from_mat[0]));
+  CHECK(torch::equal(batch[1], torchkit::image_to_batch(b, options)[0]));
 }
