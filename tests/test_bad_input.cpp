@@ -1376,6 +1376,29 @@ Rows freeze_rows() {
   };
 }
 
+Rows checkpoint_rows() {
+  const auto path = [] {
+    return (std::filesystem::temp_directory_path() / "torchkit_bad_input_checkpoint.pt").string();
+  };
+  return {
+      {"checkpoint.hpp:save_checkpoint", "a path in a directory that does not exist",
+       "save_checkpoint: cannot write '/nonexistent-directory/run.pt'",
+       [](Fixture& f) { torchkit::save_checkpoint("/nonexistent-directory/run.pt", f.model, *f.optimizer); }},
+      {"checkpoint.hpp:save_checkpoint", "a null scheduler", "save_checkpoint: scheduler 0 is null",
+       [path](Fixture& f) { torchkit::save_checkpoint(path(), f.model, *f.optimizer, {nullptr}); }},
+      {"checkpoint.hpp:load_checkpoint", "a file that does not exist", "load_checkpoint: cannot read '/nonexistent-directory/run.pt'",
+       [](Fixture& f) { (void)torchkit::load_checkpoint("/nonexistent-directory/run.pt", f.model, *f.optimizer); }},
+      {"checkpoint.hpp:load_checkpoint", "a checkpoint of another model",
+       "load_checkpoint: '0.weight' is Float [2, 3] in the checkpoint but Float [4, 3, 3, 3] in the model",
+       [path](Fixture& f) { (void)torchkit::load_checkpoint(path(), f.model, *f.optimizer); },
+       [path](Fixture&) {
+         torch::nn::Sequential other(torch::nn::Linear(3, 2));
+         torch::optim::SGD optimizer(other->parameters(), 0.1);
+         torchkit::save_checkpoint(path(), other, optimizer);
+       }},
+  };
+}
+
 Rows averaging_rows() {
   // An average of the fixture's model, probed (its values and n_averaged) so that a refused call
   // that changed it is noticed.
@@ -1383,10 +1406,10 @@ Rows averaging_rows() {
     auto averaged = f.hold<torchkit::AveragedModel>(f.model, torchkit::AveragingOptions{.use_buffers = true});
     averaged->update_parameters(f.model);
     f.probe("averaged model", [averaged] {
-      std::string text = averaged->to_string();
-      for (const auto& item : averaged->named_parameters()) text += " " + describe(item.tensor) + fmt::format("{}", item.tensor.sum().item<double>());
-      for (const auto& item : averaged->named_buffers()) text += " " + fmt::format("{}", item.tensor.sum().item<double>());
-      return text;
+      std::vector<double> sums;
+      for (const auto& item : averaged->named_parameters()) sums.push_back(item.tensor.sum().item<double>());
+      for (const auto& item : averaged->named_buffers()) sums.push_back(item.tensor.sum().item<double>());
+      return fmt::format("{} {}", averaged->to_string(), fmt::join(sums, " "));
     });
   };
   return {
@@ -2412,6 +2435,7 @@ Rows all_rows() {
   append(rows, distributed_rows());
   append(rows, freeze_rows());
   append(rows, averaging_rows());
+  append(rows, checkpoint_rows());
   append(rows, grad_mode_memory_rows());
   append(rows, one_hot_rows());
   append(rows, param_groups_rows());

@@ -13,6 +13,7 @@
 
 #include <torchkit/devices.hpp>
 #include <torchkit/summary.hpp>
+#include <torchkit/capture.hpp>
 #include <torchkit/clip.hpp>
 #include <torchkit/amp.hpp>
 #include <torchkit/batch.hpp>
@@ -24,6 +25,7 @@
 #include <torchkit/freeze.hpp>
 #include <torchkit/param_groups.hpp>
 #include <torchkit/averaging.hpp>
+#include <torchkit/checkpoint.hpp>
 #include <torchkit/distributed.hpp>
 #include <torchkit/format.hpp>
 
