@@ -11,6 +11,16 @@
 //                                      (OpenCV 4.6 has no per-channel std: it does less work)
 //                      Floor           allocate the output and write its bytes once (memset)
 //                      FloorReused     memset into an output allocated once, outside the loop
+//   Classifier/*     a 1920x1080 BGR uint8 frame -> shorter side 256 (antialiased bilinear) ->
+//                    center crop 224 -> normalised RGB float [1, 3, 224, 224]:
+//                      Torchkit        torchkit::image_to_batch with resize + center_crop (tensor)
+//                      TorchkitMat     the same from the cv::Mat
+//                      LibTorchOps     permute -> float -> at::_upsample_bilinear2d_aa (what
+//                                      F.interpolate(antialias=True) runs) -> round -> slice ->
+//                                      flip -> div -> sub -> div -> contiguous
+//                      OpenCVArea      cv::resize(INTER_AREA) -> ROI -> blobFromImage(swapRB)
+//                      OpenCVLinear    cv::resize(INTER_LINEAR, no antialias) -> ROI -> blobFromImage
+//                      Floor           allocate the [1, 3, 224, 224] output and memset it
 //   OneHot/*         65,536 int64 labels, C = 10 and 1000, to float targets:
 //                      Torchkit        torchkit::one_hot(labels, C)
 //                      LibTorchToFloat torch::one_hot(labels, C).to(kFloat)
@@ -31,6 +41,7 @@
 #include <torchkit/opencv.hpp>
 #include <opencv2/core.hpp>
 #include <opencv2/dnn.hpp>
+#include <opencv2/imgproc.hpp>
 #endif
 
 #include <benchmark/benchmark.h>
@@ -181,6 +192,124 @@ void BM_ImageToBatch_FloorReused(benchmark::State& state) {
   set_image_labels(state, width, height);
 }
 
+torchkit::ImageOptions classifier_options() {
+  return torchkit::ImageOptions{.resize = torchkit::Resize{.shorter_side = 256},
+                                .center_crop = {{224, 224}},
+                                .bgr_to_rgb = true,
+                                .mean = kMean,
+                                .std = kStd};
+}
+
+/// torchvision's Resize(256) + CenterCrop(224) + ToTensor + Normalize with LibTorch ops.
+at::Tensor libtorch_classifier(const at::Tensor& hwc, const at::Tensor& mean, const at::Tensor& std) {
+  const int64_t height = hwc.size(0);
+  const int64_t width = hwc.size(1);
+  const int64_t new_h = height <= width ? 256 : 256 * height / width;
+  const int64_t new_w = height <= width ? 256 * width / height : 256;
+  const at::Tensor planes = hwc.permute({2, 0, 1}).unsqueeze(0).to(torch::kFloat);
+  const at::Tensor resized = at::_upsample_bilinear2d_aa(planes, {new_h, new_w}, false).round_().clamp_(0, 255);
+  const auto centre = [](int64_t d) { return d % 2 == 0 || (d / 2) % 2 == 0 ? d / 2 : d / 2 + 1; };
+  const int64_t top = centre(new_h - 224);
+  const int64_t left = centre(new_w - 224);
+  return resized.slice(2, top, top + 224)
+      .slice(3, left, left + 224)
+      .flip({1})
+      .div(255)
+      .sub(mean)
+      .div(std)
+      .contiguous();
+}
+
+void set_classifier_labels(benchmark::State& state) {
+  state.counters["MB_out"] = 224.0 * 224 * 3 * 4 / 1e6;
+}
+
+void BM_Classifier_Torchkit(benchmark::State& state) {
+  const auto image = bgr_image(1920, 1080);
+  const auto options = classifier_options();
+  for (auto _ : state) {
+    auto batch = torchkit::image_to_batch(image, options);
+    benchmark::DoNotOptimize(batch.data_ptr());
+  }
+  set_classifier_labels(state);
+}
+
+void BM_Classifier_LibTorchOps(benchmark::State& state) {
+  const auto image = bgr_image(1920, 1080);
+  const auto mean = torch::tensor(kMean, torch::kFloat).view({3, 1, 1});
+  const auto std = torch::tensor(kStd, torch::kFloat).view({3, 1, 1});
+  for (auto _ : state) {
+    auto batch = libtorch_classifier(image, mean, std);
+    benchmark::DoNotOptimize(batch.data_ptr());
+  }
+  set_classifier_labels(state);
+}
+
+#if TORCHKIT_WITH_OPENCV
+/// OpenCV's way: resize the shorter side to 256, take the centre 224 x 224 ROI, blobFromImage
+/// (which has no per-channel std: it does a little less work than the others).
+cv::Mat opencv_classifier(const cv::Mat& bgr, int interpolation) {
+  const int new_h = bgr.rows <= bgr.cols ? 256 : 256 * bgr.rows / bgr.cols;
+  const int new_w = bgr.rows <= bgr.cols ? 256 * bgr.cols / bgr.rows : 256;
+  cv::Mat resized;
+  cv::resize(bgr, resized, cv::Size(new_w, new_h), 0, 0, interpolation);
+  const cv::Mat roi = resized(cv::Rect((new_w - 224) / 2, (new_h - 224) / 2, 224, 224));
+  const cv::Scalar mean(kMean[0] * 255, kMean[1] * 255, kMean[2] * 255);
+  return cv::dnn::blobFromImage(roi, 1.0 / 255, cv::Size(), mean, /*swapRB=*/true, /*crop=*/false, CV_32F);
+}
+
+void BM_Classifier_TorchkitMat(benchmark::State& state) {
+  const auto image = bgr_image(1920, 1080);
+  const cv::Mat mat = mat_of(image);
+  const auto options = classifier_options();
+  for (auto _ : state) {
+    auto batch = torchkit::image_to_batch(mat, options);
+    benchmark::DoNotOptimize(batch.data_ptr());
+  }
+  set_classifier_labels(state);
+}
+
+void BM_Classifier_OpenCVArea(benchmark::State& state) {
+  const auto image = bgr_image(1920, 1080);
+  const cv::Mat mat = mat_of(image);
+  for (auto _ : state) {
+    cv::Mat blob = opencv_classifier(mat, cv::INTER_AREA);
+    benchmark::DoNotOptimize(blob.data);
+  }
+  set_classifier_labels(state);
+}
+
+void BM_Classifier_OpenCVLinear(benchmark::State& state) {
+  const auto image = bgr_image(1920, 1080);
+  const cv::Mat mat = mat_of(image);
+  for (auto _ : state) {
+    cv::Mat blob = opencv_classifier(mat, cv::INTER_LINEAR);
+    benchmark::DoNotOptimize(blob.data);
+  }
+  set_classifier_labels(state);
+}
+#endif
+
+void BM_Classifier_Floor(benchmark::State& state) {
+  for (auto _ : state) {
+    auto batch = at::empty({1, 3, 224, 224}, at::kFloat);
+    std::memset(batch.data_ptr(), 0, static_cast<std::size_t>(batch.nbytes()));
+    benchmark::DoNotOptimize(batch.data_ptr());
+  }
+  set_classifier_labels(state);
+}
+
+BENCHMARK(BM_Classifier_Torchkit)->Unit(benchmark::kMicrosecond);
+#if TORCHKIT_WITH_OPENCV
+BENCHMARK(BM_Classifier_TorchkitMat)->Unit(benchmark::kMicrosecond);
+#endif
+BENCHMARK(BM_Classifier_LibTorchOps)->Unit(benchmark::kMicrosecond);
+#if TORCHKIT_WITH_OPENCV
+BENCHMARK(BM_Classifier_OpenCVArea)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Classifier_OpenCVLinear)->Unit(benchmark::kMicrosecond);
+#endif
+BENCHMARK(BM_Classifier_Floor)->Unit(benchmark::kMicrosecond);
+
 constexpr int64_t kLabels = 65536;
 
 at::Tensor labels_for(int64_t num_classes) {
@@ -277,6 +406,13 @@ void check_same_results() {
   const auto unit_std = torchkit::image_to_batch(image, {.bgr_to_rgb = true, .mean = kMean});
   same = same && torch::allclose(unit_std, at::from_blob(blob.data, {1, 3, 48, 64}, at::kFloat), 1e-5, 1e-5);
 #endif
+  // The classifier pipeline: torchkit and the LibTorch ops within one uint8 level.
+  const auto frame = bgr_image(640, 360);
+  const auto mean_planes = torch::tensor(kMean, torch::kFloat).view({3, 1, 1});
+  const auto std_planes = torch::tensor(kStd, torch::kFloat).view({3, 1, 1});
+  same = same && torch::allclose(torchkit::image_to_batch(frame, classifier_options()),
+                                 libtorch_classifier(frame, mean_planes, std_planes), 0,
+                                 1.0 / 255 / 0.224 + 1e-5);
   const auto labels = labels_for(10);
   same = same && torch::equal(torchkit::one_hot(labels, 10), torch::one_hot(labels, 10).to(torch::kFloat));
   if (!same) {
