@@ -587,3 +587,203 @@ TEST_CASE("restore_group_options refuses groups that are not the optimizer's, ch
                        torchkit::Error);
   unchanged();
 }
+
+// ---------------------------------------------------------------------------------------------
+// layer_decay and no_weight_decay_1d, against a transcription of timm's rule
+// (tests/golden/layer_decay.json, written by layer_decay_golden.py)
+// ---------------------------------------------------------------------------------------------
+
+#include <torch/optim/adamw.h>
+#include <torchkit/lr/decay.hpp>
+
+namespace {
+
+// A module whose parameters have exactly the given dotted names and shapes (the modules on the
+// way are plain torch::nn::Module).
+std::shared_ptr<torch::nn::Module> module_with(const nlohmann::json& params) {
+  auto root = std::make_shared<torch::nn::Module>();
+  std::map<std::string, std::shared_ptr<torch::nn::Module>> modules{{"", root}};
+  for (const auto& param : params) {
+    const auto name = param.at("name").get<std::string>();
+    std::string prefix;
+    std::size_t start = 0;
+    for (std::size_t dot = name.find('.'); dot != std::string::npos; dot = name.find('.', start)) {
+      const std::string part = name.substr(start, dot - start);
+      const std::string path = prefix.empty() ? part : prefix + "." + part;
+      if (!modules.contains(path)) {
+        modules[path] = modules[prefix]->register_module(part, std::make_shared<torch::nn::Module>());
+      }
+      prefix = path;
+      start = dot + 1;
+    }
+    modules[prefix]->register_parameter(name.substr(start), torch::zeros(param.at("shape").get<std::vector<int64_t>>()));
+  }
+  return root;
+}
+
+// The layers of timm's ViT group_matcher: stem, one per block, the final norm, then the rest.
+std::vector<std::vector<std::string>> vit_layers(int depth) {
+  std::vector<std::vector<std::string>> layers{{"cls_token", "pos_embed", "patch_embed"}};
+  for (int k = 0; k < depth; ++k) {
+    layers.push_back({fmt::format("blocks.{}", k)});
+  }
+  layers.push_back({"norm"});
+  layers.push_back({"*"});
+  return layers;
+}
+
+bool same_double(double actual, double expected) {
+  return actual == expected || std::abs(actual - expected) <= 1e-15 * std::abs(expected);
+}
+
+}  // namespace
+
+TEST_CASE("layer_decay: per-parameter layer id, lr and weight decay equal timm's rule on ViT name lists") {
+  const auto golden = torchkit::test::load_golden("layer_decay.json");
+  REQUIRE(golden.at("cases").size() >= 5);
+  for (const auto& case_ : golden.at("cases")) {
+    INFO("case: ", case_.at("name").get<std::string>());
+    const auto model = module_with(case_.at("params"));
+    if (!case_.at("frozen").empty()) {
+      (void)torchkit::freeze(model, case_.at("frozen").get<std::vector<std::string>>());
+    }
+    const double base_lr = case_.at("base_lr").get<double>();
+    const double weight_decay = case_.at("weight_decay").get<double>();
+    torchkit::ParamGroupBuilder builder(model);
+    builder.rest()
+        .no_weight_decay_1d()
+        .no_weight_decay({"cls_token", "pos_embed"})
+        .layer_decay(case_.at("rate").get<double>(), vit_layers(case_.at("depth").get<int>()));
+    const auto defaults = torch::optim::AdamWOptions(base_lr).weight_decay(weight_decay);
+    auto optimizer = builder.make<torch::optim::AdamW>(defaults);
+    const auto plans = builder.groups();
+    REQUIRE(plans.size() == optimizer.param_groups().size());
+
+    struct Actual {
+      std::int64_t layer_id;
+      double lr, weight_decay;
+    };
+    std::map<std::string, Actual> actual;
+    for (std::size_t g = 0; g < plans.size(); ++g) {
+      const auto& options = static_cast<const torch::optim::AdamWOptions&>(optimizer.param_groups()[g].options());
+      REQUIRE(plans[g].parameters.size() == optimizer.param_groups()[g].params().size());
+      for (std::size_t p = 0; p < plans[g].parameters.size(); ++p) {
+        CHECK(optimizer.param_groups()[g].params()[p].is_same(parameter_named(*model, plans[g].parameters[p])));
+        actual[plans[g].parameters[p]] = Actual{plans[g].layer_id.value(), options.lr(), options.weight_decay()};
+      }
+    }
+    CHECK(actual.size() == case_.at("expected").size());
+    for (const auto& expected : case_.at("expected")) {
+      const auto name = expected.at("name").get<std::string>();
+      INFO("parameter: ", name);
+      REQUIRE(actual.contains(name));
+      CHECK(actual.at(name).layer_id == expected.at("layer_id").get<std::int64_t>());
+      CHECK(same_double(actual.at(name).lr, expected.at("lr").get<double>()));
+      CHECK(actual.at(name).weight_decay == expected.at("weight_decay").get<double>());
+    }
+  }
+}
+
+TEST_CASE("layer_decay: frozen layers are dropped before counting, so the last trainable layer keeps scale 1") {
+  const auto golden = torchkit::test::load_golden("layer_decay.json");
+  const auto model = module_with(golden.at("cases").at(0).at("params"));  // depth 12
+  (void)torchkit::freeze(model, {"cls_token", "pos_embed", "patch_embed", "blocks.0", "blocks.1"});
+  torchkit::ParamGroupBuilder builder(model);
+  builder.rest().layer_decay(0.5, vit_layers(12));
+  const auto plans = builder.groups();
+  // blocks.2 .. blocks.11, norm, head: 12 layers, ids 0..11.
+  REQUIRE(plans.size() == 12);
+  CHECK(plans.front().name == "rest, layer 0");
+  CHECK(plans.front().parameters.front() == "blocks.2.norm1.weight");
+  CHECK(plans.front().lr_scale == std::pow(0.5, 11));
+  CHECK(plans.back().layer_id == 11);
+  CHECK(plans.back().lr_scale == 1.0);
+  CHECK(plans.back().parameters == std::vector<std::string>{"head.weight", "head.bias"});
+  // include_frozen() counts them again.
+  builder.include_frozen();
+  CHECK(builder.groups().size() == 15);
+  CHECK(builder.groups().front().lr_scale == std::pow(0.5, 14));
+}
+
+TEST_CASE("layer_decay with add() groups: each group's own lr times the layer scale; describe shows layer and scale") {
+  const auto golden = torchkit::test::load_golden("layer_decay.json");
+  const auto model = module_with(golden.at("cases").at(4).at("params"));  // depth 4
+  torchkit::ParamGroupBuilder builder(model);
+  builder.add({"head"}, {.lr = 0.01, .name = "head"}).rest().no_weight_decay_1d().layer_decay(0.5, vit_layers(4));
+  const auto defaults = torch::optim::SGDOptions(0.1).momentum(0.9).weight_decay(1e-4);
+  auto optimizer = builder.make<torch::optim::SGD>(defaults);
+  const auto plans = builder.groups();
+  REQUIRE(plans.size() == optimizer.param_groups().size());
+  CHECK(plans[0].name == "head, layer 6");
+  CHECK(plans[1].name == "head, layer 6 (no weight decay)");
+  std::vector<double> scales;
+  for (std::size_t g = 0; g < plans.size(); ++g) {
+    const auto& options = static_cast<const torch::optim::SGDOptions&>(optimizer.param_groups()[g].options());
+    const double own = plans[g].lr.value_or(0.1);
+    INFO(plans[g].name);
+    CHECK(options.lr() == own * plans[g].lr_scale);
+    CHECK(options.momentum() == 0.9);  // every option complete, from the defaults
+    CHECK(options.weight_decay() == (plans[g].name.ends_with("(no weight decay)") ? 0.0 : 1e-4));
+    scales.push_back(plans[g].lr_scale);
+  }
+  const auto text = builder.describe(defaults);
+  CHECK(text.find("group 0: head, layer 6  lr=0.01 (0.01 x 1)  layer=6 scale=1  weight_decay=0.0001") != std::string::npos);
+  CHECK(text.find("rest, layer 0  lr=0.0015625 (0.1 x 0.015625)  layer=0 scale=0.015625") != std::string::npos);
+  CHECK(builder.describe().find("lr=default x 0.015625") != std::string::npos);
+
+  // The torchkit schedulers keep each group's ratio: lr_g(t) / lr_g(0) is the same for every group.
+  std::vector<double> initial;
+  for (const auto& group : optimizer.param_groups()) {
+    initial.push_back(group.options().get_lr());
+  }
+  torchkit::lr::CosineAnnealingLR cosine(optimizer, 50);
+  for (int step = 0; step < 30; ++step) {
+    cosine.step();
+    const auto lrs = cosine.last_lr();
+    for (std::size_t g = 1; g < lrs.size(); ++g) {
+      CHECK(std::abs(lrs[g] / initial[g] - lrs[0] / initial[0]) <= 1e-12);
+    }
+  }
+}
+
+TEST_CASE("no_weight_decay_1d: 1-D tensors and biases get weight decay 0, without layer_decay too") {
+  torchkit::test::Network net;
+  torchkit::ParamGroupBuilder builder(net);
+  builder.rest().no_weight_decay_1d();
+  const auto plans = builder.groups();
+  REQUIRE(plans.size() == 2);
+  for (const auto& name : plans[1].parameters) {
+    CHECK(name.ends_with(".bias"));
+  }
+  CHECK(plans[1].weight_decay == 0.0);
+  CHECK_FALSE(plans[0].layer_id.has_value());
+}
+
+TEST_CASE("layer_decay bad input: rate, empty layers, twice, unmatched parameters, patterns matching nothing") {
+  const auto golden = torchkit::test::load_golden("layer_decay.json");
+  const auto model = module_with(golden.at("cases").at(4).at("params"));
+  torchkit::ParamGroupBuilder builder(model);
+  builder.rest();
+  for (const double rate : {0.0, -0.5, 1.5, std::numeric_limits<double>::quiet_NaN()}) {
+    CHECK_THROWS_WITH_AS(builder.layer_decay(rate, vit_layers(4)),
+                         doctest::Contains("ParamGroupBuilder::layer_decay: rate must be in (0, 1], got"),
+                         torchkit::Error);
+  }
+  CHECK_THROWS_WITH_AS(builder.layer_decay(0.5, {}), doctest::Contains("layer_decay: no layers given"), torchkit::Error);
+  CHECK_THROWS_WITH_AS(builder.layer_decay(0.5, {{"blocks.0"}, {}}),
+                       doctest::Contains("layer_decay: layer 1 of 2 has no patterns"), torchkit::Error);
+  CHECK(builder.groups().size() == 1);  // unchanged: no layer decay
+  builder.layer_decay(0.5, {{"blocks"}, {"norm"}});
+  CHECK_THROWS_WITH_AS(builder.layer_decay(0.5, vit_layers(4)),
+                       doctest::Contains("layer_decay was already given (2 layers, rate 0.5)"), torchkit::Error);
+  CHECK_THROWS_WITH_AS((void)builder.groups(),
+                       doctest::Contains("ParamGroupBuilder::groups: 6 trainable parameter(s) match no layer of "
+                                         "layer_decay: \"cls_token\", \"pos_embed\""),
+                       torchkit::Error);
+  torchkit::ParamGroupBuilder typo(model);
+  typo.rest().layer_decay(0.5, {{"blcks"}, {"*"}});
+  CHECK_THROWS_WITH_AS((void)typo.build(torch::optim::SGDOptions(0.1)),
+                       doctest::Contains("ParamGroupBuilder::build: layer_decay layer 0: pattern \"blcks\" (pattern 1 of "
+                                         "1) matches no parameter"),
+                       torchkit::Error);
+}

@@ -100,6 +100,16 @@ inline void restore_group_options(torch::optim::Optimizer& optimizer,
   }
 }
 
+/// One optimizer group that ParamGroupBuilder::build makes: what ParamGroupBuilder::groups() returns.
+struct ParamGroupPlan {
+  std::string name;                     ///< as group_names()
+  std::vector<std::string> parameters;  ///< the parameters' names, in model order
+  std::optional<double> lr;             ///< the group's own lr (before the layer scale); unset: the defaults'
+  std::optional<double> weight_decay;   ///< the group's own weight decay; unset: the defaults'
+  std::optional<std::int64_t> layer_id;  ///< with layer_decay: the layer id (after frozen layers are dropped)
+  double lr_scale = 1.0;                ///< with layer_decay: rate^(last layer id - layer_id); else 1
+};
+
 /// Builds optimizer parameter groups by parameter name.
 ///
 /// - `add(patterns, options)` declares a group; a parameter joins the FIRST group (in the order
@@ -116,12 +126,27 @@ inline void restore_group_options(torch::optim::Optimizer& optimizer,
 ///   `filter(lambda p: p.requires_grad, ...)`; `include_frozen()` keeps them. An `add()` group
 ///   whose every match is frozen is kept, empty, so that the group indices stay as declared.
 /// - A tied tensor appears once, and a pattern matches it under any of its names.
+/// - `layer_decay(rate, layers)`: layer-wise lr decay, as timm's `param_groups_layer_decay`
+///   (fine-tuning ViT, BEiT, ConvNeXt). `layers[i]` holds the patterns of layer id `i`
+///   (embeddings 0, block `k` at `k + 1`, final norm and head last, as timm's `group_matcher`); a
+///   parameter takes the id of the first layer that matches it. Frozen parameters are left out
+///   *before* the ids are counted: a layer with no trainable parameter is dropped and the ids
+///   after it close up, so that the last trainable layer keeps scale 1 (timm counts its layers
+///   over every parameter, frozen or not). With `L` layers left, layer `i` gets
+///   `scale = rate^(L - 1 - i)`, and every optimizer group made from it
+///   `lr = (group's lr, else the defaults' lr) * scale`. Each add()/rest() group is then split
+///   by layer (ascending), each part again by weight decay; only non-empty parts become
+///   optimizer groups (groups() and describe() show which is which).
+/// - `no_weight_decay_1d()`: timm's rule: every 1-D (or 0-D) tensor and every `*.bias` gets
+///   weight decay 0, as if listed in no_weight_decay().
 ///
 /// Every check runs in `build()` (and `describe()`, `group_names()`), which throw Error when a
 /// pattern is empty or matches no parameter (listing the closest names), when a parameter is
 /// claimed by no group and no `rest()` was given (naming it), when a group gets nothing because
 /// earlier groups claimed all its matches, when an lr or weight decay is negative or not finite,
-/// when `rest()` was given twice, when there are no groups, or when nothing is left to optimize.
+/// when `rest()` was given twice, when there are no groups, or when nothing is left to optimize;
+/// with layer_decay, when a layer's pattern matches no parameter or a trainable parameter
+/// matches no layer (add a catch-all last layer such as `{"*"}`, timm's "head" default).
 ///
 /// The builder lists the model's parameters (names and tensors) when it is constructed and keeps
 /// the tensors alive; after registering or replacing parameters, construct a new builder.
@@ -161,6 +186,62 @@ class ParamGroupBuilder {
     return *this;
   }
 
+  /// timm's weight-decay rule: 1-D (and 0-D) tensors and every parameter whose name ends in
+  /// `.bias` get weight decay 0 (norm weights, biases, scalar gains), as if listed in
+  /// no_weight_decay(); combines with it.
+  ParamGroupBuilder& no_weight_decay_1d(bool on = true) noexcept {
+    no_weight_decay_1d_ = on;
+    return *this;
+  }
+
+  /// Layer-wise lr decay (timm's `layer_decay`): `layers[i]` holds the patterns of layer id `i`
+  /// (first match wins); with `L` layers that hold trainable parameters, layer `i`'s groups get
+  /// `lr * rate^(L - 1 - i)` (see the class comment for frozen layers and the groups made).
+  /// Python (timm): `param_groups_layer_decay(model, weight_decay, no_weight_decay_list,
+  /// layer_decay=rate)` plus the scheduler applying each group's `lr_scale`.
+  ///
+  /// @throws Error for `rate` outside (0, 1] or not finite, an empty `layers` or an empty layer,
+  ///         or when layer_decay was already given; the builder is unchanged then. Patterns
+  ///         are checked by build().
+  ///
+  ///     std::vector<std::vector<std::string>> layers{{"cls_token", "pos_embed", "patch_embed"}};
+  ///     for (int k = 0; k < 12; ++k) layers.push_back({fmt::format("blocks.{}", k)});
+  ///     layers.push_back({"*"});  // norm and head: scale 1
+  ///     builder.rest().no_weight_decay_1d().layer_decay(0.75, layers);
+  ParamGroupBuilder& layer_decay(double rate, std::vector<std::vector<std::string>> layers) {
+    constexpr std::string_view context = "ParamGroupBuilder::layer_decay";
+    TORCHKIT_CHECK(std::isfinite(rate) && rate > 0 && rate <= 1, "{}: rate must be in (0, 1], got {}", context, rate);
+    TORCHKIT_CHECK(!layers.empty(), "{}: no layers given; layers[i] holds the patterns of layer id i", context);
+    TORCHKIT_CHECK(layer_patterns_.empty(), "{}: layer_decay was already given ({} layers, rate {})", context,
+                   layer_patterns_.size(), layer_rate_);
+    std::vector<std::vector<NamePattern>> converted;
+    converted.reserve(layers.size());
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      TORCHKIT_CHECK(!layers[l].empty(), "{}: layer {} of {} has no patterns", context, l, layers.size());
+      converted.push_back(PatternList(layers[l]).patterns());
+    }
+    layer_patterns_ = std::move(converted);
+    layer_rate_ = rate;
+    return *this;
+  }
+
+  /// The optimizer groups build() makes, in its order: names, parameters, own options, layer
+  /// id and lr scale. Throws as build().
+  [[nodiscard]] std::vector<ParamGroupPlan> groups() const {
+    std::vector<ParamGroupPlan> result;
+    for (const auto& group : plan("ParamGroupBuilder::groups").groups) {
+      ParamGroupPlan info{group.name, {}, group.lr, group.weight_decay, {}, group.scale};
+      if (group.layer_id) {
+        info.layer_id = static_cast<std::int64_t>(*group.layer_id);
+      }
+      for (const std::size_t member : group.members) {
+        info.parameters.push_back(parameters_[member].name);
+      }
+      result.push_back(std::move(info));
+    }
+    return result;
+  }
+
   /// The parameter groups for a LibTorch optimizer whose options have `lr` and `weight_decay`
   /// (SGD, Adam, AdamW, RMSprop, Adagrad). Each group's options are a copy of `defaults` with
   /// the group's lr / weight decay set where the group gives them. Pass the same `defaults` to
@@ -180,7 +261,9 @@ class ParamGroupBuilder {
     result.reserve(planned.groups.size());
     for (const auto& group : planned.groups) {
       auto options = std::make_unique<O>(defaults);
-      if (group.lr) {
+      if (group.layer_id) {
+        options->lr((group.lr ? *group.lr : static_cast<double>(defaults.lr())) * group.scale);
+      } else if (group.lr) {
         options->lr(*group.lr);
       }
       if (group.weight_decay) {
@@ -252,6 +335,8 @@ class ParamGroupBuilder {
     std::vector<std::size_t> members;  // indices into parameters_
     std::optional<double> lr, weight_decay;
     bool weight_decay_from_no_weight_decay = false;
+    std::optional<std::size_t> layer_id{};  // with layer_decay
+    double scale = 1.0;
   };
 
   struct Plan {
@@ -326,6 +411,13 @@ class ParamGroupBuilder {
       matched[g] = detail::select(fmt::format("{}: {}", context, where), group.patterns, parameters_);
     }
     std::vector<bool> no_decay(count, false);
+    if (no_weight_decay_1d_) {
+      for (std::size_t i = 0; i < count; ++i) {
+        const std::string& name = parameters_[i].name;
+        no_decay[i] = parameters_[i].tensor.dim() <= 1 ||
+                      (name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0);
+      }
+    }
     for (const auto& patterns : no_weight_decay_) {
       const auto selected = detail::select(fmt::format("{}: no_weight_decay", context), patterns, parameters_);
       for (std::size_t i = 0; i < count; ++i) {
@@ -387,7 +479,11 @@ class ParamGroupBuilder {
 
     // The optimizer groups, in the order given; each split in two when no_weight_decay was used.
     // A rest() group that collects nothing adds none (a catch-all with nothing left over).
-    const bool split = !no_weight_decay_.empty();
+    const bool split = !no_weight_decay_.empty() || no_weight_decay_1d_;
+    if (!layer_patterns_.empty()) {
+      plan_layers(context, owner, no_decay, split, result);
+      return result;
+    }
     for (std::size_t g = 0; g < groups_.size(); ++g) {
       PlannedGroup decay{display_name(g), {}, groups_[g].options.lr, groups_[g].options.weight_decay, false};
       PlannedGroup without_decay{display_name(g) + " (no weight decay)", {}, groups_[g].options.lr, 0.0, true};
@@ -405,6 +501,71 @@ class ParamGroupBuilder {
       }
     }
     return result;
+  }
+
+  /// With layer_decay: the layer of every grouped parameter (frozen ones left out before the
+  /// layers are counted), then one optimizer group per (group, layer, weight decay) that has
+  /// parameters.
+  void plan_layers(std::string_view context, const std::vector<std::size_t>& owner, const std::vector<bool>& no_decay,
+                   bool split, Plan& result) const {
+    constexpr std::size_t none = static_cast<std::size_t>(-1);
+    const std::size_t count = parameters_.size();
+    std::vector<std::vector<bool>> matched(layer_patterns_.size());
+    for (std::size_t l = 0; l < layer_patterns_.size(); ++l) {
+      matched[l] = detail::select(fmt::format("{}: layer_decay layer {}", context, l), layer_patterns_[l], parameters_);
+    }
+    std::vector<std::size_t> layer_of(count, none);
+    std::vector<bool> used(layer_patterns_.size(), false);
+    std::vector<std::size_t> unmatched;
+    for (std::size_t i = 0; i < count; ++i) {
+      if (owner[i] == none) {
+        continue;  // left out (frozen)
+      }
+      for (std::size_t l = 0; l < layer_patterns_.size() && layer_of[i] == none; ++l) {
+        if (matched[l][i]) {
+          layer_of[i] = l;
+        }
+      }
+      if (layer_of[i] == none) {
+        unmatched.push_back(i);
+      } else {
+        used[layer_of[i]] = true;
+      }
+    }
+    TORCHKIT_CHECK(unmatched.empty(),
+                   "{}: {} {}parameter(s) match no layer of layer_decay: {}; add their patterns to a layer, or end the "
+                   "layers with a catch-all such as {{\"*\"}} (timm gives unmatched parameters the last layer id)",
+                   context, unmatched.size(), include_frozen_ ? "" : "trainable ", list_names(unmatched));
+    // Layer ids over the layers that hold parameters (frozen ones are already out).
+    std::vector<std::size_t> id_of(layer_patterns_.size(), none);
+    std::size_t layer_count = 0;
+    for (std::size_t l = 0; l < layer_patterns_.size(); ++l) {
+      if (used[l]) {
+        id_of[l] = layer_count++;
+      }
+    }
+    for (std::size_t g = 0; g < groups_.size(); ++g) {
+      for (std::size_t l = 0; l < layer_patterns_.size(); ++l) {
+        if (!used[l]) {
+          continue;
+        }
+        const std::size_t id = id_of[l];
+        const double scale = std::pow(layer_rate_, static_cast<double>(layer_count - 1 - id));
+        const std::string name = fmt::format("{}, layer {}", display_name(g), id);
+        PlannedGroup decay{name, {}, groups_[g].options.lr, groups_[g].options.weight_decay, false, id, scale};
+        PlannedGroup without_decay{name + " (no weight decay)", {}, groups_[g].options.lr, 0.0, true, id, scale};
+        for (std::size_t i = 0; i < count; ++i) {
+          if (owner[i] == g && layer_of[i] == l) {
+            (split && no_decay[i] ? without_decay : decay).members.push_back(i);
+          }
+        }
+        for (PlannedGroup* part : {&decay, &without_decay}) {
+          if (!part->members.empty()) {
+            result.groups.push_back(std::move(*part));
+          }
+        }
+      }
+    }
   }
 
   [[nodiscard]] std::string describe_with(std::string_view context,
@@ -438,8 +599,18 @@ class ParamGroupBuilder {
       for (const std::size_t member : group.members) {
         group_elements += parameters_[member].tensor.numel();
       }
+      std::string lr_text = value(group.lr, false, true);
+      if (group.layer_id) {
+        const std::string base = group.lr ? fmt::format("{}", *group.lr) : defaults ? fmt::format("{}", defaults->first)
+                                                                                     : std::string("default");
+        lr_text = group.lr || defaults
+                      ? fmt::format("{} ({} x {})", (group.lr ? *group.lr : defaults->first) * group.scale, base,
+                                    group.scale)
+                      : fmt::format("default x {}", group.scale);
+        lr_text += fmt::format("  layer={} scale={}", *group.layer_id, group.scale);
+      }
       text += fmt::format("group {}: {}  lr={}  weight_decay={}  {} parameter{} ({} elements)\n", index, group.name,
-                          value(group.lr, false, true),
+                          lr_text,
                           value(group.weight_decay, group.weight_decay_from_no_weight_decay, false),
                           group.members.size(), group.members.size() == 1 ? "" : "s", group_elements);
       for (const std::size_t member : group.members) {
@@ -460,6 +631,9 @@ class ParamGroupBuilder {
   std::vector<Group> groups_;
   std::vector<std::vector<NamePattern>> no_weight_decay_;
   bool include_frozen_ = false;
+  bool no_weight_decay_1d_ = false;
+  std::vector<std::vector<NamePattern>> layer_patterns_;
+  double layer_rate_ = 1.0;
 };
 
 }  // namespace torchkit
