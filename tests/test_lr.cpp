@@ -632,6 +632,40 @@ TEST_CASE("composites take schedulers moved in or shared, and step the shared on
   CHECK(unsorted.find("[10, 4]") != std::string::npos);
 }
 
+TEST_CASE("Python's order: schedulers built first, then composed, the composite steps them") {
+  // Python:  warm = LinearLR(opt, 0.1, 1.0, 5); cos = CosineAnnealingLR(opt, 95)
+  //          s = SequentialLR(opt, [warm, cos], [5])
+  auto python_order = make_optimizer({{"type", "sgd"}, {"lrs", {1.0, 0.5}}});
+  lr::LinearLR warm(*python_order.optimizer, 0.1, 1.0, 5);
+  lr::CosineAnnealingLR cos(*python_order.optimizer, 95);
+  lr::SequentialLR sequential(*python_order.optimizer, {warm, cos}, {5});
+  // The same schedule written with temporaries (owned by the composite).
+  auto inline_form = make_optimizer({{"type", "sgd"}, {"lrs", {1.0, 0.5}}});
+  lr::SequentialLR owned(*inline_form.optimizer,
+                         {lr::LinearLR(*inline_form.optimizer, 0.1, 1.0, 5), lr::CosineAnnealingLR(*inline_form.optimizer, 95)},
+                         {5});
+  for (int epoch = 0; epoch < 30; ++epoch) {
+    CHECK(sequential.last_lr() == owned.last_lr());
+    sequential.step();
+    owned.step();
+  }
+  // The composite refers to the caller's objects, as Python's does: they moved with it.
+  CHECK(&sequential.schedulers()[0]->optimizer() == python_order.optimizer.get());
+  CHECK(sequential.schedulers()[0].get() == &warm);
+  CHECK(sequential.schedulers()[1].get() == &cos);
+  CHECK(cos.last_epoch() == 25);
+
+  // ChainedScheduler([a, b]) the same way.
+  auto chained_setup = make_optimizer({{"type", "sgd"}, {"lrs", {1.0}}});
+  lr::ConstantLR constant(*chained_setup.optimizer, 0.1, 2);
+  lr::ExponentialLR exponential(*chained_setup.optimizer, 0.9);
+  lr::ChainedScheduler chained({constant, exponential});
+  chained.step();
+  CHECK(close(chained.last_lr()[0], 0.09));
+  CHECK(exponential.last_epoch() == 1);
+  CHECK(constant.last_epoch() == 1);
+}
+
 TEST_CASE("the warm-up + cosine schedule of the example") {
   auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1}}});
   auto& optimizer = *setup.optimizer;

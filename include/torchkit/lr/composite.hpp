@@ -18,13 +18,29 @@
 #include <utility>
 #include <vector>
 
+namespace torchkit::detail::lr {
+/// True for std::shared_ptr<S> with S a scheduler (AnyScheduler's shared form).
+template <class T>
+inline constexpr bool is_shared_scheduler_v = false;
+template <class S>
+inline constexpr bool is_shared_scheduler_v<std::shared_ptr<S>> = std::derived_from<S, torchkit::lr::Scheduler>;
+}  // namespace torchkit::detail::lr
+
 namespace torchkit::lr {
 
-/// A scheduler of any type for SequentialLR and ChainedScheduler: a `std::shared_ptr` to one
-/// (shared with the caller), or a scheduler moved in. The list is built left to right, so
-/// schedulers written inline are constructed in the order written, as in Python.
+/// A scheduler of any type for SequentialLR and ChainedScheduler, with one of three ownerships:
+/// - a scheduler variable (an lvalue) is referred to, as Python's composites refer to the
+///   scheduler objects they are given: stepping the composite steps your object, and your
+///   object must outlive the composite;
+/// - a temporary or `std::move(scheduler)` is taken over (owned by the composite);
+/// - a `std::shared_ptr` is shared.
+/// The list is built left to right, so schedulers written inline are constructed in the order
+/// written, as in Python. Anything else (a pointer, a const scheduler, ReduceLROnPlateau, a
+/// composite's factory result) stops the build with a message that says what to write instead.
 ///
-///     {torchkit::lr::LinearLR(optimizer, {.start_factor = 0.1}), std::move(cosine), shared_step}
+///     torchkit::lr::LinearLR warmup(optimizer, 0.1, 1.0, 5);          // Python's order:
+///     torchkit::lr::CosineAnnealingLR cosine(optimizer, 95);          // schedulers first,
+///     torchkit::lr::SequentialLR scheduler(optimizer, {warmup, cosine}, {5});   // then composed
 class AnyScheduler {
  public:
   /// Shares `scheduler` with the caller. Throws Error when it is null.
@@ -32,13 +48,43 @@ class AnyScheduler {
   AnyScheduler(std::shared_ptr<S> scheduler) : scheduler_(std::move(scheduler)) {  // NOLINT
     TORCHKIT_CHECK(scheduler_ != nullptr, "AnyScheduler: the scheduler pointer is null");
   }
-  /// Takes over `scheduler` (pass a temporary or `std::move(scheduler)`; an lvalue would be
-  /// copied, so that stepping the composite would not step the caller's object).
+  /// Refers to the caller's `scheduler` (not owned: it must outlive the composite), as Python's
+  /// SequentialLR refers to the scheduler objects in its list.
+  template <std::derived_from<Scheduler> S>
+    requires(!std::is_const_v<S>)
+  AnyScheduler(S& scheduler)  // NOLINT(google-explicit-constructor)
+      : scheduler_(std::shared_ptr<Scheduler>(std::shared_ptr<Scheduler>(), &scheduler)) {}
+  /// Takes over `scheduler` (a temporary, or `std::move(scheduler)`).
   template <std::derived_from<Scheduler> S>
     requires(!std::is_lvalue_reference_v<S>)
   AnyScheduler(S&& scheduler)  // NOLINT(google-explicit-constructor, bugprone-forwarding-reference-overload)
       : scheduler_(std::make_shared<S>(std::move(scheduler))) {}
 
+  /// Everything else: a compile-time error that says what to write.
+  template <class T>
+    requires(!std::derived_from<std::remove_cvref_t<T>, Scheduler> &&
+             !detail::lr::is_shared_scheduler_v<std::remove_cvref_t<T>>)
+  AnyScheduler(T&&) {  // NOLINT(google-explicit-constructor, bugprone-forwarding-reference-overload)
+    using Given = std::remove_cvref_t<T>;
+    static_assert(!std::is_pointer_v<Given>,
+                  "torchkit::lr::AnyScheduler: pass the scheduler itself (SequentialLR s(opt, {warmup, cosine}, "
+                  "{5})), std::move(it), or a std::shared_ptr — not a raw pointer");
+    static_assert(!std::is_same_v<Given, ReduceLROnPlateau>,
+                  "torchkit::lr::AnyScheduler: ReduceLROnPlateau steps on a metric and cannot be part of "
+                  "SequentialLR or ChainedScheduler (as in Python); step it on its own");
+    static_assert(std::is_pointer_v<Given> || std::is_same_v<Given, ReduceLROnPlateau>,
+                  "torchkit::lr::AnyScheduler: expected a torchkit::lr scheduler (StepLR, LinearLR, ...), a "
+                  "std::shared_ptr to one, or std::move(one)");
+  }
+  /// A const scheduler cannot be stepped by a composite.
+  template <std::derived_from<Scheduler> S>
+  AnyScheduler(const S&) {  // NOLINT(google-explicit-constructor)
+    static_assert(sizeof(S) == 0,
+                  "torchkit::lr::AnyScheduler: a const scheduler cannot be stepped by SequentialLR or "
+                  "ChainedScheduler; pass a non-const scheduler variable, std::move(it), or a std::shared_ptr");
+  }
+
+  /// The scheduler (shared, owned or referred to).
   [[nodiscard]] const std::shared_ptr<Scheduler>& get() const noexcept { return scheduler_; }
 
  private:
