@@ -600,6 +600,36 @@ TEST_CASE("GradScaler: disabled is a pass-through") {
   CHECK(s.w.grad().norm().item<double>() == doctest::Approx(5.0).epsilon(1e-5));
 }
 
+TEST_CASE("ClipGrad(optimizer, scaler): the scaler-aware clip, counted like ClipGrad(params)") {
+  auto params = mixed_gradients_params(3, false);
+  auto twin = mixed_gradients_params(3, false);
+  torch::optim::SGD optimizer(params, 0.1), twin_optimizer(twin, 0.1);
+  torchkit::GradScaler scaler({.init_scale = 4096.0}), twin_scaler({.init_scale = 4096.0});
+  torchkit::ClipGrad clip(1.0);
+  const auto fresh = mixed_gradients_params(3, false);
+  for (int step = 0; step < 3; ++step) {
+    CAPTURE(step);
+    for (std::size_t k = 0; k < params.size(); ++k) {  // new scaled gradients, as a backward pass gives
+      params[k].mutable_grad().copy_(fresh[k].grad());
+      twin[k].mutable_grad().copy_(fresh[k].grad());
+    }
+    for (auto* each : {&scaler, &twin_scaler}) (void)each->scale(torch::tensor(1.0f));
+    if (step == 1) params[0].mutable_grad()[0][0] = infinity, twin[0].mutable_grad()[0][0] = infinity;
+    const at::Tensor norm = clip(optimizer, scaler);
+    const at::Tensor expected = torchkit::clip_grad_norm_(twin_optimizer, 1.0, 2.0, twin_scaler);
+    CHECK(same_bits(norm, expected));
+    for (std::size_t k = 0; k < params.size(); ++k) CHECK(same_bits(params[k].grad(), twin[k].grad()));
+    CHECK(scaler.step(optimizer) == (step != 1));
+    CHECK(twin_scaler.step(twin_optimizer) == (step != 1));
+    scaler.update();
+    twin_scaler.update();
+    if (step != 1) CHECK(clip.last_norm() == norm.item<double>());
+  }
+  CHECK(clip.steps() == 3);
+  CHECK(clip.clipped_steps() == 3);  // norms far above 1, and the inf one
+  CHECK(scaler.get_scale() == twin_scaler.get_scale());
+}
+
 TEST_CASE("GradScaler: bad input throws naming the value and changes nothing") {
   const auto throws_with = [](auto&& call, const std::string& text) {
     const std::string message = message_of<torchkit::Error>(call);

@@ -761,19 +761,24 @@ class ClipGrad {
   /// accelerator the bookkeeping stays on the device: no host sync here.
   template <ParameterSource P>
   at::Tensor operator()(P&& params) {
-    at::Tensor total = clip_grad_norm_(std::forward<P>(params), max_norm_, norm_type_, options_);
-    ++steps_;
-    if (total.device().is_cpu()) {
-      last_norm_ = total.item<double>();
-      last_norm_on_device_ = at::Tensor();
-      if (last_norm_ > max_norm_) ++clipped_steps_;
-    } else {
-      last_norm_on_device_ = total;
-      const at::Tensor exceeded = total.gt(max_norm_).to(at::kLong);
-      pending_clipped_ = pending_clipped_.defined() ? pending_clipped_.add(exceeded.to(pending_clipped_.device()))
-                                                    : exceeded;
+    return record(clip_grad_norm_(std::forward<P>(params), max_norm_, norm_type_, options_));
+  }
+
+  /// Clips the gradients of `optimizer` through a GradScaler (amp.hpp's
+  /// `clip_grad_norm_(optimizer, max_norm, norm_type, scaler)`: unscaled once per step, one read
+  /// and one write pass on the CPU, inf/nan recorded so that `scaler.step` skips) and records the
+  /// total norm of the unscaled gradients as the call above does (an inf norm counts as clipped).
+  ///
+  ///     scaler.scale(loss).backward();
+  ///     clip(optimizer, scaler);
+  ///     scaler.step(optimizer);
+  ///     scaler.update();
+  template <class Optimizer, class Scaler>
+    requires requires(Optimizer& optimizer, Scaler& scaler, double value, ClipOptions options) {
+      clip_grad_norm_(optimizer, value, value, scaler, options);  // found in amp.hpp by ADL
     }
-    return total;
+  at::Tensor operator()(Optimizer& optimizer, Scaler& scaler) {
+    return record(clip_grad_norm_(optimizer, max_norm_, norm_type_, scaler, options_));
   }
 
   /// The total norm the last call returned (0 before the first call). When the gradients live
@@ -815,6 +820,22 @@ class ClipGrad {
   friend std::ostream& operator<<(std::ostream& out, const ClipGrad& clip) { return out << clip.to_string(); }
 
  private:
+  /// Counts a call that returned `total`; on an accelerator without a host sync.
+  at::Tensor record(at::Tensor total) {
+    ++steps_;
+    if (total.device().is_cpu()) {
+      last_norm_ = total.item<double>();
+      last_norm_on_device_ = at::Tensor();
+      if (last_norm_ > max_norm_) ++clipped_steps_;
+    } else {
+      last_norm_on_device_ = total;
+      const at::Tensor exceeded = total.gt(max_norm_).to(at::kLong);
+      pending_clipped_ = pending_clipped_.defined() ? pending_clipped_.add(exceeded.to(pending_clipped_.device()))
+                                                    : exceeded;
+    }
+    return total;
+  }
+
   double max_norm_;
   double norm_type_;
   ClipOptions options_;
