@@ -35,6 +35,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 #include <torch/nn/module.h>
+#include <torch/nn/functional/batchnorm.h>     // LibTorch's module headers below use these
+#include <torch/nn/functional/instancenorm.h>  // without including them
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/instancenorm.h>
 
