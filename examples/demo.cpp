@@ -9,14 +9,15 @@
 // and colour on a noisy background, drawn from a fixed seed.
 //
 // Stage 1 trains the whole network with a warm-up + cosine learning-rate schedule. Stage 2
-// fine-tunes it on noisier images (mixed with clean ones) with its first block frozen and two
-// learning rates.
+// fine-tunes it on noisier images (mixed with clean ones) with its first block frozen (its
+// batch-norm statistics too) and two learning rates, and evaluates an EMA of the weights beside
+// the trained ones.
 //
 //   tip 1  VisibleDevices, best_device        tip 6  NoGradScope, EvalScope, empty_cache, memory_stats
 //   tip 2  summary                            tip 7  lr::SequentialLR(LinearLR, CosineAnnealingLR), lr::StepLR
-//   tip 3  ClipGrad (clip_grad_norm_)          tip 8  FreezeByName, requires_grad_report
+//   tip 3  ClipGrad (clip_grad_norm_)          tip 8  FreezeByName (frozen BatchNorm), train, requires_grad_report
 //   tip 4  images_to_batch, image_to_batch    tip 9  ParamGroupBuilder
-//   tip 5  one_hot (label-smoothed targets)
+//   tip 5  one_hot (label-smoothed targets)  fine-tuning  ModelEma, AveragedWeightsScope
 #include <torchkit/torchkit.hpp>
 
 #include <torch/torch.h>
@@ -135,12 +136,14 @@ Evaluation evaluate(ShapeNet& model, const ShapeDataset& data, c10::Device devic
 struct Training {
   int64_t batch_size = 64;
   double label_smoothing = 0.1;
+  torchkit::ModelEma* ema = nullptr;  // updated after every optimizer step when given
 };
 
 // One epoch: label-smoothed one-hot targets (tip 5), gradient clipping every step (tip 3).
 std::pair<double, double> train_one_epoch(ShapeNet& model, torch::optim::Optimizer& optimizer, torchkit::ClipGrad& clip,
                                           const ShapeDataset& data, const Training& training, c10::Device device) {
-  model->train();
+  // model->train(), except the normalisation layers whose statistics are frozen (tip 8).
+  torchkit::train(model);
   const int64_t count = data.labels.size(0);
   const auto order = torch::randperm(count, torch::kLong);
   double loss_sum = 0;
@@ -157,6 +160,9 @@ std::pair<double, double> train_one_epoch(ShapeNet& model, torch::optim::Optimiz
     loss.backward();
     clip(model);  // Tip 3: nn.utils.clip_grad_norm_(model.parameters(), max_norm, norm_type=2)
     optimizer.step();
+    if (training.ema != nullptr) {
+      training.ema->update(model);  // timm's ModelEmaV3.update(model) after each step
+    }
     loss_sum += loss.item<double>() * static_cast<double>(index.size(0));
     correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
   }
@@ -242,10 +248,11 @@ int main(int argc, char** argv) {
              clip.steps(), 1.0, clip.last_norm());
   const auto before_fine_tuning = evaluate(model, noisy_validation, device);
 
-  // Stage 2: fine-tune on noisier images with the first block (conv + batch norm) frozen
-  // (tip 8) and two learning rates (tip 9); the tip's StepLR halves them every epoch.
+  // Stage 2: fine-tune on noisier images with the first block (conv + batch norm) frozen, its
+  // running statistics too (tip 8), and two learning rates (tip 9); the tip's StepLR halves them
+  // every epoch. An EMA of the weights (timm's warm-up) is evaluated beside the raw weights.
   {
-    const torchkit::FreezeByName frozen(model, {"features.0", "features.1"});
+    const torchkit::FreezeByName frozen(model, {"features.0", "features.1"}, {.freeze_norm_stats = true});
     fmt::print("\nfine-tuning with the first block frozen:\n{}{}\n", frozen.report().to_string(),
                frozen.report().summary());
     torchkit::ParamGroupBuilder groups(model);
@@ -257,16 +264,29 @@ int main(int argc, char** argv) {
     auto optimizer = groups.make<torch::optim::AdamW>(defaults);
     torchkit::lr::StepLR schedule(optimizer, /*step_size=*/1, /*gamma=*/0.5);
     const auto frozen_weight = model->features[0]->as<torch::nn::Conv2d>()->weight.clone();
+    const auto frozen_mean = model->features[1]->as<torch::nn::BatchNorm2d>()->running_mean.clone();
+    torchkit::ModelEma ema(model, {.decay = 0.99, .warmup = true});
     for (int epoch = 1; epoch <= fine_tune_epochs; ++epoch) {
       const auto started = std::chrono::steady_clock::now();
       const auto lrs = schedule.last_lr();
-      const auto result = train_one_epoch(model, optimizer, clip, fine_tune_train, {.label_smoothing = 0.05}, device);
+      const auto result =
+          train_one_epoch(model, optimizer, clip, fine_tune_train, {.label_smoothing = 0.05, .ema = &ema}, device);
       const auto evaluation = evaluate(model, noisy_validation, device);
       schedule.step();
       print_epoch("fine-tune", epoch, fine_tune_epochs, result, evaluation, lrs, seconds_since(started));
     }
-    const bool unchanged = model->features[0]->as<torch::nn::Conv2d>()->weight.equal(frozen_weight);
-    fmt::print("first block unchanged by fine-tuning: {}\n", unchanged ? "yes" : "NO");
+    const auto raw = evaluate(model, noisy_validation, device);
+    Evaluation averaged;
+    {
+      const torchkit::AveragedWeightsScope swapped(model, ema);  // the EMA weights, until the scope ends
+      averaged = evaluate(model, noisy_validation, device);
+    }
+    fmt::print("noisy validation accuracy: {:.1f}% with the trained weights, {:.1f}% with their EMA ({} updates)\n",
+               100 * raw.accuracy, 100 * averaged.accuracy, ema.n_averaged());
+    const bool unchanged = model->features[0]->as<torch::nn::Conv2d>()->weight.equal(frozen_weight) &&
+                           model->features[1]->as<torch::nn::BatchNorm2d>()->running_mean.equal(frozen_mean);
+    fmt::print("first block (weights and batch-norm statistics) unchanged by fine-tuning: {}\n",
+               unchanged ? "yes" : "NO");
     if (!unchanged) {
       return 1;
     }
