@@ -6,13 +6,8 @@
 ///
 /// Rows whose pixels are packed (channel stride 1, pixel stride C: a contiguous image or a crop
 /// of one, a cv::Mat or a ROI of one) go through SSE2 kernels on x86-64 (16 pixels per step for
-/// uint8), and uint8 rows into float planes through AVX2 / AVX-512 kernels where the CPU has them
-/// (chosen at run time with clip_kernels.hpp's cpu_isa(); ForceIsa pins a lower path);
-/// everything else through a portable strided loop. Each output plane row is written
-/// sequentially. Every path computes `float(pixel) * multiplier + offset` (a multiplication, then
-/// an addition, never fused), so every path gives the same bits.
-
-#include <torchkit/detail/clip_kernels.hpp>
+/// uint8); everything else through a portable strided loop. Each output plane row is written
+/// sequentially.
 
 #include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
@@ -21,9 +16,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 #if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
@@ -213,98 +206,6 @@ inline std::int64_t packed_image_row_sse2(const float* row, std::int64_t width, 
 
 #endif  // TORCHKIT_IMAGE_KERNEL_SSE2
 
-#if TORCHKIT_CLIP_X86_DISPATCH
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC push_options
-#pragma GCC optimize("fp-contract=off")
-#endif
-namespace wide {
-
-typedef std::uint8_t Bytes64 __attribute__((vector_size(64)));
-typedef std::uint8_t Bytes16 __attribute__((vector_size(16)));
-typedef float Floats16 __attribute__((vector_size(64)));
-
-/// Channel `c` of 16 interleaved pixels of `C` channels: lanes c, c + C, ..., c + 15 C.
-template <int C, int c, std::size_t... I>
-[[gnu::always_inline]] inline void channel_of(const Bytes64& pixels, Bytes16& lane, std::index_sequence<I...>) {
-  lane = __builtin_shufflevector(pixels, pixels, (c + C * static_cast<int>(I))...);
-}
-
-template <int C, int c>
-[[gnu::always_inline]] inline void convert_channel(const Bytes64& pixels, float multiplier, float offset,
-                                                   float* plane) {
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#endif
-  Bytes16 lane;
-  channel_of<C, c>(pixels, lane, std::make_index_sequence<16>());
-  Floats16 values = __builtin_convertvector(lane, Floats16);
-  values = values * multiplier;
-  values = values + offset;
-  std::memcpy(plane, &values, sizeof values);
-}
-
-/// Packed uint8 rows of C channels into float planes, 16 pixels per step; returns how many done.
-template <int C>
-[[gnu::always_inline]] inline std::int64_t row_any(const std::uint8_t* row, std::int64_t width, const float* m,
-                                                   const float* o, float* const* planes) {
-  std::int64_t x = 0;
-  for (; x + 16 <= width; x += 16) {
-    Bytes64 pixels{};
-    std::memcpy(&pixels, row + C * x, static_cast<std::size_t>(16 * C));
-    convert_channel<C, 0>(pixels, m[0], o[0], planes[0] + x);
-    if constexpr (C >= 3) {
-      convert_channel<C, 1>(pixels, m[1], o[1], planes[1] + x);
-      convert_channel<C, 2>(pixels, m[2], o[2], planes[2] + x);
-    }
-    if constexpr (C == 4) {
-      convert_channel<C, 3>(pixels, m[3], o[3], planes[3] + x);
-    }
-  }
-  return x;
-}
-
-[[gnu::always_inline]] inline std::int64_t row_dispatch_any(const std::uint8_t* row, std::int64_t width, int channels,
-                                                            const float* m, const float* o, float* const* planes) {
-  switch (channels) {
-    case 1: return row_any<1>(row, width, m, o, planes);
-    case 3: return row_any<3>(row, width, m, o, planes);
-    case 4: return row_any<4>(row, width, m, o, planes);
-    default: return 0;
-  }
-}
-
-[[gnu::target("avx2")]] inline std::int64_t row_avx2(const std::uint8_t* row, std::int64_t width, int channels,
-                                                     const float* m, const float* o, float* const* planes) {
-  return row_dispatch_any(row, width, channels, m, o, planes);
-}
-[[gnu::target("avx512f,avx512bw,avx512dq,avx512vl,avx2")]] inline std::int64_t row_avx512(
-    const std::uint8_t* row, std::int64_t width, int channels, const float* m, const float* o, float* const* planes) {
-  return row_dispatch_any(row, width, channels, m, o, planes);
-}
-
-}  // namespace wide
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC pop_options
-#endif
-#endif  // TORCHKIT_CLIP_X86_DISPATCH
-
-/// The AVX2 / AVX-512 uint8 → float row (when the active instruction set has one): how many
-/// pixels of the row it converted (a multiple of 16), or 0.
-inline std::int64_t packed_byte_row_wide(const std::uint8_t* row, std::int64_t width, int channels, const float* m,
-                                         const float* o, float* const* planes) {
-#if TORCHKIT_CLIP_X86_DISPATCH
-  switch (clip::active_isa()) {
-    case clip::Isa::avx512: return wide::row_avx512(row, width, channels, m, o, planes);
-    case clip::Isa::avx2: return wide::row_avx2(row, width, channels, m, o, planes);
-    default: return 0;
-  }
-#else
-  (void)row, (void)width, (void)channels, (void)m, (void)o, (void)planes;
-  return 0;
-#endif
-}
-
 /// Converts rows [y_begin, y_end) of `image` into `output`, the [C, H, W] planes of one image.
 template <class In, class Out>
 void convert_image_rows(const ImageSource& image, const ImageTransform& transform, Out* output,
@@ -359,14 +260,7 @@ void convert_image_rows(const ImageSource& image, const ImageTransform& transfor
           float_planes[source] = row_buffer.data() + source * width;
         }
       }
-      std::int64_t done = 0;
-      if constexpr (std::is_same_v<In, std::uint8_t> && std::is_same_v<Out, float>) {
-        done = packed_byte_row_wide(row, width, channels, float_multiplier.data(), float_offset.data(),
-                                    float_planes.data());
-      }
-      if (done == 0) {
-        done = packed_image_row_sse2(row, width, channels, sse, float_planes.data());
-      }
+      const std::int64_t done = packed_image_row_sse2(row, width, channels, sse, float_planes.data());
       // The last few pixels of the row (fewer than one SSE step).
       std::array<float*, 4> tail{};
       for (int source = 0; source < channels; ++source) {
