@@ -666,6 +666,48 @@ TEST_CASE("Python's order: schedulers built first, then composed, the composite 
   CHECK(constant.last_epoch() == 1);
 }
 
+namespace {
+/// Collects LibTorch warnings (the handler's interface changed in LibTorch 2.0).
+struct WarningCollector : c10::WarningHandler {
+#if TORCHKIT_TORCH_AT_LEAST(2, 0)
+  void process(const c10::Warning& warning) override { messages.push_back(warning.msg()); }
+#else
+  void process(const c10::SourceLocation&, const std::string& message, const bool) override {
+    messages.push_back(message);
+  }
+#endif
+  std::vector<std::string> messages;
+};
+}  // namespace
+
+TEST_CASE("a scheduler stepped before its optimizer warns once, through LibTorch's warning handler") {
+  WarningCollector collector;
+#if TORCHKIT_TORCH_AT_LEAST(2, 0)
+  const c10::WarningUtils::WarningHandlerGuard guard(&collector);
+#else
+  const c10::Warning::WarningHandlerGuard guard(&collector);
+#endif
+  torchkit::detail::lr::step_order_warned() = false;
+  auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1}}});
+  auto& optimizer = *setup.optimizer;
+  for (auto& group : optimizer.param_groups()) {
+    for (auto& p : group.params()) p.mutable_grad() = torch::ones_like(p);
+  }
+  lr::StepLR right_order(optimizer, 2);
+  optimizer.step();
+  right_order.step();  // optimizer first: no warning
+  CHECK_MESSAGE(collector.messages.empty(), (collector.messages.empty() ? std::string() : collector.messages[0]));
+
+  lr::StepLR wrong_order(optimizer, 2);
+  wrong_order.step();  // before any optimizer.step() since it was made
+  REQUIRE(collector.messages.size() == 1);
+  CHECK(collector.messages[0].find("StepLR::step: called before the optimizer's step(); call optimizer.step() first") ==
+        0);
+  lr::ExponentialLR again(optimizer, 0.9);
+  again.step();
+  CHECK(collector.messages.size() == 1);  // once per process, as Python
+}
+
 TEST_CASE("the warm-up + cosine schedule of the example") {
   auto setup = make_optimizer({{"type", "sgd"}, {"lrs", {0.1}}});
   auto& optimizer = *setup.optimizer;

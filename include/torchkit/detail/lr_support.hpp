@@ -23,10 +23,12 @@
 #include <fmt/ranges.h>  // fmt::join (in <fmt/ranges.h> since fmt 11)
 
 #include <algorithm>
+#include <atomic>
 #include <concepts>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -126,6 +128,43 @@ inline void check_group_count(const torch::optim::Optimizer& optimizer, std::siz
   TORCHKIT_CHECK(optimizer.param_groups().size() == expected,
                  "{}::step: the optimizer has {} parameter groups, but had {} when the scheduler was created",
                  type_name, optimizer.param_groups().size(), expected);
+}
+
+/// What changes when `optimizer.step()` runs: how many parameters have optimizer state, and the
+/// first element of every parameter on the CPU (raw bits). LibTorch's optimizers update
+/// parameters through `.data()`, which bumps no version counter, so the values themselves are
+/// compared. Accelerator parameters are not read (that would sync the device): there only the
+/// state count tells.
+[[nodiscard]] inline std::vector<std::uint64_t> step_fingerprint(const torch::optim::Optimizer& optimizer) {
+  std::vector<std::uint64_t> print{static_cast<std::uint64_t>(optimizer.state().size())};
+  for (const auto& group : optimizer.param_groups()) {
+    for (const auto& parameter : group.params()) {
+      if (!parameter.defined() || !parameter.device().is_cpu() || parameter.numel() == 0 ||
+          !parameter.has_storage()) {
+        continue;
+      }
+      std::uint64_t bits = 0;
+      std::memcpy(&bits, parameter.data_ptr(), std::min<std::size_t>(sizeof(bits), parameter.element_size()));
+      print.push_back(bits);
+    }
+  }
+  return print;
+}
+
+/// Whether the step-order warning was given in this process (Python warns once).
+[[nodiscard]] inline std::atomic<bool>& step_order_warned() {
+  static std::atomic<bool> warned{false};
+  return warned;
+}
+
+/// Python's warning for `scheduler.step()` before any `optimizer.step()`, once per process,
+/// through LibTorch's warning handler (TORCH_WARN: printed to stderr by default; silence or
+/// capture it with a c10::WarningUtils::WarningHandlerGuard — c10::Warning:: in LibTorch 1.13).
+inline void warn_step_before_optimizer(std::string_view type_name) {
+  if (step_order_warned().exchange(true)) return;
+  TORCH_WARN(type_name, "::step: called before the optimizer's step(); call optimizer.step() first and then "
+             "scheduler.step(), or the first value of the schedule is skipped (PyTorch warns the same: \"Detected "
+             "call of `lr_scheduler.step()` before `optimizer.step()`\")");
 }
 
 /// How an optimizer exposes momentum: Python's `'momentum' in optimizer.defaults` (SGD,

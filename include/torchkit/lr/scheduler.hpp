@@ -201,9 +201,17 @@ class Scheduler {
   /// Error for anything it would not accept), with `apply` true it commits.
   virtual void load_state(detail::lr::ArchiveReader& reader, bool apply) = 0;
 
-  /// Throws Error when parameter groups were added to the optimizer since construction.
+  /// Throws Error when parameter groups were added to the optimizer since construction. Every
+  /// step begins here; the first step after construction also warns (once per process, as
+  /// Python) when the optimizer has not stepped since the scheduler was made.
   void check_group_count() const {
     detail::lr::check_group_count(*optimizer_, base_lrs_.size(), type_name_);
+    if (step_count_ == 1 && optimizer_fingerprint_) {
+      if (detail::lr::step_fingerprint(*optimizer_) == *optimizer_fingerprint_) {
+        detail::lr::warn_step_before_optimizer(type_name_);
+      }
+      optimizer_fingerprint_.reset();  // checked once, as Python checks only the first step
+    }
   }
 
   /// Sets the lr (and momentum, when given) of every group and records `last_lr_`.
@@ -244,6 +252,8 @@ class Scheduler {
   int64_t last_epoch_ = -1;
   int64_t step_count_ = 0;
   std::vector<double> last_lr_;
+  /// detail::lr::step_fingerprint() when the scheduler was made (unset for composites).
+  mutable std::optional<std::vector<std::uint64_t>> optimizer_fingerprint_;
 
  private:
   template <class Rule>
@@ -273,6 +283,7 @@ class Scheduler {
     }
     base_lrs_.assign(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(group_count));
     initial_step();
+    optimizer_fingerprint_ = detail::lr::step_fingerprint(*optimizer_);
   }
 
   /// Python's `_initial_step()`: resets the step count and steps to epoch 0.
