@@ -1801,6 +1801,77 @@ std::shared_ptr<torch::serialize::InputArchive> saved_state(Fixture& f, Make mak
   return reopened(f, out);
 }
 
+/// A model whose forward ends with operations of no module after its layer (`linear(x) * 2 + x`).
+struct TrailingOpsNetImpl : torch::nn::Module {
+  TrailingOpsNetImpl() {
+    inner = register_module("inner", torch::nn::Sequential(torch::nn::Linear(4, 4)));
+    list = register_module("list", torch::nn::ModuleList(torch::nn::Linear(4, 4)));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    torch::Tensor y = inner->forward(x);
+    return y * 2 + x;
+  }
+  torch::nn::Sequential inner{nullptr};
+  torch::nn::ModuleList list{nullptr};
+};
+
+struct WrapperNetImpl : torch::nn::Module {
+  WrapperNetImpl() { body = register_module("body", std::make_shared<TrailingOpsNetImpl>()); }
+  torch::Tensor forward(const torch::Tensor& x) { return body->forward(x).relu(); }
+  std::shared_ptr<TrailingOpsNetImpl> body;
+};
+
+/// The model of the capture rows that need one of their own: made in the rows' setup, before the
+/// snapshot, because making it draws from the global RNG.
+std::shared_ptr<WrapperNetImpl>& wrapper_net() {
+  static std::shared_ptr<WrapperNetImpl> net;
+  return net;
+}
+
+void make_wrapper_net(Fixture& f) {
+  wrapper_net() = std::make_shared<WrapperNetImpl>();
+  f.tensors["input"] = torch::rand({2, 4});
+}
+
+Rows capture_rows() {
+  return {
+      {"capture.hpp:capture", "no patterns", "capture: no patterns given",
+       [](Fixture& f) { (void)torchkit::capture(f.model, torchkit::PatternList{}, f.tensors.at("input")); },
+       [](Fixture& f) { f.tensors["input"] = torch::rand({2, 3, 8, 8}); }},
+      {"capture.hpp:capture", "an empty pattern", "capture: pattern \"\" is empty",
+       [](Fixture& f) { (void)torchkit::capture(f.model, {""}, f.tensors.at("input")); },
+       [](Fixture& f) { f.tensors["input"] = torch::rand({2, 3, 8, 8}); }},
+      {"capture.hpp:capture", "a pattern matching no module",
+       "capture: pattern \"7\" matches no module of Sequential; closest module names: \"0\"",
+       [](Fixture& f) { (void)torchkit::capture(f.model, {"7"}, f.tensors.at("input")); },
+       [](Fixture& f) { f.tensors["input"] = torch::rand({2, 3, 8, 8}); }},
+      {"capture.hpp:capture", "an input the model rejects", "capture: the forward pass of Sequential failed",
+       [](Fixture& f) { (void)torchkit::capture(f.model, {"0"}, f.tensors.at("input")); },
+       [](Fixture& f) { f.tensors["input"] = torch::rand({2, 3, 9, 9}); }},
+      {"capture.hpp:capture", "an argument forward does not take",
+       "WrapperNetImpl::forward does not take these arguments; inputs tried: 7",
+       [](Fixture&) { (void)torchkit::capture(wrapper_net(), {"body"}, 7); }, make_wrapper_net},
+      {"capture.hpp:capture", "a ModuleList", "capture: pattern \"body.list\" matches 'body.list', a ModuleList",
+       [](Fixture& f) { (void)torchkit::capture(wrapper_net(), {"body.list"}, f.tensors.at("input")); }, make_wrapper_net},
+      {"capture.hpp:capture", "a module never called", "capture: module 'body.list.0' (Linear) was never called",
+       [](Fixture& f) { (void)torchkit::capture(wrapper_net(), {"body.list.0"}, f.tensors.at("input")); },
+       make_wrapper_net},
+      {"capture.hpp:capture", "a module whose forward ends with operations of no module",
+       "capture: the output of 'body' (TrailingOpsNet) cannot be identified",
+       [](Fixture& f) { (void)torchkit::capture(wrapper_net(), {"body"}, f.tensors.at("input")); }, make_wrapper_net},
+      {"capture.hpp:FeatureCapture::FeatureCapture", "a pattern matching no module",
+       "FeatureCapture: pattern \"conv\" matches no module of Sequential",
+       [](Fixture& f) { torchkit::FeatureCapture capture(f.model, {"conv"}); }},
+      {"capture.hpp:FeatureCapture::FeatureCapture", "no patterns", "FeatureCapture: no patterns given",
+       [](Fixture& f) { torchkit::FeatureCapture capture(f.model, torchkit::PatternList{}); }},
+      {"capture.hpp:FeatureCapture::outputs", "no forward call", "FeatureCapture::outputs: module '0' (Conv2d) was never called",
+       [](Fixture& f) {
+         torchkit::FeatureCapture capture(f.model, {"0"});
+         (void)capture.outputs();
+       }},
+  };
+}
+
 Rows lr_constructor_rows() {
   return {
       {"lr.hpp:StepLR", "step_size = 0", "StepLR: Expected positive integer step_size, but got 0",
@@ -2440,6 +2511,7 @@ Rows all_rows() {
   append(rows, one_hot_rows());
   append(rows, param_groups_rows());
   append(rows, summary_rows());
+  append(rows, capture_rows());
   append(rows, lr_constructor_rows());
   append(rows, lr_composite_and_step_rows());
   append(rows, lr_load_rows());

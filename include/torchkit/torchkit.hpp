@@ -13,6 +13,7 @@
 
 #include <torchkit/devices.hpp>
 #include <torchkit/summary.hpp>
+#include <torchkit/capture.hpp>
 #include <torchkit/clip.hpp>
 #include <torchkit/amp.hpp>
 #include <torchkit/batch.hpp>

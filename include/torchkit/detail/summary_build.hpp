@@ -27,6 +27,8 @@
 #include <torchkit/detail/config.hpp>
 #include <torchkit/detail/summary_trace.hpp>
 
+#include <fmt/format.h>
+
 #include <ATen/core/Tensor.h>
 #include <c10/util/irange.h>
 #include <torch/nn/module.h>
@@ -174,6 +176,14 @@ struct OperatorTotal {
   std::int64_t mult_adds = 0;  ///< the sum of its calls' mult-adds
 };
 
+/// The output of one call as capture sees it (capture.hpp).
+struct CallOutput {
+  at::Tensor tensor;          ///< undefined where none was seen
+  std::int64_t version = 0;   ///< the tensor's version counter when it was the call's output
+  bool exact = false;         ///< what the forward returned (a Sequential child, the model)
+  std::string problem;        ///< why the output cannot be trusted ("" when it can)
+};
+
 /// The totals of a summary, counted as torchinfo counts them.
 struct SummaryTotals {
   std::int64_t total_params = 0;            ///< each parameter tensor once
@@ -205,6 +215,20 @@ class SummaryBuilder {
     count_operators_ = on;
     recorder_.count_operators = on;
   }
+  /// capture: keep every operator's output and every call's output tensor (set before the pass).
+  void keep_outputs(bool on) { recorder_.keep_outputs = on; }
+  /// capture: the output of each row's call.
+  const std::vector<CallOutput>& call_outputs() const { return call_outputs_; }
+  /// The module node of each row.
+  const std::vector<int>& row_nodes() const { return row_nodes_; }
+  /// capture: the exact output of a call (what its forward returned).
+  void set_output_tensor(int row, const at::Tensor& tensor) {
+    if (recorder_.keep_outputs && tensor.defined()) {
+      call_outputs_[static_cast<std::size_t>(row)] =
+          CallOutput{tensor, static_cast<std::int64_t>(tensor._version()), /*exact=*/true, ""};
+    }
+  }
+
   /// Count::Operators: each counted operator's calls and mult-adds, in order of first call.
   const std::vector<OperatorTotal>& operator_totals() const { return operator_totals_; }
 
@@ -246,6 +270,8 @@ class SummaryBuilder {
     const int region_row = static_cast<int>(rows_.size()) - 1;  // open_call(region_node) came last
     std::vector<OpenCall> open;
     int context = region_node;
+    op_modules_.assign(recorder_.ops.size(), -1);
+    output_ops_.clear();
     for (const OpRecord& op : recorder_.ops) {
       int module = -1;
       if (op.has_output && !op.prepares_state()) {
@@ -261,11 +287,15 @@ class SummaryBuilder {
           }
         }
         context = module >= 0 ? module : context;
+        op_modules_[static_cast<std::size_t>(&op - recorder_.ops.data())] = module;
       }
       if (count_operators_ && op.cost.counted) {
         charge_operator(op, module >= 0 ? innermost_open_row(open, /*with_submodules=*/false, region_row)
                                         : innermost_open_row(open, /*with_submodules=*/true, region_row));
       }
+    }
+    if (recorder_.keep_outputs) {
+      check_reconstructed_outputs();
     }
   }
 
@@ -296,11 +326,60 @@ class SummaryBuilder {
     rows_.push_back(std::move(row));
     row_nodes_.push_back(node);
     own_mult_adds_.push_back(0);
+    call_outputs_.emplace_back();
   }
   void insert_row(std::size_t position, int node, Row row) {
     rows_.insert(rows_.begin() + static_cast<std::ptrdiff_t>(position), std::move(row));
     row_nodes_.insert(row_nodes_.begin() + static_cast<std::ptrdiff_t>(position), node);
     own_mult_adds_.insert(own_mult_adds_.begin() + static_cast<std::ptrdiff_t>(position), 0);
+    call_outputs_.insert(call_outputs_.begin() + static_cast<std::ptrdiff_t>(position), CallOutput{});
+  }
+
+  /// A LibTorch layer without submodules (Conv2d, BatchNorm2d, ReLU): its forward is known to
+  /// end with the operator that makes its output.
+  bool builtin_leaf(int node) const {
+    const ModuleNode& module = nodes_[static_cast<std::size_t>(node)];
+    return module.leaf() && module.module->name().rfind("torch::nn::", 0) == 0;
+  }
+
+  /// Whether `node`'s output is known to be the output of an operator of `owner` (a LibTorch
+  /// layer): `node` is that layer, or a Sequential whose last call is (a Sequential whose last
+  /// call is) that layer.
+  bool output_known(int node, int owner) const {
+    if (owner < 0 || !builtin_leaf(owner)) {
+      return false;
+    }
+    for (int ancestor = owner; ancestor != node; ancestor = nodes_[static_cast<std::size_t>(ancestor)].parent) {
+      const int parent = nodes_[static_cast<std::size_t>(ancestor)].parent;
+      if (parent < 0 || exact_sequential(nodes_[static_cast<std::size_t>(parent)].module) == nullptr) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /// capture: a reconstructed call output is the output of the last operator attributed to the
+  /// call. For a module with a forward of its own (a container, a custom layer), operators that
+  /// come after it and are attributed to no module may still belong to that forward
+  /// (`return conv(x) + x`): where one of them reads the output, the output is not known.
+  void check_reconstructed_outputs() {
+    for (const auto& [row, op_index] : output_ops_) {
+      CallOutput& output = call_outputs_[static_cast<std::size_t>(row)];
+      if (output.exact || output_known(row_nodes_[static_cast<std::size_t>(row)], op_modules_[op_index])) {
+        continue;
+      }
+      const c10::TensorImpl* impl = recorder_.ops[op_index].output.unsafeGetTensorImpl();
+      for (std::size_t next = op_index + 1; next < recorder_.ops.size() && op_modules_[next] < 0; ++next) {
+        const OpRecord& op = recorder_.ops[next];
+        if (std::find(op.inputs.begin(), op.inputs.end(), impl) != op.inputs.end()) {
+          output.problem = fmt::format(
+              "its last recognised operation is {}, but {} (part of no module) reads that result right after it, "
+              "and may belong to its forward (`return layer(x) + x`) as well as to its caller's",
+              recorder_.ops[op_index].name, op.name);
+          break;
+        }
+      }
+    }
   }
 
   /// The row of the innermost open call of a callable module (with submodules, if asked), else
@@ -587,6 +666,10 @@ class SummaryBuilder {
     for (const OpenCall& entry : open) {
       if (nodes_[static_cast<std::size_t>(entry.node)].callable) {
         set_output(entry.row, op.output_shape, op.output_element_size);
+        if (recorder_.keep_outputs && op.output.defined()) {
+          call_outputs_[static_cast<std::size_t>(entry.row)] = CallOutput{op.output, op.output_version, false, ""};
+          output_ops_[entry.row] = static_cast<std::size_t>(&op - recorder_.ops.data());
+        }
       }
     }
   }
@@ -751,6 +834,9 @@ class SummaryBuilder {
   std::vector<std::int64_t> own_mult_adds_;  ///< per row: Count::Operators mult-adds of the call itself
   std::vector<OperatorTotal> operator_totals_;
   std::unordered_map<std::string, std::size_t> operator_index_;
+  std::vector<CallOutput> call_outputs_;    ///< per row: capture's view of the call's output
+  std::vector<int> op_modules_;             ///< per operator of the last region: the module given it, or -1
+  std::map<int, std::size_t> output_ops_;   ///< row -> the operator of the last region its output came from
 };
 
 }  // namespace torchkit::detail::summary

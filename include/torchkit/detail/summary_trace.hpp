@@ -556,6 +556,7 @@ torch::nn::Module& root_module(M& model) {
 struct OutputShape {
   std::vector<std::int64_t> shape;
   std::int64_t element_size = 0;
+  at::Tensor tensor;  ///< the tensor itself (capture keeps it)
 };
 
 inline std::optional<OutputShape> shape_of(const at::Tensor& tensor) {
@@ -563,7 +564,8 @@ inline std::optional<OutputShape> shape_of(const at::Tensor& tensor) {
     return std::nullopt;
   }
   const auto sizes = tensor.sizes();
-  return OutputShape{std::vector<std::int64_t>(sizes.begin(), sizes.end()), static_cast<std::int64_t>(tensor.element_size())};
+  return OutputShape{std::vector<std::int64_t>(sizes.begin(), sizes.end()), static_cast<std::int64_t>(tensor.element_size()),
+                     tensor};
 }
 
 template <class T>
@@ -617,6 +619,7 @@ template <class Builder, class T>
 void set_call_output(Builder& builder, int row, T& result) {
   if (auto output = first_output(result)) {
     builder.set_output(row, std::move(output->shape), output->element_size);
+    builder.set_output_tensor(row, output->tensor);
   } else {
     set_output_from_region(builder, row);
   }
@@ -654,6 +657,7 @@ template <class Builder>
 void set_sequential_output(Builder& builder, int row, torch::nn::AnyValue& output) {
   if (auto shape = first_output(output)) {
     builder.set_output(row, std::move(shape->shape), shape->element_size);
+    builder.set_output_tensor(row, shape->tensor);
     return;
   }
   const auto& rows = builder.rows();
