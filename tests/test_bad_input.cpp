@@ -1371,6 +1371,31 @@ Rows freeze_rows() {
          torch::nn::Linear empty{nullptr};
          (void)torchkit::module_of(empty);
        }},
+      // Fine-tuning: the options change nothing on an error; train / TrainScope need a module.
+      {"freeze.hpp:freeze", "freeze_norm_stats with a pattern matching nothing",
+       "freeze: pattern \"9\" (pattern 2 of 2) matches no parameter",
+       [](Fixture& f) { (void)torchkit::freeze(f.model, {"1", "9"}, {.freeze_norm_stats = true}); }},
+      {"freeze.hpp:freeze_all_except", "freeze_norm_stats with a pattern matching nothing",
+       "freeze_all_except: pattern \"head\" (pattern 1 of 1) matches no parameter",
+       [](Fixture& f) { (void)torchkit::freeze_all_except(f.model, {"head"}, {.freeze_norm_stats = true}); }},
+      {"freeze.hpp:FreezeByName", "freeze_norm_stats with a pattern matching nothing",
+       "FreezeByName: pattern \"2\" (pattern 1 of 1) matches no parameter",
+       [](Fixture& f) { torchkit::FreezeByName frozen(f.model, {"2"}, {.freeze_norm_stats = true}); }},
+      {"freeze.hpp:train", "an empty module holder", "train: the module holder is empty",
+       [](Fixture&) {
+         torch::nn::Sequential empty{nullptr};
+         torchkit::train(empty);
+       }},
+      {"freeze.hpp:train", "a null module pointer", "train: the module pointer is null",
+       [](Fixture&) {
+         std::shared_ptr<torch::nn::Module> null;
+         torchkit::train(null, false);
+       }},
+      {"freeze.hpp:TrainScope", "a null module pointer", "TrainScope: the module pointer is null",
+       [](Fixture&) {
+         std::shared_ptr<torch::nn::Module> null;
+         torchkit::TrainScope scope(null);
+       }},
       {"freeze.hpp:freeze", "an empty regex", "freeze: pattern 1 of 1 is empty",
        [](Fixture& f) { (void)torchkit::freeze(f.model, {torchkit::regex("")}); }},
   };
@@ -1563,6 +1588,39 @@ Rows param_groups_rows() {
   using torchkit::ParamGroupBuilder;
   using torch::optim::SGDOptions;
   return {
+      // layer_decay (checked when called) and its checks in build
+      {"param_groups.hpp:ParamGroupBuilder::layer_decay", "rate 0",
+       "ParamGroupBuilder::layer_decay: rate must be in (0, 1], got 0",
+       [](Fixture& f) { (void)ParamGroupBuilder(f.model).rest().layer_decay(0.0, {{"0"}, {"*"}}); }},
+      {"param_groups.hpp:ParamGroupBuilder::layer_decay", "rate 1.5",
+       "ParamGroupBuilder::layer_decay: rate must be in (0, 1], got 1.5",
+       [](Fixture& f) { (void)ParamGroupBuilder(f.model).rest().layer_decay(1.5, {{"0"}, {"*"}}); }},
+      {"param_groups.hpp:ParamGroupBuilder::layer_decay", "rate nan",
+       "ParamGroupBuilder::layer_decay: rate must be in (0, 1], got nan",
+       [](Fixture& f) { (void)ParamGroupBuilder(f.model).rest().layer_decay(nan, {{"0"}, {"*"}}); }},
+      {"param_groups.hpp:ParamGroupBuilder::layer_decay", "no layers",
+       "ParamGroupBuilder::layer_decay: no layers given",
+       [](Fixture& f) { (void)ParamGroupBuilder(f.model).rest().layer_decay(0.5, {}); }},
+      {"param_groups.hpp:ParamGroupBuilder::layer_decay", "an empty layer",
+       "ParamGroupBuilder::layer_decay: layer 1 of 2 has no patterns",
+       [](Fixture& f) { (void)ParamGroupBuilder(f.model).rest().layer_decay(0.5, {{"0"}, {}}); }},
+      {"param_groups.hpp:ParamGroupBuilder::layer_decay", "given twice",
+       "ParamGroupBuilder::layer_decay: layer_decay was already given (1 layers, rate 0.5)",
+       [](Fixture& f) {
+         ParamGroupBuilder builder(f.model);
+         builder.rest().layer_decay(0.5, {{"*"}});
+         builder.layer_decay(0.7, {{"*"}});
+       }},
+      {"param_groups.hpp:ParamGroupBuilder::build", "parameters in no layer of layer_decay",
+       "ParamGroupBuilder::build: 2 trainable parameter(s) match no layer of layer_decay: \"4.weight\", \"4.bias\"",
+       [](Fixture& f) {
+         (void)ParamGroupBuilder(f.model).rest().layer_decay(0.5, {{"0"}, {"1"}}).build(SGDOptions(0.1));
+       }},
+      {"param_groups.hpp:ParamGroupBuilder::build", "a layer_decay pattern matching nothing",
+       "ParamGroupBuilder::build: layer_decay layer 0: pattern \"conv\" (pattern 1 of 1) matches no parameter",
+       [](Fixture& f) {
+         (void)ParamGroupBuilder(f.model).rest().layer_decay(0.5, {{"conv"}, {"*"}}).build(SGDOptions(0.1));
+       }},
       // build
       {"param_groups.hpp:ParamGroupBuilder::build", "defaults' lr = -0.1",
        "ParamGroupBuilder::build: the defaults' lr must be a finite number >= 0, got -0.1",
@@ -1945,6 +2003,18 @@ Rows lr_constructor_rows() {
        [](Fixture& f) {
          lr::MultiplicativeLR s(*f.optimizer, std::vector<lr::LrLambda>{[](int64_t) { return 0.9; }, lr::LrLambda{}});
        }},
+      {"lr.hpp:SWALR", "no swa_lr", "SWALR: swa_lr is required",
+       [](Fixture& f) { lr::SWALR s(*f.optimizer, lr::SWALROptions{}); }},
+      {"lr.hpp:SWALR", "swa_lr = -0.1", "SWALR: swa_lr must be finite numbers >= 0, got -0.1",
+       [](Fixture& f) { lr::SWALR s(*f.optimizer, -0.1); }},
+      {"lr.hpp:SWALR", "3 swa_lrs for 2 groups",
+       "SWALR: swa_lr must have the same length as optimizer.param_groups: swa_lr has 3, optimizer.param_groups has 2",
+       [](Fixture& f) { lr::SWALR s(*f.optimizer, std::vector<double>{0.1, 0.2, 0.3}); }},
+      {"lr.hpp:SWALR", "anneal_epochs = -1", "SWALR: anneal_epochs must be equal or greater than 0, got -1",
+       [](Fixture& f) { lr::SWALR s(*f.optimizer, 0.05, {.anneal_epochs = -1}); }},
+      {"lr.hpp:SWALR", "anneal_strategy = \"cosine\"",
+       "SWALR: anneal_strategy must by one of 'cos' or 'linear', instead got cosine",
+       [](Fixture& f) { lr::SWALR s(*f.optimizer, 0.05, {.anneal_strategy = "cosine"}); }},
       {"lr.hpp:OneCycleLR", "no max_lr", "OneCycleLR: max_lr is required",
        [](Fixture& f) { lr::OneCycleLR s(*f.optimizer, lr::OneCycleLROptions{.total_steps = 10}); }},
       {"lr.hpp:OneCycleLR", "total_steps = 0", "OneCycleLR: Expected positive integer total_steps, but got 0",
