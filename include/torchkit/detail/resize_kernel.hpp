@@ -389,8 +389,13 @@ template <class Out>
 void resize_image(const ImageSource& image, const Plan& plan, const ImageTransform& transform, Out* output) {
   TORCHKIT_RESIZE_NO_CONTRACT
   const int channels = transform.channels;
-  const auto [y_begin, y_end] = inside(plan.top, plan.out_h, plan.resized_h);
-  const auto [x_begin, x_end] = inside(plan.left, plan.out_w, plan.resized_w);
+  // Plain variables, not structured bindings: lambdas capture them on every compiler.
+  const std::array<std::int64_t, 2> y_range = inside(plan.top, plan.out_h, plan.resized_h);
+  const std::array<std::int64_t, 2> x_range = inside(plan.left, plan.out_w, plan.resized_w);
+  const std::int64_t y_begin = y_range[0];
+  const std::int64_t y_end = y_range[1];
+  const std::int64_t x_begin = x_range[0];
+  const std::int64_t x_end = x_range[1];
   const AxisTaps rows = axis_taps(image.height, plan.resized_h, y_begin + plan.top, y_end - y_begin, plan.filter,
                                   plan.antialias);
   AxisTaps cols = axis_taps(image.width, plan.resized_w, x_begin + plan.left, x_end - x_begin, plan.filter,
