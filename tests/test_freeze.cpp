@@ -786,3 +786,31 @@ TEST_CASE("train and TrainScope: Error for an empty holder or a null pointer") {
   CHECK_THROWS_WITH_AS(torchkit::TrainScope scope(null), doctest::Contains("TrainScope: the module pointer is null"),
                        torchkit::Error);
 }
+
+TEST_CASE("a pattern that matches nothing says what to write instead") {
+  struct TinyImpl : torch::nn::Module {
+    TinyImpl() {
+      register_module("features", torch::nn::Sequential(torch::nn::Linear(4, 4), torch::nn::ReLU()));
+      register_module("classifier", torch::nn::Linear(4, 2));
+    }
+  };
+  auto tiny = std::make_shared<TinyImpl>();
+  // A regular expression written as a name.
+  const auto regex_like = torchkit::test::message_of<torchkit::Error>([&] { (void)torchkit::freeze(tiny, "features\\.\\d+"); });
+  CHECK(regex_like.find("matches no parameter") != std::string::npos);
+  CHECK(regex_like.find("; it looks like a regular expression: write torchkit::regex(\"features\\.\\d+\")") !=
+        std::string::npos);
+  const auto anchored = torchkit::test::message_of<torchkit::Error>([&] { (void)torchkit::freeze(tiny, "^classifier"); });
+  CHECK(anchored.find("write torchkit::regex(\"^classifier\")") != std::string::npos);
+  // A prefix the model does not have (the model's own variable name, DataParallel's "module.").
+  const auto prefixed = torchkit::test::message_of<torchkit::Error>([&] { (void)torchkit::freeze(tiny, "model.features.0"); });
+  CHECK(prefixed.find("; the model has no top-level module \"model\": did you mean \"features.0\"") != std::string::npos);
+  const auto module_prefix = torchkit::test::message_of<torchkit::Error>([&] { (void)torchkit::freeze(tiny, "module.classifier.*"); });
+  CHECK(module_prefix.find("did you mean \"classifier.*\"") != std::string::npos);
+  // A plain typo gets only the closest names.
+  const auto typo = torchkit::test::message_of<torchkit::Error>([&] { (void)torchkit::freeze(tiny, "clasifier"); });
+  CHECK(typo.find("the closest names are \"classifier.weight\"") != std::string::npos);
+  CHECK(typo.find("did you mean") == std::string::npos);
+  CHECK(typo.find("regular expression") == std::string::npos);
+  for (const auto& p : tiny->parameters()) CHECK(p.requires_grad());
+}

@@ -123,6 +123,37 @@ template <ModuleLike M>
   return result;
 }
 
+/// What to write instead, for a pattern that matched nothing, or "": a name or glob written
+/// like a regular expression ("features\\.\\d+", "^conv", "a|b") gets `torchkit::regex(...)`; a
+/// dotted name whose first part is no top-level module but which matches once that part is
+/// dropped (a "model." or DataParallel's "module." prefix) gets the name without it.
+[[nodiscard]] inline std::string pattern_hint(const NamePattern& pattern, std::span<const ParameterEntry> table) {
+  const std::string& text = pattern.text();
+  if (pattern.kind() == NamePattern::Kind::regex) return "";
+  // (".*" is a glob too: "features.*" is every parameter under features.)
+  static constexpr std::string_view regex_marks[] = {"\\", "^", "$", "[", "(", "|", "+", "{"};
+  for (const auto mark : regex_marks) {
+    if (text.find(mark) != std::string::npos) {
+      return fmt::format("; it looks like a regular expression: write torchkit::regex(\"{}\")", text);
+    }
+  }
+  const auto dot = text.find('.');
+  if (dot == std::string::npos || dot + 1 >= text.size()) return "";
+  const std::string first = text.substr(0, dot);
+  const bool first_exists = std::any_of(table.begin(), table.end(), [&](const ParameterEntry& entry) {
+    return entry.name.compare(0, first.size() + 1, first + ".") == 0 || entry.name == first;
+  });
+  if (first_exists) return "";
+  const NamePattern rest(text.substr(dot + 1));
+  const bool rest_matches =
+      std::any_of(table.begin(), table.end(), [&](const ParameterEntry& entry) { return matches(rest, entry); });
+  return rest_matches
+             ? fmt::format("; the model has no top-level module \"{}\": did you mean \"{}\" (names are relative "
+                           "to the model you pass)?",
+                           first, rest.text())
+             : std::string();
+}
+
 /// Checks every pattern (non-empty list, no empty pattern, each matches some parameter) and
 /// returns, per parameter, whether any pattern selects it. Nothing is changed; throws Error
 /// prefixed with `context` (the calling function's name).
@@ -145,9 +176,9 @@ template <ModuleLike M>
         any = true;
       }
     }
-    TORCHKIT_CHECK(any, "{}: pattern {} (pattern {} of {}) matches no parameter of the model ({} parameters); the closest names are {}",
+    TORCHKIT_CHECK(any, "{}: pattern {} (pattern {} of {}) matches no parameter of the model ({} parameters); the closest names are {}{}",
                    context, pattern.to_string(), p + 1, patterns.size(), table.size(),
-                   closest_names(pattern.text(), table));
+                   closest_names(pattern.text(), table), pattern_hint(pattern, table));
   }
   return selected;
 }
