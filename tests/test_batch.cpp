@@ -560,3 +560,13 @@ TEST_CASE("image_to_batch without a resize gives the same bits on every instruct
     }
   }
 }
+
+TEST_CASE("an image in CHW layout gets a message that says how to pass it") {
+  const auto chw = torch::zeros({3, 224, 224}, torch::kByte);
+  const auto message = torchkit::test::message_of<torchkit::Error>([&] { (void)torchkit::image_to_batch(chw); });
+  CHECK(message.find("has 224 channels (shape [3, 224, 224])") != std::string::npos);
+  CHECK(message.find("; it looks like a CHW tensor [C, H, W]: pass image.permute({1, 2, 0})") != std::string::npos);
+  const auto wide = torch::zeros({10, 20, 7}, torch::kByte);
+  CHECK(torchkit::test::message_of<torchkit::Error>([&] { (void)torchkit::image_to_batch(wide); }).find("CHW") ==
+        std::string::npos);
+}

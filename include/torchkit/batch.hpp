@@ -136,10 +136,14 @@ inline ImageSource image_source_of(std::string_view function, const at::Tensor& 
                  "{}: {} is empty (shape {}); expected H > 0 and W > 0", function, which,
                  shape_string(image.sizes()));
   const std::int64_t channels = image.size(2);
+  const bool looks_chw = image.size(0) == 1 || image.size(0) == 3 || image.size(0) == 4;
   TORCHKIT_CHECK(channels == 1 || channels == 3 || channels == 4,
                  "{}: {} has {} channels (shape {}); expected 1, 3 or 4 channels in the last "
-                 "dimension of [H, W, C]",
-                 function, which, channels, shape_string(image.sizes()));
+                 "dimension of [H, W, C]{}",
+                 function, which, channels, shape_string(image.sizes()),
+                 looks_chw ? "; it looks like a CHW tensor [C, H, W]: pass image.permute({1, 2, 0}) (the decoded-image "
+                             "layout [H, W, C] is expected)"
+                           : "");
   TORCHKIT_CHECK(image.scalar_type() == at::kByte || image.scalar_type() == at::kFloat,
                  "{}: {} has dtype {}; expected uint8 (Byte) or float (Float)", function, which,
                  std::string(c10::toString(image.scalar_type())));
