@@ -1239,3 +1239,19 @@ TEST_CASE("summary: Count::Operators counts scaled_dot_product_attention") {
   CHECK(info.total_mult_adds() == 2 * 3 * 4 * 5 * 8 + 2 * 3 * 4 * 5 * 6);
 }
 #endif
+
+TEST_CASE("a forward pass that fails on the input size says it is per sample and what the first layer takes") {
+  torch::nn::Sequential net(torch::nn::Conv2d(3, 8, 3), torch::nn::ReLU(), torch::nn::Flatten(),
+                            torch::nn::Linear(8 * 30 * 30, 10));
+  // The batch dimension included, as in torchinfo's input_size with the batch.
+  const auto with_batch = torchkit::test::message_of<torchkit::Error>([&] { (void)torchkit::summary(net, {1, 3, 32, 32}); });
+  CHECK(with_batch.find("summary: the forward pass of") == 0);
+  CHECK(with_batch.find("; input_size is per sample, without the batch dimension") != std::string::npos);
+  CHECK(with_batch.find("the first layer, '0' (Conv2d), takes [3, H, W] per sample") != std::string::npos);
+  // The channel dimension missing.
+  const auto no_channels = torchkit::test::message_of<torchkit::Error>([&] { (void)torchkit::summary(net, {32, 32}); });
+  CHECK(no_channels.find("takes [3, H, W] per sample") != std::string::npos);
+  torch::nn::Linear linear(16, 4);
+  CHECK(torchkit::test::message_of<torchkit::Error>([&] { (void)torchkit::summary(linear, {15}); })
+            .find("the first layer, '(the model)' (Linear), takes [..., 16] per sample") != std::string::npos);
+}

@@ -33,6 +33,8 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/any.h>
 #include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/linear.h>
 
 #include <fmt/format.h>
 
@@ -826,6 +828,40 @@ std::int64_t bytes_of_argument(const T& value) {
 }
 
 
+/// What a failed forward pass most often means, for its message: the input size is per sample
+/// (summary prepends the batch), and what the first layer with weights takes per sample —
+/// `; input_size is per sample, without the batch dimension; the first layer, '0' (Conv2d),
+/// takes [3, H, W]`.
+inline std::string input_size_hint(const torch::nn::Module& root) {
+  std::string first;
+  const auto describe = [&](const std::string& name, const torch::nn::Module& module) -> bool {
+    const auto layer = [&](std::string_view type, const std::string& shape) {
+      first = fmt::format("; the first layer, '{}' ({}), takes {} per sample", name, type, shape);
+      return true;
+    };
+    if (const auto* conv = dynamic_cast<const torch::nn::Conv1dImpl*>(&module)) {
+      return layer("Conv1d", fmt::format("[{}, L]", conv->options.in_channels()));
+    }
+    if (const auto* conv = dynamic_cast<const torch::nn::Conv2dImpl*>(&module)) {
+      return layer("Conv2d", fmt::format("[{}, H, W]", conv->options.in_channels()));
+    }
+    if (const auto* conv = dynamic_cast<const torch::nn::Conv3dImpl*>(&module)) {
+      return layer("Conv3d", fmt::format("[{}, D, H, W]", conv->options.in_channels()));
+    }
+    if (const auto* linear = dynamic_cast<const torch::nn::LinearImpl*>(&module)) {
+      return layer("Linear", fmt::format("[..., {}]", linear->options.in_features()));
+    }
+    return false;
+  };
+  if (!describe("(the model)", root)) {
+    for (const auto& item : root.named_modules(/*name_prefix=*/"", /*include_self=*/false)) {
+      if (describe(item.key(), *item.value())) break;
+    }
+  }
+  return "; input_size is per sample, without the batch dimension (summary prepends SummaryOptions::batch_size)" +
+         first;
+}
+
 /// Runs `run()` (the forward pass, driving `builder`) with the model in eval mode, under
 /// no-grad, with the operator callbacks installed; restores everything, also when the forward
 /// throws; then finishes the builder.
@@ -840,11 +876,12 @@ void run_forward_pass(Builder& builder, torch::nn::Module& root, const std::stri
     } catch (const ForwardSignatureError&) {
       throw;
     } catch (const c10::Error& error) {
-      throw Error(fmt::format("summary: the forward pass of {} failed for input shapes {}: {}",
-                              builder.nodes().front().type, tried, error.what_without_backtrace()));
+      throw Error(fmt::format("summary: the forward pass of {} failed for input shapes {}: {}{}",
+                              builder.nodes().front().type, tried, error.what_without_backtrace(),
+                              input_size_hint(root)));
     } catch (const std::exception& error) {
-      throw Error(fmt::format("summary: the forward pass of {} failed for input shapes {}: {}",
-                              builder.nodes().front().type, tried, error.what()));
+      throw Error(fmt::format("summary: the forward pass of {} failed for input shapes {}: {}{}",
+                              builder.nodes().front().type, tried, error.what(), input_size_hint(root)));
     }
   }
   builder.finish();
