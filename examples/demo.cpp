@@ -18,6 +18,7 @@
 //   tip 3  ClipGrad (clip_grad_norm_)          tip 8  FreezeByName (frozen BatchNorm), train, requires_grad_report
 //   tip 4  images_to_batch, image_to_batch    tip 9  ParamGroupBuilder
 //   tip 5  one_hot (label-smoothed targets)  fine-tuning  ModelEma, AveragedWeightsScope
+//   mixed precision  AutocastScope (bfloat16 on the CPU), GradScaler, ClipGrad(optimizer, scaler) in stage 1
 #include <torchkit/torchkit.hpp>
 
 #include <torch/torch.h>
@@ -28,6 +29,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -137,6 +139,8 @@ struct Training {
   int64_t batch_size = 64;
   double label_smoothing = 0.1;
   torchkit::ModelEma* ema = nullptr;  // updated after every optimizer step when given
+  torchkit::GradScaler* scaler = nullptr;  // mixed precision (bfloat16 autocast on the CPU) when given
+  int64_t* skipped_steps = nullptr;        // steps the scaler skipped (inf/nan gradients)
 };
 
 // One epoch: label-smoothed one-hot targets (tip 5), gradient clipping every step (tip 3).
@@ -155,11 +159,25 @@ std::pair<double, double> train_one_epoch(ShapeNet& model, torch::optim::Optimiz
     // Tip 5: one-hot targets, written directly as float, with label smoothing.
     const auto targets = torchkit::one_hot(labels, kNumClasses, {.smoothing = training.label_smoothing});
     optimizer.zero_grad();
-    const auto logits = model->forward(inputs);
+    at::Tensor logits;
+    {
+      // Mixed precision: with torch.autocast("cpu", dtype=torch.bfloat16) (convolutions, linears).
+      std::optional<torchkit::AutocastScope> autocast;
+      if (training.scaler != nullptr && device.is_cpu()) autocast.emplace(at::kCPU, at::kBFloat16);
+      logits = model->forward(inputs).to(at::kFloat);
+    }
     const auto loss = -(targets * torch::log_softmax(logits, 1)).sum(1).mean();
-    loss.backward();
-    clip(model);  // Tip 3: nn.utils.clip_grad_norm_(model.parameters(), max_norm, norm_type=2)
-    optimizer.step();
+    if (training.scaler != nullptr) {
+      // scaler.scale(loss).backward(); scaler.unscale_(opt); clip_grad_norm_(...); scaler.step(opt); scaler.update()
+      training.scaler->scale(loss).backward();
+      clip(optimizer, *training.scaler);  // Tip 3 on the unscaled gradients
+      if (!training.scaler->step(optimizer) && training.skipped_steps != nullptr) ++*training.skipped_steps;
+      training.scaler->update();
+    } else {
+      loss.backward();
+      clip(model);  // Tip 3: nn.utils.clip_grad_norm_(model.parameters(), max_norm, norm_type=2)
+      optimizer.step();
+    }
     if (training.ema != nullptr) {
       training.ema->update(model);  // timm's ModelEmaV3.update(model) after each step
     }
@@ -228,6 +246,8 @@ int main(int argc, char** argv) {
 
   // Stage 1: the whole network; warm-up + cosine schedule (tip 7), stepped once per epoch.
   torchkit::ClipGrad clip(/*max_norm=*/1.0, /*norm_type=*/2.0);
+  torchkit::GradScaler scaler;  // stage 1 trains in mixed precision
+  int64_t skipped_steps = 0;
   {
     torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(3e-3).weight_decay(1e-4));
     torchkit::lr::SequentialLR schedule(
@@ -238,7 +258,8 @@ int main(int argc, char** argv) {
     for (int epoch = 1; epoch <= train_epochs; ++epoch) {
       const auto started = std::chrono::steady_clock::now();
       const auto lrs = schedule.last_lr();
-      const auto result = train_one_epoch(model, optimizer, clip, train, {}, device);
+      const auto result =
+          train_one_epoch(model, optimizer, clip, train, {.scaler = &scaler, .skipped_steps = &skipped_steps}, device);
       const auto evaluation = evaluate(model, validation, device);
       schedule.step();
       print_epoch("train", epoch, train_epochs, result, evaluation, lrs, seconds_since(started));
@@ -246,6 +267,8 @@ int main(int argc, char** argv) {
   }
   fmt::print("gradient clipping: {} of {} steps clipped to norm {} (last norm {:.3f})\n", clip.clipped_steps(),
              clip.steps(), 1.0, clip.last_norm());
+  fmt::print("mixed precision (stage 1): {} autocast, loss scale {}, {} skipped steps\n",
+             device.is_cpu() ? "bfloat16" : "no", scaler.get_scale(), skipped_steps);
   const auto before_fine_tuning = evaluate(model, noisy_validation, device);
 
   // Stage 2: fine-tune on noisier images with the first block (conv + batch norm) frozen, its
