@@ -75,6 +75,8 @@ namespace torchkit {
 ///     }
 class AutocastScope {
  public:
+  /// Switches autocast on (or off, `enabled = false`) for `device` in `dtype` until the scope
+  /// ends; see the class comment for the arguments and what it throws.
   explicit AutocastScope(c10::DeviceType device, std::optional<at::ScalarType> dtype = {}, bool enabled = true,
                          bool cache_enabled = true)
       : device_(device) {
@@ -108,7 +110,9 @@ class AutocastScope {
   AutocastScope(AutocastScope&&) = delete;
   AutocastScope& operator=(AutocastScope&&) = delete;
 
+  /// The device type whose autocast the scope controls.
   [[nodiscard]] c10::DeviceType device() const noexcept { return device_; }
+  /// The lower-precision dtype autocast casts to inside the scope.
   [[nodiscard]] at::ScalarType dtype() const noexcept { return dtype_; }
   /// Whether autocast is on inside the scope.
   [[nodiscard]] bool enabled() const noexcept { return enabled_; }
@@ -499,10 +503,15 @@ class GradScaler {
     if (!options_.enabled) return 0;
     return growth_tracker_.defined() ? growth_tracker_.item<std::int64_t>() : init_growth_tracker_;
   }
+  /// Whether the scaler scales at all (PyTorch: `is_enabled()`).
   [[nodiscard]] bool is_enabled() const noexcept { return options_.enabled; }
+  /// The options, with the factors and interval as last loaded.
   [[nodiscard]] const GradScalerOptions& options() const noexcept { return options_; }
+  /// PyTorch: `get_growth_factor()`.
   [[nodiscard]] double get_growth_factor() const noexcept { return options_.growth_factor; }
+  /// PyTorch: `get_backoff_factor()`.
   [[nodiscard]] double get_backoff_factor() const noexcept { return options_.backoff_factor; }
+  /// PyTorch: `get_growth_interval()`.
   [[nodiscard]] std::int64_t get_growth_interval() const noexcept { return options_.growth_interval; }
 
   /// Writes the state (Python's `state_dict()`: scale, growth_factor, backoff_factor,
@@ -581,6 +590,7 @@ class GradScaler {
                        get_scale(), growth_tracker(), options_.growth_factor, options_.backoff_factor,
                        options_.growth_interval, options_.enabled);
   }
+  /// Writes to_string().
   friend std::ostream& operator<<(std::ostream& out, const GradScaler& scaler) { return out << scaler.to_string(); }
 
  private:
