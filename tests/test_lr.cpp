@@ -1188,3 +1188,19 @@ TEST_CASE("SWALR: Python's errors, with Python's wording, and the optimizer left
                        torchkit::Error);
   CHECK(lrs_of(*setup.optimizer) == std::vector<double>{0.1, 0.03});
 }
+
+TEST_CASE("SWALR after a cosine inside SequentialLR: PyTorch 1.13's 'cosine, then SWA' schedule") {
+  static const json swa = torchkit::test::load_golden("swa.json");
+  REQUIRE(swa.at("sequential").size() >= 2);
+  for (const auto& case_ : swa.at("sequential")) {
+    INFO("case: ", case_.at("args").dump(), " milestone ", case_.at("milestone").get<int64_t>());
+    auto setup = swa_optimizer(json::object());
+    auto& optimizer = *setup.optimizer;
+    lr::SequentialLR schedule(optimizer,
+                              {lr::CosineAnnealingLR(optimizer, case_.at("T_max").get<int64_t>()),
+                               lr::SWALR(optimizer, options_from<lr::SWALROptions>(case_.at("args")))},
+                              {case_.at("milestone").get<int64_t>()});
+    check_row(case_, 0, optimizer, schedule.last_lr());
+    continue_case(case_, optimizer, schedule, 0);
+  }
+}

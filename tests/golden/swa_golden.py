@@ -10,6 +10,8 @@ writes tests/golden/swa.json:
           CosineAnnealingLR first ("before": that many steps, so SWALR starts from lrs a scheduler
           left), then SWALR with the given arguments: every group's lr after construction and
           after each of `steps` steps (>= 200).
+  sequential: SequentialLR(CosineAnnealingLR(T_max=...), SWALR(...), milestones=[m]): the usual
+          "cosine, then SWA" schedule, SWALR started by SequentialLR at the milestone.
   errors: bad arguments and the message of the ValueError Python raises.
 """
 import json
@@ -49,6 +51,19 @@ def run(args, steps, before=0):
     return {"args": args, "before": before, "steps": steps, "lrs": rows}
 
 
+def run_sequential(t_max, args, milestone, steps):
+    optimizer = make_optimizer()
+    cosine = S.CosineAnnealingLR(optimizer, T_max=t_max)
+    swa = SWALR(optimizer, **args)
+    scheduler = S.SequentialLR(optimizer, [cosine, swa], milestones=[milestone])
+    rows = [lrs(optimizer)]
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+        rows.append(lrs(optimizer))
+    return {"T_max": t_max, "args": args, "milestone": milestone, "steps": steps, "lrs": rows}
+
+
 def error(args, groups=len(LRS)):
     optimizer = make_optimizer()
     del optimizer.param_groups[groups:]
@@ -71,6 +86,10 @@ def main():
         run({"swa_lr": [0.3, 0.001, 0.07], "anneal_epochs": 150, "anneal_strategy": "cos"}, 260, before=25),
         run({"swa_lr": [0.3, 0.001, 0.07], "anneal_epochs": 150, "anneal_strategy": "linear"}, 260, before=25),
     ]
+    sequential = [
+        run_sequential(60, {"swa_lr": 0.02, "anneal_epochs": 5}, 40, 200),
+        run_sequential(30, {"swa_lr": [0.01, 0.002, 0.05], "anneal_epochs": 12, "anneal_strategy": "linear"}, 75, 220),
+    ]
     errors = [
         error({"swa_lr": 0.05, "anneal_epochs": -1}),
         error({"swa_lr": 0.05, "anneal_strategy": "exp"}),
@@ -79,7 +98,7 @@ def main():
     ]
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "swa.json")
     with open(out, "w") as f:
-        json.dump({"torch": torch.__version__, "cases": cases, "errors": errors}, f, indent=1)
+        json.dump({"torch": torch.__version__, "cases": cases, "sequential": sequential, "errors": errors}, f, indent=1)
         f.write("\n")
 
 
