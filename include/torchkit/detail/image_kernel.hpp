@@ -6,8 +6,13 @@
 ///
 /// Rows whose pixels are packed (channel stride 1, pixel stride C: a contiguous image or a crop
 /// of one, a cv::Mat or a ROI of one) go through SSE2 kernels on x86-64 (16 pixels per step for
-/// uint8); everything else through a portable strided loop. Each output plane row is written
-/// sequentially.
+/// uint8), and uint8 rows into float planes through AVX2 / AVX-512 kernels where the CPU has them
+/// (byte shuffles, then 8 or 16 lanes per conversion; chosen at run time with clip_kernels.hpp's
+/// cpu_isa(), ForceIsa pins a lower path); everything else through a portable strided loop. Each
+/// output plane row is written sequentially. Every path computes `float(pixel) * multiplier +
+/// offset` as a multiplication then an addition (never fused), so every path gives the same bits.
+
+#include <torchkit/detail/clip_kernels.hpp>
 
 #include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
@@ -24,6 +29,14 @@
 #define TORCHKIT_IMAGE_KERNEL_SSE2 1
 #else
 #define TORCHKIT_IMAGE_KERNEL_SSE2 0
+#endif
+
+// No multiply-add is fused into an FMA in this file (AVX-512F has 512-bit FMAs, -mfma builds have
+// the others, and GCC fuses by default), so that every path rounds alike: GCC for every function
+// here, clang with a pragma in each kernel body.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
 #endif
 
 namespace torchkit::detail {
@@ -56,6 +69,9 @@ template <class In, class Compute, class Out>
 void strided_image_row(const In* row, std::int64_t width, std::int64_t pixel_stride, std::int64_t channel_stride,
                        int channels, const Compute* multiplier, const Compute* offset,
                        Out* const* planes) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
   for (std::int64_t x = 0; x < width; ++x) {
     const In* pixel = row + x * pixel_stride;
     for (int source = 0; source < channels; ++source) {
@@ -125,6 +141,9 @@ struct SseCoefficients {
     }
   }
   [[nodiscard]] __m128 apply(__m128 value, int v) const {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
     return _mm_add_ps(_mm_mul_ps(value, multiplier[v]), offset[v]);
   }
 };
@@ -206,6 +225,120 @@ inline std::int64_t packed_image_row_sse2(const float* row, std::int64_t width, 
 
 #endif  // TORCHKIT_IMAGE_KERNEL_SSE2
 
+#if TORCHKIT_CLIP_X86_DISPATCH
+/// pshufb masks that gather channel c of 16 interleaved pixels of C channels: `masks[c][j]` takes
+/// from 16-byte chunk j the bytes of channel c, at their output lanes (-128: zero).
+struct ByteGather {
+  alignas(16) std::int8_t masks[4][4][16];
+};
+
+constexpr ByteGather byte_gather_of(int channels) {
+  ByteGather gather{};
+  for (int c = 0; c < 4; ++c) {
+    for (int j = 0; j < 4; ++j) {
+      for (int lane = 0; lane < 16; ++lane) {
+        const int source = channels * lane + c;
+        gather.masks[c][j][lane] = static_cast<std::int8_t>(source / 16 == j ? source % 16 : -128);
+      }
+    }
+  }
+  return gather;
+}
+
+inline constexpr ByteGather byte_gather3 = byte_gather_of(3);
+inline constexpr ByteGather byte_gather4 = byte_gather_of(4);
+
+/// Channel c of 16 pixels, from C chunks of 16 bytes.
+template <int C>
+[[gnu::target("avx2")]] inline __m128i gather_channel(const __m128i* chunks, int c) {
+  if constexpr (C == 1) {
+    return chunks[0];
+  } else {
+    const ByteGather& gather = C == 3 ? byte_gather3 : byte_gather4;
+    __m128i lane = _mm_shuffle_epi8(chunks[0], _mm_load_si128(reinterpret_cast<const __m128i*>(gather.masks[c][0])));
+    for (int j = 1; j < C; ++j) {
+      lane = _mm_or_si128(lane, _mm_shuffle_epi8(chunks[j],
+                                                 _mm_load_si128(reinterpret_cast<const __m128i*>(gather.masks[c][j]))));
+    }
+    return lane;
+  }
+}
+
+template <int C>
+[[gnu::target("avx2")]] inline std::int64_t packed_byte_row_avx2(const std::uint8_t* row, std::int64_t width,
+                                                                 const float* m, const float* o, float* const* planes) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+  std::int64_t x = 0;
+  for (; x + 16 <= width; x += 16) {
+    __m128i chunks[C];
+    for (int j = 0; j < C; ++j) {
+      chunks[j] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + C * x + 16 * j));
+    }
+    for (int c = 0; c < C; ++c) {
+      const __m128i lane = gather_channel<C>(chunks, c);
+      const __m256 multiplier = _mm256_set1_ps(m[c]);
+      const __m256 offset = _mm256_set1_ps(o[c]);
+      const __m256 low = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lane));
+      const __m256 high = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lane, 8)));
+      _mm256_storeu_ps(planes[c] + x, _mm256_add_ps(_mm256_mul_ps(low, multiplier), offset));
+      _mm256_storeu_ps(planes[c] + x + 8, _mm256_add_ps(_mm256_mul_ps(high, multiplier), offset));
+    }
+  }
+  return x;
+}
+
+template <int C>
+[[gnu::target("avx512f,avx512bw,avx512dq,avx512vl,avx2")]] inline std::int64_t packed_byte_row_avx512(
+    const std::uint8_t* row, std::int64_t width, const float* m, const float* o, float* const* planes) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+  std::int64_t x = 0;
+  for (; x + 16 <= width; x += 16) {
+    __m128i chunks[C];
+    for (int j = 0; j < C; ++j) {
+      chunks[j] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + C * x + 16 * j));
+    }
+    for (int c = 0; c < C; ++c) {
+      const __m128i lane = gather_channel<C>(chunks, c);
+      // The zero-masking forms: GCC 12 warns that the plain ones read an uninitialised register.
+      const __m512 values = _mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_maskz_cvtepu8_epi32(0xFFFF, lane));
+      _mm512_storeu_ps(planes[c] + x,
+                       _mm512_add_ps(_mm512_mul_ps(values, _mm512_set1_ps(m[c])), _mm512_set1_ps(o[c])));
+    }
+  }
+  return x;
+}
+#endif  // TORCHKIT_CLIP_X86_DISPATCH
+
+/// The AVX2 / AVX-512 uint8 → float row, when the active instruction set has one: how many
+/// pixels of the row it converted (a multiple of 16), or 0.
+inline std::int64_t packed_byte_row_wide(const std::uint8_t* row, std::int64_t width, int channels, const float* m,
+                                         const float* o, float* const* planes) {
+#if TORCHKIT_CLIP_X86_DISPATCH
+  const clip::Isa isa = clip::active_isa();
+  if (isa == clip::Isa::avx512) {
+    switch (channels) {
+      case 1: return packed_byte_row_avx512<1>(row, width, m, o, planes);
+      case 3: return packed_byte_row_avx512<3>(row, width, m, o, planes);
+      default: return packed_byte_row_avx512<4>(row, width, m, o, planes);
+    }
+  }
+  if (isa == clip::Isa::avx2) {
+    switch (channels) {
+      case 1: return packed_byte_row_avx2<1>(row, width, m, o, planes);
+      case 3: return packed_byte_row_avx2<3>(row, width, m, o, planes);
+      default: return packed_byte_row_avx2<4>(row, width, m, o, planes);
+    }
+  }
+#else
+  (void)row, (void)width, (void)channels, (void)m, (void)o, (void)planes;
+#endif
+  return 0;
+}
+
 /// Converts rows [y_begin, y_end) of `image` into `output`, the [C, H, W] planes of one image.
 template <class In, class Out>
 void convert_image_rows(const ImageSource& image, const ImageTransform& transform, Out* output,
@@ -260,7 +393,14 @@ void convert_image_rows(const ImageSource& image, const ImageTransform& transfor
           float_planes[source] = row_buffer.data() + source * width;
         }
       }
-      const std::int64_t done = packed_image_row_sse2(row, width, channels, sse, float_planes.data());
+      std::int64_t done = 0;
+      if constexpr (std::is_same_v<In, std::uint8_t> && std::is_same_v<Out, float>) {
+        done = packed_byte_row_wide(row, width, channels, float_multiplier.data(), float_offset.data(),
+                                    float_planes.data());
+      }
+      if (done == 0) {
+        done = packed_image_row_sse2(row, width, channels, sse, float_planes.data());
+      }
       // The last few pixels of the row (fewer than one SSE step).
       std::array<float*, 4> tail{};
       for (int source = 0; source < channels; ++source) {
@@ -294,3 +434,7 @@ void convert_image_rows_for(const ImageSource& image, const ImageTransform& tran
 }
 
 }  // namespace torchkit::detail
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
