@@ -1771,6 +1771,22 @@ Rows summary_rows() {
       {"summary.hpp:summary_of", "depth -2", "summary: SummaryOptions::depth is -2, expected >= 0",
        [](Fixture& f) { (void)torchkit::summary_of({.depth = -2}, f.model, f.tensors.at("input")); },
        [](Fixture& f) { f.tensors["input"] = torch::rand({2, 3, 8, 8}); }},
+      {"summary.hpp:summary", "a column listed twice", "summary: SummaryOptions::columns lists output_size twice (at 0 and 1)",
+       [](Fixture& f) {
+         (void)torchkit::summary(f.model, {3, 8, 8},
+                                 {.columns = {torchkit::Column::output_size, torchkit::Column::output_size}});
+       }},
+      {"summary.hpp:summary", "an unknown column", "summary: SummaryOptions::columns[1] is 7, which is no Column",
+       [](Fixture& f) {
+         (void)torchkit::summary(f.model, {3, 8, 8},
+                                 {.columns = {torchkit::Column::num_params, static_cast<torchkit::Column>(7)}});
+       }},
+      {"summary.hpp:summary_of", "a column listed twice", "summary: SummaryOptions::columns lists mult_adds twice",
+       [](Fixture& f) {
+         (void)torchkit::summary_of({.columns = {torchkit::Column::mult_adds, torchkit::Column::MultAdds}}, f.model,
+                                    f.tensors.at("input"));
+       },
+       [](Fixture& f) { f.tensors["input"] = torch::rand({2, 3, 8, 8}); }},
       {"summary.hpp:summary", "inputs on cuda:0",
        "summary: parameter '0.weight' is on cpu but the inputs would be made on cuda:0",
        [](Fixture& f) { (void)torchkit::summary(f.model, {3, 8, 8}, {.device = c10::Device(at::kCUDA, 0)}); }},

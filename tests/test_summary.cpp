@@ -7,6 +7,7 @@
 
 #include <ATen/record_function.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -1239,6 +1240,88 @@ TEST_CASE("summary: Count::Operators counts scaled_dot_product_attention") {
   CHECK(info.total_mult_adds() == 2 * 3 * 4 * 5 * 8 + 2 * 3 * 4 * 5 * 6);
 }
 #endif
+
+// --- columns and row settings (torchinfo's col_names and row_settings) -------------------------
+
+TEST_CASE("summary: every torchinfo column, in the order given, with variable names") {
+  // The expected table is written from torchinfo's formatting rules (formatting.py: 40-character
+  // name column, 25-character columns, `Layer (type (var_name):depth-idx)`; layer_info.py: Param %
+  // as `{:>7.2%}` of the total, `     --` for none, kernel_size as a list). torchinfo itself is not
+  // installed here, so it is not compared with torchinfo's own output. The numbers: Conv2d(1, 2, 3)
+  // has 20 parameters (20 / 96 = 20.83 %) and 18 x 2 x 9 + 2 x 18 = 360 mult-adds, Linear(18, 4)
+  // 76 (79.17 %) and 72 x 2 + 4 x 2 = 152.
+  using torchkit::Column;
+  torch::manual_seed(0);
+  torch::nn::Sequential net(torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 2, 3)), torch::nn::ReLU(), torch::nn::Flatten(),
+                            torch::nn::Linear(18, 4));
+  const Summary info = torchkit::summary(
+      net, {1, 5, 5},
+      {.columns = {Column::input_size, Column::output_size, Column::num_params, Column::params_percent, Column::kernel_size,
+                   Column::mult_adds, Column::trainable},
+       .show_var_names = true});
+  const std::string expected = R"(=======================================================================================================================================================================================================================
+Layer (type (var_name):depth-idx)        Input Shape               Output Shape              Param #                   Param %                   Kernel Shape              Mult-Adds                 Trainable
+=======================================================================================================================================================================================================================
+Sequential                               [2, 1, 5, 5]              [2, 4]                    --                             --                   --                        --                        True
+├─Conv2d (0): 1-1                        [2, 1, 5, 5]              [2, 2, 3, 3]              20                         20.83%                   [3, 3]                    360                       True
+├─ReLU (1): 1-2                          [2, 2, 3, 3]              [2, 2, 3, 3]              --                             --                   --                        --                        --
+├─Flatten (2): 1-3                       [2, 2, 3, 3]              [2, 18]                   --                             --                   --                        --                        --
+└─Linear (3): 1-4                        [2, 18]                   [2, 4]                    76                         79.17%                   --                        152                       True
+=======================================================================================================================================================================================================================
+)";
+  const std::string table = info.to_string();
+  CHECK(table.substr(0, expected.size()) == expected);
+  CHECK(table.substr(expected.size()).starts_with("Total params: 96\n"));
+  CHECK(info.rows()[1].kernel_size == std::vector<std::int64_t>{3, 3});
+  CHECK(info.rows()[4].input_shape == std::vector<std::int64_t>{2, 18});
+
+  // Any order; DESIGN.md's spellings compile too.
+  const Summary reordered = torchkit::summary(net, {1, 5, 5}, {.columns = {Column::Trainable, Column::NumParams}});
+  const std::string header = reordered.to_string().substr(reordered.to_string().find('\n') + 1);
+  CHECK(header.starts_with(fmt::format("{:<40} {:<25} Param #\n", "Layer (type:depth-idx)", "Trainable")));
+  // The default columns are unchanged.
+  CHECK(torchkit::summary(net, {1, 5, 5}).to_string() ==
+        torchkit::summary(net, {1, 5, 5}, {.columns = {Column::output_size, Column::num_params}}).to_string());
+}
+
+TEST_CASE("summary: ascii_only draws the tree without a byte above 127") {
+  MiniResNet net;
+  const Summary info = torchkit::summary(net, {3, 32, 32}, {.show_trainable = true, .ascii_only = true});
+  const std::string table = info.to_string();
+  CHECK(std::none_of(table.begin(), table.end(), [](char c) { return static_cast<unsigned char>(c) > 127; }));
+  CHECK(table.find("|--Conv2d: 1-1") != std::string::npos);
+  CHECK(table.find("|    '--") != std::string::npos);
+  CHECK(torchkit::detail::summary::tree_prefix({true, false}, /*ascii_only=*/true) == "|    '--");
+  CHECK(torchkit::detail::summary::tree_prefix({false, false, true}, /*ascii_only=*/true) == "          |--");
+  // The same table as the box-drawing one, glyph for glyph (the names' padding aside: `|--` is one
+  // character longer than `├─`).
+  auto squeezed = [](std::string text) {
+    text.erase(std::unique(text.begin(), text.end(), [](char a, char b) { return a == ' ' && b == ' '; }), text.end());
+    return text;
+  };
+  std::string boxes = torchkit::summary(net, {3, 32, 32}, {.show_trainable = true}).to_string();
+  for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{{"├─", "|--"}, {"└─", "'--"}, {"│", "|"}}) {
+    for (std::size_t at = boxes.find(from); at != std::string::npos; at = boxes.find(from, at + to.size())) {
+      boxes.replace(at, from.size(), to);
+    }
+  }
+  CHECK(squeezed(boxes) == squeezed(table));
+}
+
+TEST_CASE("summary: unknown and repeated columns name the value") {
+  using torchkit::Column;
+  using torchkit::test::message_of;
+  torch::nn::Sequential net(torch::nn::Linear(3, 2));
+  CHECK(message_of<torchkit::Error>([&] {
+          (void)torchkit::summary(net, {3}, {.columns = {Column::num_params, Column::output_size, Column::num_params}});
+        }).find("summary: SummaryOptions::columns lists num_params twice (at 0 and 2)") != std::string::npos);
+  CHECK(message_of<torchkit::Error>([&] {
+          (void)torchkit::summary(net, {3}, {.columns = {static_cast<Column>(42)}});
+        }).find("summary: SummaryOptions::columns[0] is 42, which is no Column") != std::string::npos);
+  CHECK(message_of<torchkit::Error>([&] {
+          (void)torchkit::summary_of({.columns = {Column::trainable, Column::trainable}}, net, torch::rand({2, 3}));
+        }).find("lists trainable twice") != std::string::npos);
+}
 
 TEST_CASE("a forward pass that fails on the input size says it is per sample and what the first layer takes") {
   torch::nn::Sequential net(torch::nn::Conv2d(3, 8, 3), torch::nn::ReLU(), torch::nn::Flatten(),

@@ -70,6 +70,24 @@ enum class SummaryStyle {
   Flat = flat,  ///< the earlier spelling, kept so that existing code compiles
 };
 
+/// A column of the Tree table (torchinfo's `col_names`), in SummaryOptions::columns.
+enum class Column {
+  input_size,      ///< "Input Shape": the first tensor the call read (`[2, 1, 28, 28]`)
+  output_size,     ///< "Output Shape"
+  num_params,      ///< "Param #"
+  params_percent,  ///< "Param %": the row's parameter count over the total (` 20.83%`)
+  kernel_size,     ///< "Kernel Shape": a convolution's kernel (`[5, 5]`); "--" for other layers
+  mult_adds,       ///< "Mult-Adds"
+  trainable,       ///< "Trainable": True/False/Partial
+  InputSize = input_size,          ///< DESIGN.md's spelling
+  OutputSize = output_size,        ///< DESIGN.md's spelling
+  NumParams = num_params,          ///< DESIGN.md's spelling
+  ParamsPercent = params_percent,  ///< DESIGN.md's spelling
+  KernelSize = kernel_size,        ///< DESIGN.md's spelling
+  MultAdds = mult_adds,            ///< DESIGN.md's spelling
+  Trainable = trainable,           ///< DESIGN.md's spelling
+};
+
 /// How summary() counts mult-adds.
 enum class Count {
   /// torchinfo's rule: from each leaf module's parameters and output shape (a Conv's weight
@@ -101,6 +119,11 @@ struct SummaryOptions {
   bool show_mult_adds = false;           ///< Tree style: add torchinfo's "Mult-Adds" column
   bool show_trainable = false;           ///< Tree style: add torchinfo's "Trainable" column (True/False/Partial)
   Count count = Count::modules;          ///< how mult-adds are counted (rows, totals, the Mult-Adds column)
+  /// Tree style: the columns, in this order, as torchinfo's `col_names` (each at most once).
+  /// Empty: Output Shape (with a forward pass) and Param #, plus the two flags above.
+  std::vector<Column> columns{};
+  bool show_var_names = false;  ///< Tree style: `Conv2d (conv1): 1-1` (torchinfo's row_settings "var_names")
+  bool ascii_only = false;      ///< Tree style: `|--`, `'--`, `|` for the tree lines (torchinfo's "ascii_only")
 };
 
 class Summary;
@@ -127,6 +150,8 @@ class Summary {
     std::string type;                        ///< short class name (`Conv2d`)
     int depth = 0;                           ///< 0 for the model, 1 for its children, ...
     std::vector<std::int64_t> output_shape;  ///< first tensor of the output; empty where unknown
+    std::vector<std::int64_t> input_shape;   ///< first tensor the call read; empty where unknown
+    std::vector<std::int64_t> kernel_size;   ///< a convolution's kernel (`{5, 5}`); empty for other modules
     std::int64_t params = 0;                 ///< parameters of the module and its submodules, each once
     std::int64_t trainable_params = 0;       ///< of those, how many require grad
     std::int64_t mult_adds = 0;              ///< this call's (for a container: its leaf calls' sum)
@@ -224,6 +249,17 @@ struct SummaryAccess {
 
 inline void check_options(const SummaryOptions& options) {
   TORCHKIT_CHECK(options.depth >= 0, "summary: SummaryOptions::depth is {}, expected >= 0", options.depth);
+  for (std::size_t i = 0; i < options.columns.size(); ++i) {
+    const auto value = static_cast<int>(options.columns[i]);
+    TORCHKIT_CHECK(value >= static_cast<int>(Column::input_size) && value <= static_cast<int>(Column::trainable),
+                   "summary: SummaryOptions::columns[{}] is {}, which is no Column (expected input_size .. trainable)", i,
+                   value);
+    for (std::size_t j = 0; j < i; ++j) {
+      TORCHKIT_CHECK(options.columns[j] != options.columns[i],
+                     "summary: SummaryOptions::columns lists {} twice (at {} and {}); give each column once",
+                     detail::summary::column_key(value), j, i);
+    }
+  }
 }
 
 /// Runs the model through `run` (stage 1) into a builder (stage 2) and makes the Summary.
@@ -247,7 +283,8 @@ Summary observe(M& model, const SummaryOptions& options, const std::string& trie
 /// that its `forward` can be called. It is left exactly as it was: the pass runs in eval mode
 /// under no-grad, and every module's training flag is restored, also when forward throws.
 ///
-/// @throws Error for an empty `input_size`, a dimension < 1, a batch size < 1, a model whose
+/// @throws Error for an empty `input_size`, a dimension < 1, a batch size < 1, an unknown or
+///         repeated column in `options.columns`, a model whose
 ///         parameters are not on `options.device`, a forward that does not take the input or
 ///         throws (the message names the input shapes tried).
 ///
@@ -338,7 +375,8 @@ template <class M>
 /// torchinfo's `summary(model, input_data=...)`: summarises a forward pass on real inputs
 /// (tensors or anything else the model's `forward` takes), shapes printed as given.
 ///
-/// @throws Error when `forward` cannot be called with the inputs or throws (naming them).
+/// @throws Error when `forward` cannot be called with the inputs or throws (naming them), for a
+///         negative depth, and an unknown or repeated column in `options.columns`.
 ///
 ///     auto info = torchkit::summary_of(lstm_net, tokens, lengths);
 template <class M, class... Ts>

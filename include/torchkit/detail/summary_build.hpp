@@ -166,6 +166,7 @@ struct ModuleNode {
   std::int64_t own_params = 0;      ///< parameters registered on this module itself
   std::vector<OwnParameter> own_parameters;
   std::vector<int> own_state;  ///< state indices of its own parameters and buffers
+  std::vector<std::int64_t> kernel_size;  ///< a convolution's kernel (its weight's spatial sizes); empty otherwise
   bool leaf() const { return children.empty(); }
 };
 
@@ -244,6 +245,8 @@ class SummaryBuilder {
     push_row(node, std::move(row));
     return static_cast<int>(rows_.size()) - 1;
   }
+
+  void set_input(int row, std::vector<std::int64_t> shape) { rows_[static_cast<std::size_t>(row)].input_shape = std::move(shape); }
 
   void set_output(int row, std::vector<std::int64_t> shape, std::int64_t element_size) {
     rows_[static_cast<std::size_t>(row)].output_shape = std::move(shape);
@@ -439,6 +442,9 @@ class SummaryBuilder {
         node.own_params += parameter.numel();
         node.own_parameters.push_back(
             OwnParameter{item.key(), parameter.unsafeGetTensorImpl(), parameter.numel(), parameter.requires_grad()});
+        if (item.key() == "weight" && parameter.dim() >= 3 && node.type.find("Conv") != std::string::npos) {
+          node.kernel_size.assign(parameter.sizes().begin() + 2, parameter.sizes().end());
+        }
         add_state(index, parameter);
       }
       for (const auto& item : module.named_buffers(/*recurse=*/false)) {
@@ -647,6 +653,7 @@ class SummaryBuilder {
       int row = -1;
       if (nodes_[static_cast<std::size_t>(node)].callable) {
         row = open_call(node);
+        rows_[static_cast<std::size_t>(row)].input_shape = op.input_shape;
       } else {
         Row record;
         record.depth = nodes_[static_cast<std::size_t>(node)].depth;
@@ -757,6 +764,7 @@ class SummaryBuilder {
       row.params = node.params;
       row.trainable_params = node.trainable_params;
       row.own_params = node.own_params;
+      row.kernel_size = node.kernel_size;
       row.leaf = node.leaf();
       row.container = node.sequential || !node.callable;
     }

@@ -106,8 +106,9 @@ inline std::string pad_left(const std::string& text, std::size_t width) {
 }
 
 /// The tree glyphs in front of a row: one entry per level below the root, true where the line
-/// of that level goes on below this row; the last entry is this row's own level.
-inline std::string tree_prefix(const std::vector<bool>& continues) {
+/// of that level goes on below this row; the last entry is this row's own level. ASCII only:
+/// torchinfo's `|--`, `'--` and `|`.
+inline std::string tree_prefix(const std::vector<bool>& continues, bool ascii_only = false) {
   std::string prefix;
   for (std::size_t level = 0; level < continues.size(); ++level) {
     if (level > 0) {
@@ -115,15 +116,37 @@ inline std::string tree_prefix(const std::vector<bool>& continues) {
     }
     const bool own_level = level + 1 == continues.size();
     if (own_level) {
-      prefix += continues[level] ? "├─" : "└─";
+      prefix += continues[level] ? (ascii_only ? "|--" : "├─") : (ascii_only ? "'--" : "└─");
     } else {
-      prefix += continues[level] ? "│" : " ";
+      prefix += continues[level] ? (ascii_only ? "|" : "│") : " ";
     }
   }
   return prefix;
 }
 
 // --- the Tree style (torchinfo) -----------------------------------------------------------
+
+/// torchinfo's `col_names` key of a Column (its enumerator's value): "input_size", ...
+inline std::string_view column_key(int column) {
+  constexpr std::string_view keys[] = {"input_size",   "output_size", "num_params", "params_percent",
+                                       "kernel_size",  "mult_adds",   "trainable"};
+  return column >= 0 && column < 7 ? keys[column] : std::string_view("?");
+}
+
+/// torchinfo's HEADER_TITLES of a Column.
+inline std::string_view column_title(int column) {
+  constexpr std::string_view titles[] = {"Input Shape",  "Output Shape", "Param #",  "Param %",
+                                         "Kernel Shape", "Mult-Adds",    "Trainable"};
+  return column >= 0 && column < 7 ? titles[column] : std::string_view("?");
+}
+
+/// torchinfo's params_percent: `f"{params / total:>7.2%}"`, `     --` for none.
+inline std::string params_percent(std::int64_t params, std::int64_t total) {
+  if (total == 0 || params == 0) {
+    return "     --";
+  }
+  return pad_left(fmt::format("{:.2f}%", static_cast<double>(params) / static_cast<double>(total) * 100.0), 7);
+}
 
 /// torchinfo's column width (`col_width=25`, the default of torchinfo.summary()) and the least
 /// width of the "Layer (type:depth-idx)" column (`layer_name_width=40`, torchinfo's
@@ -135,21 +158,24 @@ inline constexpr std::size_t tree_least_name_width = 40;
 /// A row's title: `Net`, `Conv2d: 1-1`; a placeholder (torchinfo repeats a container so that
 /// the tree stays a tree) has no index: `ModuleList: 1`.
 template <class Row>
-std::string tree_title(const Row& row) {
-  if (row.depth == 0) {
-    return row.type;
+std::string tree_title(const Row& row, bool show_var_name = false) {
+  std::string title = row.type;
+  if (show_var_name && !row.name.empty()) {
+    title += fmt::format(" ({})", row.name.substr(row.name.rfind('.') + 1));  // the attribute name, as torchinfo's var_name
   }
-  return row.placeholder ? fmt::format("{}: {}", row.type, row.depth)
-                         : fmt::format("{}: {}-{}", row.type, row.depth, row.depth_index);
+  if (row.depth == 0) {
+    return title;
+  }
+  return row.placeholder ? fmt::format("{}: {}", title, row.depth) : fmt::format("{}: {}-{}", title, row.depth, row.depth_index);
 }
 
 /// The width of the title column: torchinfo's 40, or the longest title (indented 5 characters a
 /// level) plus one, rounded up to a multiple of 5.
 template <class Row>
-std::size_t tree_name_width(const std::vector<Row>& rows) {
+std::size_t tree_name_width(const std::vector<Row>& rows, bool show_var_name = false) {
   std::size_t longest = 0;
   for (const Row& row : rows) {
-    longest = std::max(longest, characters(tree_title(row)) + static_cast<std::size_t>(row.depth) * 5 + 1);
+    longest = std::max(longest, characters(tree_title(row, show_var_name)) + static_cast<std::size_t>(row.depth) * 5 + 1);
   }
   return longest >= tree_least_name_width ? (longest + 4) / 5 * 5 : tree_least_name_width;
 }
@@ -200,19 +226,29 @@ std::string tree_table(const Summary& summary) {
   const auto& options = summary.options();
   const bool forward_pass = summary.has_forward_pass();
   const int max_depth = options.depth;
+  // The columns: as chosen, else Output Shape (with a forward pass), Param # and the two flags.
+  std::vector<int> columns;
+  for (const auto column : options.columns) {
+    columns.push_back(static_cast<int>(column));
+  }
+  constexpr int output_size = 1, num_params = 2, params_percent_column = 3, kernel_size = 4, mult_adds = 5, trainable = 6;
+  if (columns.empty()) {
+    if (forward_pass) {
+      columns.push_back(output_size);
+    }
+    columns.push_back(num_params);
+    if (forward_pass && options.show_mult_adds) {
+      columns.push_back(mult_adds);
+    }
+    if (options.show_trainable) {
+      columns.push_back(trainable);
+    }
+  }
   std::vector<std::string> titles;
-  if (forward_pass) {
-    titles.emplace_back("Output Shape");
+  for (const int column : columns) {
+    titles.emplace_back(column_title(column));
   }
-  titles.emplace_back("Param #");
-  const bool mult_adds_column = forward_pass && options.show_mult_adds;
-  if (mult_adds_column) {
-    titles.emplace_back("Mult-Adds");
-  }
-  if (options.show_trainable) {
-    titles.emplace_back("Trainable");
-  }
-  const std::size_t name_width = tree_name_width(rows);
+  const std::size_t name_width = tree_name_width(rows, options.show_var_names);
   const std::string divider(titles.size() * tree_column_width + name_width, '=');
   auto format_row = [&](const std::string& name, const std::vector<std::string>& values) {
     std::string line = pad_right(name, name_width) + " ";
@@ -230,7 +266,8 @@ std::string tree_table(const Summary& summary) {
     }
   }
   const std::vector<std::int64_t> leftover = leftover_params(rows);
-  std::string table = divider + "\n" + format_row("Layer (type:depth-idx)", titles) + divider + "\n";
+  const char* header = options.show_var_names ? "Layer (type (var_name):depth-idx)" : "Layer (type:depth-idx)";
+  std::string table = divider + "\n" + format_row(header, titles) + divider + "\n";
   for (std::size_t v = 0; v < visible.size(); ++v) {
     const std::size_t i = visible[v];
     const Row& row = rows[i];
@@ -238,29 +275,47 @@ std::string tree_table(const Summary& summary) {
     // above it only what its visible children do not show; "(n)" marks a frozen count.
     const bool at_max_depth = row.depth == max_depth;
     std::vector<std::string> values;
-    if (forward_pass) {
-      values.push_back(row.output_shape.empty() ? "--" : shape_string(row.output_shape));
+    for (const int column : columns) {
+      switch (column) {
+        case 0:  // input_size
+          values.push_back(row.input_shape.empty() ? "--" : shape_string(row.input_shape));
+          break;
+        case output_size:
+          values.push_back(row.output_shape.empty() ? "--" : shape_string(row.output_shape));
+          break;
+        case num_params:
+          if (row.params == 0) {
+            values.emplace_back("--");
+          } else if (row.recursive) {
+            values.emplace_back("(recursive)");
+          } else if (at_max_depth || row.leaf) {
+            const std::string count = with_thousands(row.params);
+            values.push_back(row.trainable_params > 0 ? count : "(" + count + ")");
+          } else {
+            values.push_back(leftover[i] > 0 ? with_thousands(leftover[i]) : "--");
+          }
+          break;
+        case params_percent_column:
+          values.push_back(row.recursive && summary.total_params() != 0
+                               ? "(recursive)"
+                               : params_percent(at_max_depth || row.leaf ? row.params : leftover[i], summary.total_params()));
+          break;
+        case kernel_size:
+          values.push_back(row.kernel_size.empty() ? "--" : shape_string(row.kernel_size));
+          break;
+        case mult_adds:
+          values.push_back(row.mult_adds > 0 && (row.leaf || at_max_depth) ? with_thousands(row.mult_adds) : "--");
+          break;
+        default:  // trainable
+          values.emplace_back(row.params == 0                      ? "--"
+                              : row.trainable_params == 0          ? "False"
+                              : row.trainable_params == row.params ? "True"
+                                                                   : "Partial");
+          break;
+      }
     }
-    if (row.params == 0) {
-      values.emplace_back("--");
-    } else if (row.recursive) {
-      values.emplace_back("(recursive)");
-    } else if (at_max_depth || row.leaf) {
-      const std::string count = with_thousands(row.params);
-      values.push_back(row.trainable_params > 0 ? count : "(" + count + ")");
-    } else {
-      values.push_back(leftover[i] > 0 ? with_thousands(leftover[i]) : "--");
-    }
-    if (mult_adds_column) {
-      values.push_back(row.mult_adds > 0 && (row.leaf || at_max_depth) ? with_thousands(row.mult_adds) : "--");
-    }
-    if (options.show_trainable) {
-      values.emplace_back(row.params == 0                      ? "--"
-                          : row.trainable_params == 0          ? "False"
-                          : row.trainable_params == row.params ? "True"
-                                                               : "Partial");
-    }
-    table += format_row(tree_prefix(tree_continues(rows, visible, v)) + tree_title(row), values);
+    table += format_row(tree_prefix(tree_continues(rows, visible, v), options.ascii_only) + tree_title(row, options.show_var_names),
+                        values);
   }
   table += divider + "\n";
   table += "Total params: " + with_thousands(summary.total_params()) + "\n";

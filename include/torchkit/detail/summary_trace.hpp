@@ -292,6 +292,7 @@ struct OpRecord {
   std::vector<int> state_read;        ///< indices of the module state (parameters, buffers) it read
   bool reads_data = false;            ///< it read a tensor that is not module state
   std::vector<std::int64_t> output_shape;  ///< shape of the first tensor output
+  std::vector<std::int64_t> input_shape;   ///< shape of the first tensor it read that is no module state
   std::int64_t output_element_size = 0;    ///< bytes per element of that output
   bool has_output = false;
   OperatorCost cost;                  ///< Count::Operators: how its mult-adds are computed
@@ -347,6 +348,10 @@ struct Recorder {
         pending.state_read.insert(pending.state_read.end(), found->second.begin(), found->second.end());
         return;
       }
+    }
+    if (!pending.reads_data) {
+      const auto sizes = tensor.sizes();
+      pending.input_shape.assign(sizes.begin(), sizes.end());
     }
     pending.reads_data = true;
   }
@@ -672,11 +677,22 @@ void set_sequential_output(Builder& builder, int row, torch::nn::AnyValue& outpu
   }
 }
 
+/// Sets a call's input shape: the first tensor among its arguments.
+template <class Builder, class... Args>
+void set_call_input(Builder& builder, int row, Args&... inputs) {
+  std::optional<OutputShape> found;
+  ((found = found ? found : first_output(inputs)), ...);
+  if (found) {
+    builder.set_input(row, std::move(found->shape));
+  }
+}
+
 /// Runs one child of a Sequential as its own call.
 template <class Builder, class... Args>
 torch::nn::AnyValue run_sequential_child(Builder& builder, int node, torch::nn::AnyModule& child,
                                          Args&&... inputs) {
   const int row = builder.open_call(node);
+  set_call_input(builder, row, inputs...);
   if (auto* sequential = exact_sequential(child.ptr().get())) {
     torch::nn::AnyValue output = walk_sequential(builder, node, *sequential, std::forward<Args>(inputs)...);
     set_sequential_output(builder, row, output);
@@ -752,6 +768,7 @@ void run_model(Builder& builder, M& model, Args&&... inputs) {
   auto& target = forward_target(model);
   using Target = std::remove_cvref_t<decltype(target)>;
   const int row = builder.open_call(0);
+  set_call_input(builder, row, inputs...);
   if (auto* sequential = exact_sequential(&root_module(model))) {
     torch::nn::AnyValue output = walk_sequential(builder, 0, *sequential, std::forward<Args>(inputs)...);
     set_sequential_output(builder, row, output);
