@@ -115,55 +115,17 @@ enum class Isa : std::uint8_t { portable, avx, avx2, avx512 };
 /// GCC/clang vector types of `Bytes` bytes (16, 32 or 64) for float and double, with the integer
 /// vector of the same lane count and size used for masks and counts.
 template <class T, int Bytes>
-struct VectorOf;
-template <>
-struct VectorOf<float, 16> {
-  typedef float Vector __attribute__((vector_size(16)));
-  typedef std::int32_t Mask __attribute__((vector_size(16)));
-};
-template <>
-struct VectorOf<double, 16> {
-  typedef double Vector __attribute__((vector_size(16)));
-  typedef std::int64_t Mask __attribute__((vector_size(16)));
-};
-template <>
-struct VectorOf<float, 32> {
-  typedef float Vector __attribute__((vector_size(32)));
-  typedef std::int32_t Mask __attribute__((vector_size(32)));
-};
-template <>
-struct VectorOf<float, 64> {
-  typedef float Vector __attribute__((vector_size(64)));
-  typedef std::int32_t Mask __attribute__((vector_size(64)));
-};
-template <>
-struct VectorOf<double, 32> {
-  typedef double Vector __attribute__((vector_size(32)));
-  typedef std::int64_t Mask __attribute__((vector_size(32)));
-};
-template <>
-struct VectorOf<double, 64> {
-  typedef double Vector __attribute__((vector_size(64)));
-  typedef std::int64_t Mask __attribute__((vector_size(64)));
+struct VectorOf {
+  typedef T Vector __attribute__((vector_size(Bytes)));
+  typedef std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t> Lane;
+  typedef Lane Mask __attribute__((vector_size(Bytes)));
 };
 
 /// 16-bit and 32-bit integer vectors with the lanes of a `Bytes`-byte float vector (bfloat16).
 template <int Bytes>
-struct HalvesOf;
-template <>
-struct HalvesOf<16> {
-  typedef std::uint16_t Halves __attribute__((vector_size(8)));
-  typedef std::uint32_t Words __attribute__((vector_size(16)));
-};
-template <>
-struct HalvesOf<32> {
-  typedef std::uint16_t Halves __attribute__((vector_size(16)));
-  typedef std::uint32_t Words __attribute__((vector_size(32)));
-};
-template <>
-struct HalvesOf<64> {
-  typedef std::uint16_t Halves __attribute__((vector_size(32)));
-  typedef std::uint32_t Words __attribute__((vector_size(64)));
+struct HalvesOf {
+  typedef std::uint16_t Halves __attribute__((vector_size(Bytes / 2)));
+  typedef std::uint32_t Words __attribute__((vector_size(Bytes)));
 };
 
 template <class T>
