@@ -65,6 +65,8 @@ class GroupValues {
     return values_;
   }
 
+  /// The values as Python prints the argument: `0.1` for one value, `[0.1, 0.01]` for a list,
+  /// `None` when not given.
   [[nodiscard]] std::string to_string() const {
     if (values_.empty()) {
       return "None";
@@ -165,14 +167,20 @@ class Scheduler {
                        detail::lr::list_to_string(last_lr_));
   }
 
+  /// Writes to_string() to `stream`.
   friend std::ostream& operator<<(std::ostream& stream, const Scheduler& scheduler) {
     return stream << scheduler.to_string();
   }
 
  protected:
+  /// Copies the state; the copy sets the lrs of the same optimizer. Protected, so that only a
+  /// whole derived scheduler is copied (never sliced to its base).
   Scheduler(const Scheduler&) = default;
+  /// Moves the state; the result sets the lrs of the same optimizer.
   Scheduler(Scheduler&&) noexcept = default;
+  /// Copy assignment, protected like the copy constructor.
   Scheduler& operator=(const Scheduler&) = default;
+  /// Move assignment, protected like the move constructor.
   Scheduler& operator=(Scheduler&&) noexcept = default;
 
   /// The new lr of every group at `last_epoch_` (Python's chainable `get_lr()`).
@@ -245,13 +253,15 @@ class Scheduler {
     apply(lrs, momentums);
   }
 
-  torch::optim::Optimizer* optimizer_;
-  std::string type_name_;
+  torch::optim::Optimizer* optimizer_;  ///< The optimizer whose lrs this scheduler sets (never null).
+  std::string type_name_;               ///< The class name, as in Python: `"StepLR"`.
+  /// Every group's `initial_lr` (Python keeps it in the parameter group), shared by all the
+  /// schedulers of the same optimizer.
   std::shared_ptr<detail::lr::InitialLrs> initial_lrs_;
-  std::vector<double> base_lrs_;
-  int64_t last_epoch_ = -1;
-  int64_t step_count_ = 0;
-  std::vector<double> last_lr_;
+  std::vector<double> base_lrs_;  ///< The initial lr of every group (Python's `base_lrs`).
+  int64_t last_epoch_ = -1;       ///< The index of the last epoch (Python's `last_epoch`).
+  int64_t step_count_ = 0;        ///< The steps taken since the initial step (Python's `_step_count`).
+  std::vector<double> last_lr_;   ///< The lr of every group after the last step (`get_last_lr()`).
   /// detail::lr::step_fingerprint() when the scheduler was made (unset for composites).
   mutable std::optional<std::vector<std::uint64_t>> optimizer_fingerprint_;
 
@@ -367,8 +377,11 @@ class Scheduler {
 template <class Rule>
 class RuleScheduler : public Scheduler {
  public:
-  using Options = typename Rule::Options;
+  using Options = typename Rule::Options;  ///< The options struct: the scheduler's arguments.
+  /// What the rule computes from the options and the optimizer at construction (an empty
+  /// struct for rules without one).
   using State = typename detail::lr::state_of<Rule>::type;
+  /// Everything a rule's `lr()` may read: options, state, epoch, step count, base and initial lrs.
   using View = detail::lr::View<Rule>;
 
   /// The arguments, as given (after `load()`: as loaded).
@@ -391,6 +404,7 @@ class RuleScheduler : public Scheduler {
       start();
     }
   }
+  /// The View of the current step, for the rule's `lr()`, `closed_form_lr()` and `momentum()`.
   [[nodiscard]] View view() const {
     return View{options_, state_, last_epoch_, step_count_, base_lrs_, initial_lrs_->values};
   }
@@ -494,8 +508,8 @@ class RuleScheduler : public Scheduler {
   }
 
  protected:
-  Options options_;
-  State state_;
+  Options options_;  ///< The arguments, checked (after `load()`: as loaded).
+  State state_;      ///< The rule's State, made from options_ by `Rule::prepare` (or empty).
 };
 
 }  // namespace torchkit::lr
