@@ -124,10 +124,17 @@ class CompositeScheduler : public Scheduler {
 
   /// The scheduler whose turn it is: `bisect_right(milestones, epoch)`.
   [[nodiscard]] Scheduler& scheduler(std::size_t index) const { return *schedulers_[index]; }
+  // C++ lets a derived class reach a protected member only through its own type, so the
+  // composites reach their schedulers' through these.
+  /// Calls `scheduler.step_to(epoch)` (Python's `scheduler.step(epoch)`).
   static void step_to(Scheduler& scheduler, int64_t epoch) { scheduler.step_to(epoch); }
+  /// Calls `scheduler.check_next_step()`: throws the Error its next step would throw.
   static void check_next_step(const Scheduler& scheduler) { scheduler.check_next_step(); }
+  /// Moves `scheduler` back one epoch, undoing its initial step (as Python's SequentialLR).
   static void undo_initial_step(Scheduler& scheduler) { scheduler.last_epoch_ -= 1; }
+  /// Takes `scheduler`'s initial step again (Python's `_initial_step()`, at a milestone).
   static void restart(Scheduler& scheduler) { scheduler.initial_step(); }
+  /// Whether `scheduler` is itself a SequentialLR or ChainedScheduler.
   static bool is_composite(const Scheduler& scheduler) { return scheduler.is_composite(); }
 
   /// `schedulers=[StepLR(...) ..., ...]` and the composite's own arguments.
@@ -183,6 +190,8 @@ class CompositeScheduler : public Scheduler {
 ///         {5});
 class SequentialLR final : public CompositeScheduler {
  public:
+  /// Runs `schedulers` (all of `optimizer`) one after another, switching at each of the
+  /// `milestones` (epochs, one fewer than the schedulers, sorted).
   SequentialLR(torch::optim::Optimizer& optimizer, std::vector<AnyScheduler> schedulers,
                std::vector<int64_t> milestones)
       : CompositeScheduler(optimizer, "SequentialLR", schedulers,
@@ -267,6 +276,7 @@ class SequentialLR final : public CompositeScheduler {
 ///                                               torchkit::lr::ExponentialLR(optimizer, 0.9)});
 class ChainedScheduler final : public CompositeScheduler {
  public:
+  /// Steps `schedulers` (all of one optimizer, at least one) together, in order.
   explicit ChainedScheduler(std::vector<AnyScheduler> schedulers)
       : CompositeScheduler(first_optimizer(schedulers), "ChainedScheduler", schedulers,
                            "ChainedScheduler expects all schedulers to belong to the same optimizer, but got "
