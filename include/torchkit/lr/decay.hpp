@@ -309,8 +309,10 @@ namespace torchkit::lr {
 ///     torchkit::lr::StepLR scheduler(optimizer, 30, 0.1);  // 0.05 → 0.005 at epoch 30 → ...
 class StepLR final : public RuleScheduler<detail::lr::StepLRRule> {
  public:
+  /// Schedules `optimizer`'s lrs, the arguments in Python's order.
   StepLR(torch::optim::Optimizer& optimizer, int64_t step_size, double gamma = 0.1)
       : StepLR(optimizer, StepLROptions{.step_size = step_size, .gamma = gamma}) {}
+  /// Schedules `optimizer`'s lrs, the arguments as StepLROptions (designated initialisers).
   StepLR(torch::optim::Optimizer& optimizer, const StepLROptions& options) : RuleScheduler(optimizer, options) {}
 };
 
@@ -321,8 +323,10 @@ class StepLR final : public RuleScheduler<detail::lr::StepLRRule> {
 ///     torchkit::lr::MultiStepLR scheduler(optimizer, {30, 80}, 0.1);
 class MultiStepLR final : public RuleScheduler<detail::lr::MultiStepLRRule> {
  public:
+  /// Schedules `optimizer`'s lrs, the arguments in Python's order.
   MultiStepLR(torch::optim::Optimizer& optimizer, std::vector<int64_t> milestones, double gamma = 0.1)
       : MultiStepLR(optimizer, MultiStepLROptions{.milestones = std::move(milestones), .gamma = gamma}) {}
+  /// Schedules `optimizer`'s lrs, the arguments as MultiStepLROptions (designated initialisers).
   MultiStepLR(torch::optim::Optimizer& optimizer, MultiStepLROptions options)
       : RuleScheduler(optimizer, std::move(options)) {}
 };
@@ -334,8 +338,10 @@ class MultiStepLR final : public RuleScheduler<detail::lr::MultiStepLRRule> {
 ///     torchkit::lr::ConstantLR scheduler(optimizer, {.factor = 0.5, .total_iters = 4});
 class ConstantLR final : public RuleScheduler<detail::lr::ConstantLRRule> {
  public:
+  /// Schedules `optimizer`'s lrs, the arguments in Python's order.
   explicit ConstantLR(torch::optim::Optimizer& optimizer, double factor = 1.0 / 3, int64_t total_iters = 5)
       : ConstantLR(optimizer, ConstantLROptions{.factor = factor, .total_iters = total_iters}) {}
+  /// Schedules `optimizer`'s lrs, the arguments as ConstantLROptions (designated initialisers).
   ConstantLR(torch::optim::Optimizer& optimizer, const ConstantLROptions& options)
       : RuleScheduler(optimizer, options) {}
 };
@@ -348,10 +354,12 @@ class ConstantLR final : public RuleScheduler<detail::lr::ConstantLRRule> {
 ///     torchkit::lr::LinearLR warmup(optimizer, {.start_factor = 0.1, .total_iters = 5});
 class LinearLR final : public RuleScheduler<detail::lr::LinearLRRule> {
  public:
+  /// Schedules `optimizer`'s lrs, the arguments in Python's order.
   explicit LinearLR(torch::optim::Optimizer& optimizer, double start_factor = 1.0 / 3, double end_factor = 1.0,
                     int64_t total_iters = 5)
       : LinearLR(optimizer, LinearLROptions{.start_factor = start_factor, .end_factor = end_factor,
                                             .total_iters = total_iters}) {}
+  /// Schedules `optimizer`'s lrs, the arguments as LinearLROptions (designated initialisers).
   LinearLR(torch::optim::Optimizer& optimizer, const LinearLROptions& options) : RuleScheduler(optimizer, options) {}
 };
 
@@ -360,8 +368,10 @@ class LinearLR final : public RuleScheduler<detail::lr::LinearLRRule> {
 ///     torchkit::lr::ExponentialLR scheduler(optimizer, 0.95);
 class ExponentialLR final : public RuleScheduler<detail::lr::ExponentialLRRule> {
  public:
+  /// Schedules `optimizer`'s lrs, the arguments in Python's order.
   ExponentialLR(torch::optim::Optimizer& optimizer, double gamma)
       : ExponentialLR(optimizer, ExponentialLROptions{.gamma = gamma}) {}
+  /// Schedules `optimizer`'s lrs, the arguments as ExponentialLROptions (designated initialisers).
   ExponentialLR(torch::optim::Optimizer& optimizer, const ExponentialLROptions& options)
       : RuleScheduler(optimizer, options) {}
 };
@@ -372,8 +382,10 @@ class ExponentialLR final : public RuleScheduler<detail::lr::ExponentialLRRule> 
 ///     torchkit::lr::PolynomialLR scheduler(optimizer, {.total_iters = 4, .power = 1.0});
 class PolynomialLR final : public RuleScheduler<detail::lr::PolynomialLRRule> {
  public:
+  /// Schedules `optimizer`'s lrs, the arguments in Python's order.
   explicit PolynomialLR(torch::optim::Optimizer& optimizer, int64_t total_iters = 5, double power = 1.0)
       : PolynomialLR(optimizer, PolynomialLROptions{.total_iters = total_iters, .power = power}) {}
+  /// Schedules `optimizer`'s lrs, the arguments as PolynomialLROptions (designated initialisers).
   PolynomialLR(torch::optim::Optimizer& optimizer, const PolynomialLROptions& options)
       : RuleScheduler(optimizer, options) {}
 };
@@ -385,8 +397,10 @@ class PolynomialLR final : public RuleScheduler<detail::lr::PolynomialLRRule> {
 ///     torchkit::lr::CosineAnnealingLR scheduler(optimizer, {.T_max = 100, .eta_min = 1e-5});
 class CosineAnnealingLR final : public RuleScheduler<detail::lr::CosineAnnealingLRRule> {
  public:
+  /// Schedules `optimizer`'s lrs, the arguments in Python's order.
   CosineAnnealingLR(torch::optim::Optimizer& optimizer, int64_t T_max, double eta_min = 0.0)  // NOLINT
       : CosineAnnealingLR(optimizer, CosineAnnealingLROptions{.T_max = T_max, .eta_min = eta_min}) {}
+  /// Schedules `optimizer`'s lrs, the arguments as CosineAnnealingLROptions (designated initialisers).
   CosineAnnealingLR(torch::optim::Optimizer& optimizer, const CosineAnnealingLROptions& options)
       : RuleScheduler(optimizer, options) {}
 };
@@ -399,10 +413,12 @@ class CosineAnnealingLR final : public RuleScheduler<detail::lr::CosineAnnealing
 ///     torchkit::lr::CosineAnnealingWarmRestarts scheduler(optimizer, {.T_0 = 10, .T_mult = 2});
 class CosineAnnealingWarmRestarts final : public RuleScheduler<detail::lr::CosineAnnealingWarmRestartsRule> {
  public:
+  /// Schedules `optimizer`'s lrs, the arguments in Python's order.
   CosineAnnealingWarmRestarts(torch::optim::Optimizer& optimizer, int64_t T_0, int64_t T_mult = 1,  // NOLINT
                               double eta_min = 0.0)
       : CosineAnnealingWarmRestarts(
             optimizer, CosineAnnealingWarmRestartsOptions{.T_0 = T_0, .T_mult = T_mult, .eta_min = eta_min}) {}
+  /// Schedules `optimizer`'s lrs, the arguments as CosineAnnealingWarmRestartsOptions (designated initialisers).
   CosineAnnealingWarmRestarts(torch::optim::Optimizer& optimizer, const CosineAnnealingWarmRestartsOptions& options)
       : RuleScheduler(optimizer, options) {}
 
