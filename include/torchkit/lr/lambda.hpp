@@ -18,7 +18,7 @@ namespace torchkit::lr {
 /// The argument of LambdaLR and MultiplicativeLR: one function per parameter group (one given
 /// for all is copied to every group). Lambdas are not saved; load() checks their number.
 struct LrLambdas {
-  std::vector<LrLambda> lr_lambdas{};
+  std::vector<LrLambda> lr_lambdas{};  ///< One function per parameter group, none empty.
 
   /// The field table: each field's name, member and check, once.
   static constexpr auto fields() { return std::tuple{detail::lr::field("lr_lambdas", &LrLambdas::lr_lambdas)}; }
@@ -73,9 +73,11 @@ namespace torchkit::lr {
 template <class Rule>
 class LambdaScheduler : public RuleScheduler<Rule> {
  public:
+  /// Schedules `optimizer`'s lrs with `lr_lambda` for every parameter group.
   LambdaScheduler(torch::optim::Optimizer& optimizer, LrLambda lr_lambda)
       : RuleScheduler<Rule>(optimizer,
                             detail::lr::lambdas_for_groups({std::move(lr_lambda)}, true, optimizer, Rule::name)) {}
+  /// Schedules `optimizer`'s lrs with one function per parameter group, in order.
   LambdaScheduler(torch::optim::Optimizer& optimizer, std::vector<LrLambda> lr_lambdas)
       : RuleScheduler<Rule>(optimizer,
                             detail::lr::lambdas_for_groups(std::move(lr_lambdas), false, optimizer, Rule::name)) {}
