@@ -29,6 +29,7 @@ struct OneCycleLROptions {
   /// With `steps_per_epoch`, gives `total_steps = epochs * steps_per_epoch` when `total_steps`
   /// is not set.
   std::optional<int64_t> epochs{};
+  /// The number of steps (batches) per epoch, used with `epochs`.
   std::optional<int64_t> steps_per_epoch{};
   /// The fraction of the cycle spent increasing the lr, in [0, 1].
   double pct_start = 0.3;
@@ -311,8 +312,10 @@ namespace torchkit::lr {
 ///     torchkit::lr::OneCycleLR scheduler(optimizer, {.max_lr = 0.01, .epochs = 10, .steps_per_epoch = 100});
 class OneCycleLR final : public RuleScheduler<detail::lr::OneCycleLRRule> {
  public:
+  /// Schedules `optimizer`'s lrs, the first arguments in Python's order, the rest at their defaults.
   OneCycleLR(torch::optim::Optimizer& optimizer, GroupValues max_lr, int64_t total_steps)
       : OneCycleLR(optimizer, OneCycleLROptions{.max_lr = std::move(max_lr), .total_steps = total_steps}) {}
+  /// Schedules `optimizer`'s lrs, the arguments as OneCycleLROptions (designated initialisers).
   OneCycleLR(torch::optim::Optimizer& optimizer, OneCycleLROptions options)
       : RuleScheduler(optimizer, std::move(options)) {}
 
@@ -327,9 +330,11 @@ class OneCycleLR final : public RuleScheduler<detail::lr::OneCycleLRRule> {
 ///     torchkit::lr::CyclicLR scheduler(optimizer, {.base_lr = 0.01, .max_lr = 0.1, .step_size_up = 20});
 class CyclicLR final : public RuleScheduler<detail::lr::CyclicLRRule> {
  public:
+  /// Schedules `optimizer`'s lrs, the first arguments in Python's order, the rest at their defaults.
   CyclicLR(torch::optim::Optimizer& optimizer, GroupValues base_lr, GroupValues max_lr, int64_t step_size_up = 2000)
       : CyclicLR(optimizer, CyclicLROptions{.base_lr = std::move(base_lr), .max_lr = std::move(max_lr),
                                             .step_size_up = step_size_up}) {}
+  /// Schedules `optimizer`'s lrs, the arguments as CyclicLROptions (designated initialisers).
   CyclicLR(torch::optim::Optimizer& optimizer, CyclicLROptions options) : RuleScheduler(optimizer, std::move(options)) {
     base_lrs_ = state_.base_lrs;  // Python sets them after its initial step
   }
