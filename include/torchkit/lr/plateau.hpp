@@ -77,7 +77,11 @@ struct ReduceLROnPlateauOptions {
 ///     for (...) { train(...); scheduler.step(validation_loss); }
 class ReduceLROnPlateau {
  public:
+  /// Watches a metric for `optimizer` with Python's default arguments (mode "min", factor 0.1,
+  /// patience 10).
   explicit ReduceLROnPlateau(torch::optim::Optimizer& optimizer) : ReduceLROnPlateau(optimizer, {}) {}
+  /// Watches a metric for `optimizer`, the arguments as ReduceLROnPlateauOptions (designated
+  /// initialisers).
   ReduceLROnPlateau(torch::optim::Optimizer& optimizer, ReduceLROnPlateauOptions options)
       : optimizer_(&optimizer),
         options_(std::move(options)),
@@ -129,8 +133,11 @@ class ReduceLROnPlateau {
   [[nodiscard]] int64_t num_bad_epochs() const noexcept { return num_bad_epochs_; }
   /// Epochs of cooldown left.
   [[nodiscard]] int64_t cooldown_counter() const noexcept { return cooldown_counter_; }
+  /// Whether cooldown epochs are left (bad epochs are not counted then).
   [[nodiscard]] bool in_cooldown() const noexcept { return cooldown_counter_ > 0; }
+  /// The arguments, as given (after `load()`: as loaded).
   [[nodiscard]] const ReduceLROnPlateauOptions& options() const noexcept { return options_; }
+  /// The optimizer whose learning rates this scheduler sets.
   [[nodiscard]] torch::optim::Optimizer& optimizer() const noexcept { return *optimizer_; }
 
   /// Writes the state (options, best, counters, epoch, and every group's current lr, which
@@ -193,6 +200,7 @@ class ReduceLROnPlateau {
                        detail::lr::list_to_string(last_lr_));
   }
 
+  /// Writes to_string() to `stream`.
   friend std::ostream& operator<<(std::ostream& stream, const ReduceLROnPlateau& scheduler) {
     return stream << scheduler.to_string();
   }
