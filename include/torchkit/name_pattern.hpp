@@ -68,6 +68,7 @@ class NamePattern {
 
   /// The pattern as written (for a regex: the expression).
   [[nodiscard]] const std::string& text() const noexcept { return text_; }
+  /// Whether this is a name, a glob or a regex.
   [[nodiscard]] Kind kind() const noexcept { return kind_; }
 
   /// Whether the parameter called `name` is selected by this pattern.
@@ -200,7 +201,7 @@ inline bool NamePattern::matches(std::string_view name) const {
 
 /// A list of name patterns: what every function that selects parameters by name takes
 /// (freeze, unfreeze, freeze_all_except, FreezeByName, ParamGroupBuilder::add and
-/// ::no_weight_decay). It is made implicitly from
+/// ParamGroupBuilder::no_weight_decay). It is made implicitly from
 /// - a braced list: `{"features.0", "*.bias", torchkit::regex(".*_2\\.weight")}`;
 /// - any range of strings or patterns: `std::vector<std::string>`, `std::vector<NamePattern>`,
 ///   `std::array<std::string_view, 3>`, `std::set<std::string>`, ...;
@@ -236,8 +237,11 @@ class PatternList {
   /// One name, module path or glob.
   PatternList(std::string_view text) : PatternList(NamePattern(text)) {}  // NOLINT(google-explicit-constructor)
 
+  /// The number of patterns.
   [[nodiscard]] std::size_t size() const noexcept { return patterns_.size(); }
+  /// Whether there are no patterns.
   [[nodiscard]] bool empty() const noexcept { return patterns_.empty(); }
+  /// The pattern at `index` (< size(), unchecked, as `std::vector`).
   [[nodiscard]] const NamePattern& operator[](std::size_t index) const { return patterns_[index]; }
   /// The patterns, in the order given. (PatternList itself is no range, so that {fmt} prints it
   /// as its to_string() also where <fmt/ranges.h> is included.)
