@@ -53,6 +53,8 @@
 #include <vector>
 
 #if __has_include(<torch/csrc/distributed/c10d/ProcessGroup.hpp>) && __has_include(<torch/csrc/distributed/c10d/TCPStore.hpp>)
+/// 1 where LibTorch ships the c10d headers (ProcessGroup, TCPStore), else 0; the c10d helpers
+/// exist only under 1.
 #define TORCHKIT_HAS_C10D 1
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
@@ -60,14 +62,22 @@
 #include <torch/csrc/distributed/c10d/Types.hpp>
 #include <torchkit/detail/tcp_store.hpp>
 #else
+/// 1 where LibTorch ships the c10d headers (ProcessGroup, TCPStore), else 0; the c10d helpers
+/// exist only under 1.
 #define TORCHKIT_HAS_C10D 0
 #endif
 
 #ifndef TORCHKIT_WITH_GLOO
 #if TORCHKIT_HAS_C10D && __has_include(<gloo/algorithm.h>) && \
     __has_include(<torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>)
+/// 1 when the Gloo helpers (make_gloo_group, gloo_group_from_environment, ...) are compiled: by default
+/// where `<gloo/algorithm.h>` and c10d's ProcessGroupGloo.hpp are found. Define it to 0 or 1
+/// before including to choose.
 #define TORCHKIT_WITH_GLOO 1
 #else
+/// 1 when the Gloo helpers (make_gloo_group, gloo_group_from_environment, ...) are compiled: by default
+/// where `<gloo/algorithm.h>` and c10d's ProcessGroupGloo.hpp are found. Define it to 0 or 1
+/// before including to choose.
 #define TORCHKIT_WITH_GLOO 0
 #endif
 #endif
@@ -98,6 +108,7 @@ struct TorchrunEnvironment {
     return fmt::format("rank {} of {} (local {} of {}), master {}:{}", rank, world_size, local_rank, local_world_size,
                        master_addr, master_port);
   }
+  /// Writes to_string() to `out`.
   friend std::ostream& operator<<(std::ostream& out, const TorchrunEnvironment& environment) {
     return out << environment.to_string();
   }
@@ -423,6 +434,8 @@ struct DistributedSamplerOptions {
 ///     }
 class DistributedSampler {
  public:
+  /// The sampler of rank `rank` out of `num_replicas` (the world size) for a data set of `size`
+  /// samples; `options` as PyTorch's keyword arguments (shuffle, seed, drop_last).
   DistributedSampler(int64_t size, int64_t num_replicas, int64_t rank, DistributedSamplerOptions options = {})
       : size_(size), num_replicas_(num_replicas), rank_(rank), options_(options) {
     TORCHKIT_CHECK(size >= 0, "DistributedSampler: the data set size must be >= 0, got {}", size);
@@ -439,13 +452,17 @@ class DistributedSampler {
 
   /// The epoch whose permutation indices() gives (PyTorch's `set_epoch`); any value.
   void set_epoch(int64_t epoch) noexcept { epoch_ = epoch; }
+  /// The epoch set by set_epoch() (0 at first).
   [[nodiscard]] int64_t epoch() const noexcept { return epoch_; }
   /// How many indices each rank gets (Python's `len(sampler)`).
   [[nodiscard]] int64_t size() const noexcept { return per_rank_; }
   /// size() times num_replicas: the data set size after padding or dropping.
   [[nodiscard]] int64_t total_size() const noexcept { return per_rank_ * num_replicas_; }
+  /// The number of ranks the data set is split among.
   [[nodiscard]] int64_t num_replicas() const noexcept { return num_replicas_; }
+  /// This sampler's rank, in [0, num_replicas()).
   [[nodiscard]] int64_t rank() const noexcept { return rank_; }
+  /// The options, as given.
   [[nodiscard]] const DistributedSamplerOptions& options() const noexcept { return options_; }
 
   /// This rank's indices for the current epoch, in the order Python yields them.
