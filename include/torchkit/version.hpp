@@ -9,14 +9,19 @@
 
 #include <string_view>
 
+/// The major version number (X of X.Y.Z).
 #define TORCHKIT_VERSION_MAJOR 0
+/// The minor version number (Y of X.Y.Z).
 #define TORCHKIT_VERSION_MINOR 1
+/// The patch version number (Z of X.Y.Z).
 #define TORCHKIT_VERSION_PATCH 0
 
 /// The version as one number, major * 10000 + minor * 100 + patch (as TORCHKIT_TORCH_VERSION).
 #define TORCHKIT_VERSION (TORCHKIT_VERSION_MAJOR * 10000 + TORCHKIT_VERSION_MINOR * 100 + TORCHKIT_VERSION_PATCH)
 
+/// Internal: `x` as a string literal, unexpanded.
 #define TORCHKIT_DETAIL_STRINGIFY_EXPANDED(x) #x
+/// Internal: `x` as a string literal after macro expansion (`TORCHKIT_VERSION_MINOR` -> "1").
 #define TORCHKIT_DETAIL_STRINGIFY(x) TORCHKIT_DETAIL_STRINGIFY_EXPANDED(x)
 
 /// The version as a string literal, "major.minor.patch".
