@@ -21,7 +21,7 @@
 
 /// Internal: `x` as a string literal, unexpanded.
 #define TORCHKIT_DETAIL_STRINGIFY_EXPANDED(x) #x
-/// Internal: `x` as a string literal after macro expansion (`TORCHKIT_VERSION_MINOR` -> "1").
+/// Internal: `x` as a string literal after macro expansion (a version macro -> its digits).
 #define TORCHKIT_DETAIL_STRINGIFY(x) TORCHKIT_DETAIL_STRINGIFY_EXPANDED(x)
 
 /// The version as a string literal, "major.minor.patch".
