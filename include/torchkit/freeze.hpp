@@ -72,7 +72,7 @@ struct ParameterFlag {
 ///
 /// `to_string()` is exactly the tip's listing, one line per parameter:
 /// `name: cnn.VGG_16.convolution1_1.weight,\t grad: True` (Python:
-/// `print('name: {0},\t grad: {1}'.format(name, value.requires_grad))`). `summary()` gives the
+/// ``print('name: {0},\t grad: {1}'.format(name, value.requires_grad))``). `summary()` gives the
 /// counts and what changed.
 ///
 ///     auto report = torchkit::freeze(net, {"cnn.VGG_16.convolution1_1"});
@@ -105,7 +105,7 @@ struct FreezeReport {
   /// Elements in the trainable parameters.
   [[nodiscard]] std::int64_t trainable_elements() const noexcept { return elements(true); }
 
-  /// The tip's listing: `name: <name>,\t grad: True|False`, one line (ending in '\n') per parameter.
+  /// The tip's listing: `name: <name>,\t grad: True|False`, one line (ending in a newline) per parameter.
   [[nodiscard]] std::string to_string() const {
     std::string text;
     for (const auto& parameter : parameters) {
@@ -567,7 +567,7 @@ class FreezeByName {
 
 /// Every parameter's name and `requires_grad`, changing nothing. Its `to_string()` (and
 /// `operator<<`) is the tip's listing: Python
-/// `for name, value in net.named_parameters(): print('name: {0},\t grad: {1}'.format(name, value.requires_grad))`.
+/// ``for name, value in net.named_parameters(): print('name: {0},\t grad: {1}'.format(name, value.requires_grad))``.
 ///
 ///     std::cout << torchkit::requires_grad_report(net);
 ///     // name: cnn.VGG_16.convolution1_1.weight,	 grad: True
