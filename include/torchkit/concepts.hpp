@@ -101,8 +101,8 @@ template <ModuleLike M>
 
 /// A parameter and its dotted name (`features.0.weight`).
 struct NamedParameter {
-  std::string name;
-  at::Tensor tensor;
+  std::string name;   ///< the dotted name (for a tied tensor: its first name)
+  at::Tensor tensor;  ///< the model's parameter tensor itself, not a copy
 };
 
 /// Every parameter of a model with its name, each tensor once, in registration order, as

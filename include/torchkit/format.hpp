@@ -36,8 +36,10 @@ namespace torchkit {
 ///
 ///     fmt::print("{}", torchkit::Shape(tensor.sizes()));   // [2, 3]
 struct Shape {
-  c10::IntArrayRef sizes;
+  c10::IntArrayRef sizes;  ///< the sizes to print (not owned)
+  /// Refers to `sizes_to_print`, which must outlive the Shape.
   explicit Shape(c10::IntArrayRef sizes_to_print) noexcept : sizes(sizes_to_print) {}
+  /// `[2, 3, 224, 224]`; `[]` for a 0-d tensor.
   [[nodiscard]] std::string to_string() const { return detail::shape_string(sizes); }
 };
 

@@ -76,6 +76,7 @@ class NoGradScope {
 ///     }
 class InferenceScope {
  public:
+  /// Enters inference mode (with `enabled` false: leaves it for the scope).
   explicit InferenceScope(bool enabled = true) : previous_(c10::InferenceMode::is_enabled()), guard_(enabled) {}
 
   InferenceScope(const InferenceScope&) = delete;
@@ -109,6 +110,7 @@ class InferenceScope {
 ///     auto logits = model->forward(images);
 class EvalScope {
  public:
+  /// Puts `model` and all its submodules in eval mode, recording each one's training flag.
   template <ModuleLike M>
     requires(!std::is_const_v<std::remove_reference_t<M>>)
   explicit EvalScope(M& model) {

@@ -43,7 +43,9 @@ namespace torchkit {
 ///     builder.add({"*convolution1*"}, {.lr = 0.01, .name = "conv1"});
 struct GroupOptions {
   // The `{}` initialisers let `{.lr = 0.01}` compile without -Wmissing-field-initializers warnings.
-  std::optional<double> lr{}, weight_decay{};
+  // Doxygen: the comment above the declaration documents `lr`, the one after it `weight_decay`.
+  /// The group's own lr; unset: the optimizer's default.
+  std::optional<double> lr{}, weight_decay{};  ///< the group's own weight decay; unset: the default
   std::string name{};  ///< shown by describe() and group_names(); defaults to the group's patterns
 };
 
