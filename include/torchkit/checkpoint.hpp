@@ -336,6 +336,10 @@ void save_checkpoint(const std::string& path, const M& model, const torch::optim
 /// schedulers' kinds and count, and each component's own validation. If a component still fails
 /// while loading, the ones already loaded are put back as they were.
 ///
+/// @param path         a file written by save_checkpoint
+/// @param model        a module, holder or shared_ptr, built as in the saved run
+/// @param optimizer    the run's optimizer, built as in the saved run
+/// @param schedulers   the run's schedulers, in the order they were saved
 /// @param grad_scaler  restored from the file when not null (the file must hold one)
 /// @throws torchkit::Error for a file that cannot be read or is not a torchkit checkpoint, a
 ///         model, optimizer or scheduler list that differs from the saved one (naming the first
