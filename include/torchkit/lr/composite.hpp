@@ -132,7 +132,8 @@ class CompositeScheduler : public Scheduler {
   static void check_next_step(const Scheduler& scheduler) { scheduler.check_next_step(); }
   /// Moves `scheduler` back one epoch, undoing its initial step (as Python's SequentialLR).
   static void undo_initial_step(Scheduler& scheduler) { scheduler.last_epoch_ -= 1; }
-  /// Takes `scheduler`'s initial step again (Python's `_initial_step()`, at a milestone).
+  /// Takes `scheduler`'s initial step again (Python's `_initial_step()`: SequentialLR does it for
+  /// its first scheduler at construction).
   static void restart(Scheduler& scheduler) { scheduler.initial_step(); }
   /// Whether `scheduler` is itself a SequentialLR or ChainedScheduler.
   static bool is_composite(const Scheduler& scheduler) { return scheduler.is_composite(); }
