@@ -106,7 +106,7 @@ void libtorch_step(Set& set, double& scale) {
     grad.mul_(inv);
     finite.push_back(at::isfinite(grad).all());
   }
-  const bool found_inf = !at::stack(finite).all().item<bool>();
+  bool found_inf = !at::stack(finite).all().item<bool>();  // (not const: DoNotOptimize(const&) is deprecated)
   benchmark::DoNotOptimize(found_inf);
   // Clip to 0.999 of the unscaled norm: the gradients then have norm max_norm.
   const double max_norm = set.norm / scale * shrink;
