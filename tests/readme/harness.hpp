@@ -26,6 +26,7 @@ at::Tensor loss_of(Model& model, const Batch& batch);
   [[maybe_unused]] torch::optim::AdamOptions defaults(1e-3);                         \
   [[maybe_unused]] at::Tensor image = torch::zeros({224, 224, 3}, torch::kUInt8);    \
   [[maybe_unused]] at::Tensor labels = torch::zeros({8}, torch::kLong);              \
+  [[maybe_unused]] at::Tensor boxes = torch::zeros({3, 6});                          \
   [[maybe_unused]] const std::int64_t C = 10;                                        \
   [[maybe_unused]] const std::int64_t epochs = 1;                                    \
   [[maybe_unused]] const std::int64_t dataset_size = 64;                             \
