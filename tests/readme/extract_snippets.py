@@ -4,8 +4,8 @@
     extract_snippets.py README.md OUTPUT_DIR
 
 Two kinds of snippet are taken:
-- every inline code span in the torchkit column (the third) of "The nine tips" table; a cell
-  may hold several spans;
+- the inline code spans in the torchkit column (the third) of "The nine tips" table, one
+  snippet per cell (a cell's later spans may use what its earlier ones declare);
 - every ```cpp block. The line before the block must say how it compiles:
       <!-- snippet: body -->      statements inside a function (the harness's names in scope)
       <!-- snippet: program -->   a whole translation unit (with its own includes and main)
@@ -47,8 +47,10 @@ def table_snippets(lines):
         cells.append(current)
         if len(cells) < 3:
             continue
-        for span in re.findall(r"`([^`]+)`", cells[2]):
-            snippets.append((number, span))
+        spans = [span if span.rstrip().endswith(";") else span + ";" for span in re.findall(r"`([^`]+)`", cells[2])]
+        if spans:
+            # The spans of one cell are one snippet: later spans use what earlier ones declare.
+            snippets.append((number, "\n".join(spans)))
     return snippets
 
 
@@ -87,7 +89,7 @@ def main():
     lines = readme.read_text(encoding="utf-8").splitlines()
     sources = []
     for line, code in table_snippets(lines):
-        sources.append((line, "body", code if code.rstrip().endswith(";") else code + ";"))
+        sources.append((line, "body", code))
     if len(sources) < 9:
         sys.exit(f"README.md: found {len(sources)} snippets in the tips table, expected at least 9")
     sources += block_snippets(lines)
