@@ -212,10 +212,14 @@ class ScaledPass {
   }
 
   [[nodiscard]] bool all_on_cpu() const noexcept { return device_groups_.empty(); }
+  /// Whether some gradient lives on the CPU (and so needs the inverse scale on the host).
+  [[nodiscard]] bool has_cpu_gradients() const noexcept { return !runs_.empty() || !copies_.empty(); }
 
-  /// Unscales every gradient in place by `inv` (one pass); returns whether a CPU gradient held
-  /// inf or nan, and appends one found-inf tensor per accelerator device to `device_found`.
-  bool unscale(float inv, std::vector<at::Tensor>& device_found) {
+  /// Unscales every gradient in place (one pass): CPU gradients by `inv`, the others by
+  /// `inv_tensor` (the same value, a float tensor, moved to their device: no host sync);
+  /// returns whether a CPU gradient held inf or nan, and appends one found-inf tensor per
+  /// accelerator device to `device_found`.
+  bool unscale(float inv, const at::Tensor& inv_tensor, std::vector<at::Tensor>& device_found) {
     std::vector<unsigned char> nonfinite(runs_.size(), 0);
     for_runs(/*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
       clip::unscale_runs(runs_.data() + begin, end - begin, inv, nonfinite.data() + begin);
@@ -230,7 +234,7 @@ class ScaledPass {
         found = at::zeros({1}, at::TensorOptions().dtype(at::kFloat).device(group.device));
         device_found.push_back(found);
       }
-      const at::Tensor inv_on_device = at::full({1}, inv, at::TensorOptions().dtype(at::kFloat).device(group.device));
+      const at::Tensor inv_on_device = inv_tensor.to(group.device).reshape({1});
       at::_amp_foreach_non_finite_check_and_unscale_(group.grads, found, inv_on_device);
     }
     return std::any_of(nonfinite.begin(), nonfinite.end(), [](unsigned char seen) { return seen != 0; });
@@ -639,8 +643,11 @@ class GradScaler {
   void unscale_collected(const detail::clip::Collected& collected, State& state) {
     const at::NoGradGuard no_grad;
     detail::amp::ScaledPass pass(collected);
-    const float inv = detail::amp::inverse_scale(host_scale());
-    state.found_cpu = pass.unscale(inv, state.found_device) || state.found_cpu;
+    // Python: `self._scale.double().reciprocal().float()`, on the scale's device; read on the
+    // host only for CPU gradients (free when the scale is on the CPU).
+    const at::Tensor inv_tensor = at::reciprocal(scale_.to(at::kDouble)).to(at::kFloat);
+    const float inv = pass.has_cpu_gradients() ? inv_tensor.item<float>() : 1.0f;
+    state.found_cpu = pass.unscale(inv, inv_tensor, state.found_device) || state.found_cpu;
     state.recorded = state.recorded || !collected.gradients.empty();
     state.stage = Stage::unscaled;
   }
