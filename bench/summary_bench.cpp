@@ -3,8 +3,11 @@
 // torchkit::summary runs one forward pass with thread-local operator callbacks installed and
 // then attributes the operators to modules; the LibTorch baseline is one plain forward pass of
 // the same model on the same input, in eval mode under no-grad. Target: summary at most 3x the
+// forward pass. Count::Operators (mult-adds per operator) and torchkit::capture (feature maps
+// from the middle of the network) run the same observed pass; target: within 1.2x of the plain
 // forward pass. The model is a ResNet-18 (torchvision's layout and forward, 11.7M parameters),
 // the input 1x3x64x64 and 1x3x224x224; one intra-op thread for both.
+#include <torchkit/capture.hpp>
 #include <torchkit/summary.hpp>
 
 #include <benchmark/benchmark.h>
@@ -89,6 +92,37 @@ void BM_Summary_torchkit(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_Summary_torchkit)->Arg(64)->Arg(224)->Unit(benchmark::kMillisecond);
+
+// torchkit: the summary with mult-adds counted per operator (Count::Operators).
+void BM_SummaryOperators_torchkit(benchmark::State& state) {
+  at::set_num_threads(1);
+  const int64_t size = state.range(0);
+  for (auto _ : state) {
+    torchkit::Summary summary =
+        torchkit::summary(model(), {3, size, size}, {.batch_size = 1, .count = torchkit::Count::operators});
+    benchmark::DoNotOptimize(summary.total_mult_adds());
+  }
+}
+BENCHMARK(BM_SummaryOperators_torchkit)->Arg(224)->Unit(benchmark::kMillisecond);
+
+// torchkit: module outputs from one forward pass, in eval mode under no-grad like the baseline.
+// Arg 0: layer2 and layer3 (the outputs of every operator inside them are kept until the pass
+// ends, as the last one of each call is known only then); arg 1: fc only.
+void BM_Capture_torchkit(benchmark::State& state) {
+  at::set_num_threads(1);
+  const int64_t size = 224;
+  const at::Tensor input = torch::rand({1, 3, size, size});
+  const torchkit::PatternList patterns =
+      state.range(0) == 0 ? torchkit::PatternList{"layer2", "layer3"} : torchkit::PatternList{"fc"};
+  model()->eval();
+  for (auto _ : state) {
+    torch::NoGradGuard no_grad;
+    torchkit::CapturedOutputs features = torchkit::capture(model(), patterns, input);
+    benchmark::DoNotOptimize(features.back().second.data_ptr());
+  }
+  model()->train();
+}
+BENCHMARK(BM_Capture_torchkit)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 
 // LibTorch: one plain forward pass of the same model and input, in eval mode under no-grad.
 void BM_Forward_LibTorch(benchmark::State& state) {

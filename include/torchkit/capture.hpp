@@ -227,7 +227,7 @@ template <class M, class... Ts>
   torch::nn::Module& root = detail::capture::root_of(model, caller);
   detail::capture::Builder builder(root);
   const std::vector<bool> selected = detail::capture::select_modules(caller, patterns, builder.nodes());
-  builder.keep_outputs(true);
+  builder.keep_outputs(selected);
   {
     impl::ObservationScope observation(builder.recorder());
     try {
@@ -266,7 +266,7 @@ class FeatureCapture {
   FeatureCapture(M& model, const PatternList& patterns)
       : builder_(std::make_unique<detail::capture::Builder>(detail::capture::root_of(model, "FeatureCapture"))),
         selected_(detail::capture::select_modules("FeatureCapture", patterns, builder_->nodes())) {
-    builder_->keep_outputs(true);
+    builder_->keep_outputs(selected_);
     builder_->open_call(0);
     observation_ = std::make_unique<detail::summary::ObservationScope>(builder_->recorder());
     region_ = std::make_unique<detail::summary::RecordingRegion>(builder_->recorder());

@@ -216,15 +216,46 @@ class SummaryBuilder {
     count_operators_ = on;
     recorder_.count_operators = on;
   }
-  /// capture: keep every operator's output and every call's output tensor (set before the pass).
-  void keep_outputs(bool on) { recorder_.keep_outputs = on; }
+  /// capture: keep the output tensors of the calls of the `selected` modules (one flag per node)
+  /// and of the modules below them, from the operators that may make them (set before the pass).
+  void keep_outputs(const std::vector<bool>& selected) {
+    recorder_.keep_outputs = true;
+    keep_node_.assign(nodes_.size(), false);
+    for (std::size_t node = 0; node < nodes_.size() && node < selected.size(); ++node) {
+      if (selected[node]) {
+        std::fill(keep_node_.begin() + static_cast<std::ptrdiff_t>(node),
+                  keep_node_.begin() + static_cast<std::ptrdiff_t>(nodes_[node].subtree_end), true);
+      }
+    }
+    keep_state_.assign(state_owners_.size(), false);
+    for (std::size_t state = 0; state < state_owners_.size(); ++state) {
+      for (const int owner : state_owners_[state]) {
+        keep_state_[state] = keep_state_[state] || keep_node_[static_cast<std::size_t>(owner)];
+      }
+    }
+    keep_keys_.clear();
+    for (const auto& [key, candidates] : parameter_free_by_key_) {
+      for (const int candidate : candidates) {
+        if (keep_node_[static_cast<std::size_t>(candidate)]) {
+          keep_keys_.insert(key);
+        }
+      }
+    }
+    recorder_.keeps_output = [this](const OpRecord& op) {
+      if (!op.state_read.empty()) {
+        return std::any_of(op.state_read.begin(), op.state_read.end(),
+                           [&](int state) { return keep_state_[static_cast<std::size_t>(state)]; });
+      }
+      return keep_keys_.contains(observed_operator_key(op.name));
+    };
+  }
   /// capture: the output of each row's call.
   const std::vector<CallOutput>& call_outputs() const { return call_outputs_; }
   /// The module node of each row.
   const std::vector<int>& row_nodes() const { return row_nodes_; }
   /// capture: the exact output of a call (what its forward returned).
   void set_output_tensor(int row, const at::Tensor& tensor) {
-    if (recorder_.keep_outputs && tensor.defined()) {
+    if (recorder_.keep_outputs && tensor.defined() && keep_node_[static_cast<std::size_t>(row_nodes_[static_cast<std::size_t>(row)])]) {
       call_outputs_[static_cast<std::size_t>(row)] =
           CallOutput{tensor, static_cast<std::int64_t>(tensor._version()), /*exact=*/true, ""};
     }
@@ -843,6 +874,9 @@ class SummaryBuilder {
   std::vector<OperatorTotal> operator_totals_;
   std::unordered_map<std::string, std::size_t> operator_index_;
   std::vector<CallOutput> call_outputs_;    ///< per row: capture's view of the call's output
+  std::vector<bool> keep_node_;             ///< capture: per node, whether its calls' outputs are kept
+  std::vector<bool> keep_state_;            ///< capture: per state index, owned by a kept node
+  std::unordered_set<std::string> keep_keys_;  ///< capture: operator keys of kept parameter-free modules
   std::vector<int> op_modules_;             ///< per operator of the last region: the module given it, or -1
   std::map<int, std::size_t> output_ops_;   ///< row -> the operator of the last region its output came from
 };

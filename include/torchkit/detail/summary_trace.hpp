@@ -44,6 +44,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -317,7 +318,10 @@ struct Recorder {
   std::vector<OpRecord> ops;  ///< top-level operators, in the order they ran
   bool recording = false;     ///< only operators run while this is set are recorded
   bool count_operators = false;  ///< compute each operator's mult-adds (Count::Operators)
-  bool keep_outputs = false;     ///< keep each operator's output tensor and inputs (capture)
+  bool keep_outputs = false;     ///< keep operators' output tensors and every operator's inputs (capture)
+  /// capture: whether an operator's output may become a selected call's output (kept then; the
+  /// others are freed as in a plain forward pass). Unset: keep every output.
+  std::function<bool(const OpRecord&)> keeps_output;
   bool skipping = false;         ///< the depth-0 callback now running is no operator (a backward node)
   int depth = 0;              ///< RecordFunction nesting depth on the recording thread
   OpRecord pending;           ///< the top-level operator now running
@@ -412,7 +416,7 @@ struct Recorder {
     if (pending.cost.counted) {
       pending.mult_adds = pending.cost.fixed + pending.cost.per_output_element * output.numel();
     }
-    if (keep_outputs) {
+    if (keep_outputs && (!keeps_output || keeps_output(pending))) {
       pending.output = output;
       pending.output_version = static_cast<std::int64_t>(output._version());
     }
