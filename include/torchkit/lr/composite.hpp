@@ -127,16 +127,16 @@ class CompositeScheduler : public Scheduler {
   // C++ lets a derived class reach a protected member only through its own type, so the
   // composites reach their schedulers' through these.
   /// Calls `scheduler.step_to(epoch)` (Python's `scheduler.step(epoch)`).
-  static void step_to(Scheduler& scheduler, int64_t epoch) { scheduler.step_to(epoch); }
+  static void step_inner_to(Scheduler& scheduler, int64_t epoch) { scheduler.step_to(epoch); }
   /// Calls `scheduler.check_next_step()`: throws the Error its next step would throw.
-  static void check_next_step(const Scheduler& scheduler) { scheduler.check_next_step(); }
+  static void check_inner_next_step(const Scheduler& scheduler) { scheduler.check_next_step(); }
   /// Moves `scheduler` back one epoch, undoing its initial step (as Python's SequentialLR).
   static void undo_initial_step(Scheduler& scheduler) { scheduler.last_epoch_ -= 1; }
   /// Takes `scheduler`'s initial step again (Python's `_initial_step()`: SequentialLR does it for
   /// its first scheduler at construction).
   static void restart(Scheduler& scheduler) { scheduler.initial_step(); }
   /// Whether `scheduler` is itself a SequentialLR or ChainedScheduler.
-  static bool is_composite(const Scheduler& scheduler) { return scheduler.is_composite(); }
+  static bool inner_is_composite(const Scheduler& scheduler) { return scheduler.is_composite(); }
 
   /// `schedulers=[StepLR(...) ..., ...]` and the composite's own arguments.
   [[nodiscard]] std::string schedulers_to_string() const {
@@ -216,9 +216,9 @@ class SequentialLR final : public CompositeScheduler {
     const std::size_t index = detail::lr::bisect_right(milestones_, epoch);
     Scheduler& current = scheduler(index);
     if (index > 0 && milestones_[index - 1] == epoch) {
-      step_to(current, 0);
+      step_inner_to(current, 0);
     } else {
-      check_next_step(current);
+      check_inner_next_step(current);
       current.step();
     }
     last_epoch_ = epoch;
@@ -236,7 +236,7 @@ class SequentialLR final : public CompositeScheduler {
                    owner, schedulers().size(), milestones.size());
     detail::lr::check_milestones(owner, "milestones", milestones);
     for (std::size_t index = 0; index < schedulers().size(); ++index) {
-      TORCHKIT_CHECK(!is_composite(*schedulers()[index]),
+      TORCHKIT_CHECK(!inner_is_composite(*schedulers()[index]),
                      "{}: the scheduler at index {} is a {}, which cannot be restarted at a milestone; put it around "
                      "the SequentialLR instead",
                      owner, index, schedulers()[index]->type_name());
@@ -246,7 +246,7 @@ class SequentialLR final : public CompositeScheduler {
     const int64_t epoch = last_epoch_ + 1;
     const std::size_t index = detail::lr::bisect_right(milestones_, epoch);
     if (index == 0 || milestones_[index - 1] != epoch) {
-      check_next_step(scheduler(index));
+      check_inner_next_step(scheduler(index));
     }
   }
   using CompositeScheduler::check_next_step;
@@ -304,7 +304,7 @@ class ChainedScheduler final : public CompositeScheduler {
   }
   void check_next_step() const override {
     for (const auto& scheduler : schedulers()) {
-      check_next_step(*scheduler);
+      check_inner_next_step(*scheduler);
     }
   }
   using CompositeScheduler::check_next_step;
