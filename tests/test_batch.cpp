@@ -569,6 +569,65 @@ TEST_CASE("image_to_batch without a resize gives the same bits on every instruct
   }
 }
 
+TEST_CASE("image_to_batch: every instruction set, input layout and output dtype gives the same bits") {
+  // Every byte value in every channel, widths around the 16-pixel steps, crops (packed rows with
+  // a row stride), channel-reversed views (the strided loop) and uint8 and float pixels: each
+  // result is compared bit for bit with the portable path on a contiguous copy, and that one with
+  // an independent double-precision computation.
+  auto generator = at::detail::createCPUGenerator(/*seed=*/13);
+  const std::vector<double> mean = {0.485, 0.456, 0.406, 0.5};
+  const std::vector<double> deviation = {0.229, 0.224, 0.225, 0.25};
+  for (const int64_t channels : {1, 3, 4}) {
+    for (const int64_t width : {1, 15, 16, 17, 47, 259}) {
+      for (const bool as_float : {false, true}) {
+        CAPTURE(channels);
+        CAPTURE(width);
+        CAPTURE(as_float);
+        const auto bytes = at::randint(0, 256, {9, width + 5, channels}, generator, at::TensorOptions().dtype(at::kByte));
+        const auto full = as_float ? bytes.to(at::kFloat).div(255) : bytes;
+        const std::vector<at::Tensor> layouts = {
+            full.slice(1, 0, width).contiguous(),  // packed
+            full.slice(0, 1, 8).slice(1, 3, 3 + width),  // a crop: packed rows, a row stride
+            full.slice(1, 0, width).flip(2).contiguous().flip(2),  // channel stride -1: the strided loop
+        };
+        const ImageOptions base{.bgr_to_rgb = channels >= 3,
+                                .mean = std::vector<double>(mean.begin(), mean.begin() + channels),
+                                .std = std::vector<double>(deviation.begin(), deviation.begin() + channels)};
+        for (const at::ScalarType dtype : {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble}) {
+          CAPTURE(c10::toString(dtype));
+          ImageOptions options = base;
+          options.dtype = dtype;
+          for (const auto& image : layouts) {
+            at::Tensor reference;
+            {
+              const ForceIsa force(Isa::portable);
+              reference = torchkit::image_to_batch(image.contiguous(), options);
+            }
+            // An independent computation in double, rounded once to the output dtype's precision.
+            // The channel swap first: mean and std are in the output's (RGB) channel order.
+            auto planes = image.permute({2, 0, 1}).to(at::kDouble) * options.scale;
+            if (channels >= 3) {
+              planes = torch::cat({planes.slice(0, 0, 3).flip(0), planes.slice(0, 3)}, 0);
+            }
+            const auto mean_t = torch::tensor(options.mean, torch::kDouble).view({channels, 1, 1});
+            const auto std_t = torch::tensor(options.std, torch::kDouble).view({channels, 1, 1});
+            const auto expected = ((planes - mean_t) / std_t).unsqueeze(0);
+            const double tolerance = dtype == at::kBFloat16 ? 2e-2 : dtype == at::kHalf ? 4e-3 : 1e-5;
+            CHECK(torch::allclose(reference.to(at::kDouble), expected, tolerance, tolerance));
+            for (const Isa isa : every_isa()) {
+              CAPTURE(torchkit::detail::clip::isa_name(isa));
+              const ForceIsa force(isa);
+              const auto batch = torchkit::image_to_batch(image, options);
+              CHECK((batch.scalar_type() == dtype));
+              CHECK(torch::equal(batch, reference));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("an image in CHW layout gets a message that says how to pass it") {
   const auto chw = torch::zeros({3, 224, 224}, torch::kByte);
   const auto message = torchkit::test::message_of<torchkit::Error>([&] { (void)torchkit::image_to_batch(chw); });

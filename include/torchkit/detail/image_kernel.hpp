@@ -7,10 +7,12 @@
 /// Rows whose pixels are packed (channel stride 1, pixel stride C: a contiguous image or a crop
 /// of one, a cv::Mat or a ROI of one) go through SSE2 kernels on x86-64 (16 pixels per step for
 /// uint8), and uint8 rows into float planes through AVX2 / AVX-512 kernels where the CPU has them
-/// (byte shuffles, then 8 or 16 lanes per conversion; chosen at run time with clip_kernels.hpp's
-/// cpu_isa(), ForceIsa pins a lower path); everything else through a portable strided loop. Each
-/// output plane row is written sequentially. Every path computes `float(pixel) * multiplier +
-/// offset` as a multiplication then an addition (never fused), so every path gives the same bits.
+/// (chosen at run time with clip_kernels.hpp's cpu_isa(), ForceIsa pins a lower path): those
+/// write one plane row at a time, 16 pixels per step (3 channels: two byte blends and one pshufb
+/// gather a channel; 4 channels: a shift and a mask per 32-bit pixel), then 8 or 16 lanes per
+/// conversion. Everything else goes through a portable strided loop. Every path computes
+/// `float(pixel) * multiplier + offset` as a multiplication then an addition (never fused), so
+/// every path gives the same bits.
 
 #include <torchkit/detail/clip_kernels.hpp>
 
@@ -226,90 +228,134 @@ inline std::int64_t packed_image_row_sse2(const float* row, std::int64_t width, 
 #endif  // TORCHKIT_IMAGE_KERNEL_SSE2
 
 #if TORCHKIT_CLIP_X86_DISPATCH
-/// pshufb masks that gather channel c of 16 interleaved pixels of C channels: `masks[c][j]` takes
-/// from 16-byte chunk j the bytes of channel c, at their output lanes (-128: zero).
-struct ByteGather {
-  alignas(16) std::int8_t masks[4][4][16];
+/// Byte masks that gather channel c of 16 interleaved 3-channel pixels (48 bytes, three chunks of
+/// 16) into pixel order: byte i of chunk j belongs to channel (16j + i) mod 3 = (j + i) mod 3, so
+/// for each position i exactly one chunk holds a byte of channel c there. Two blends (`from1`,
+/// `from2`: take chunk 1 / chunk 2 at this position) collect those 16 bytes into one vector and
+/// one pshufb (`order`) puts them in pixel order: pixel p's byte sits at position (3p + c) mod 16.
+struct ByteGather3 {
+  alignas(16) std::int8_t from1[3][16];
+  alignas(16) std::int8_t from2[3][16];
+  alignas(16) std::int8_t order[3][16];
 };
 
-constexpr ByteGather byte_gather_of(int channels) {
-  ByteGather gather{};
-  for (int c = 0; c < 4; ++c) {
-    for (int j = 0; j < 4; ++j) {
-      for (int lane = 0; lane < 16; ++lane) {
-        const int source = channels * lane + c;
-        gather.masks[c][j][lane] = static_cast<std::int8_t>(source / 16 == j ? source % 16 : -128);
-      }
+constexpr ByteGather3 byte_gather3_of() {
+  ByteGather3 gather{};
+  for (int c = 0; c < 3; ++c) {
+    for (int i = 0; i < 16; ++i) {
+      const int chunk = ((c - i) % 3 + 3) % 3;
+      gather.from1[c][i] = static_cast<std::int8_t>(chunk == 1 ? -1 : 0);
+      gather.from2[c][i] = static_cast<std::int8_t>(chunk == 2 ? -1 : 0);
+      gather.order[c][i] = static_cast<std::int8_t>((3 * i + c) % 16);
     }
   }
   return gather;
 }
 
-inline constexpr ByteGather byte_gather3 = byte_gather_of(3);
-inline constexpr ByteGather byte_gather4 = byte_gather_of(4);
+inline constexpr ByteGather3 byte_gather3 = byte_gather3_of();
 
-/// Channel c of 16 pixels, from C chunks of 16 bytes.
-template <int C>
-[[gnu::target("avx2")]] inline __m128i gather_channel(const __m128i* chunks, int c) {
-  if constexpr (C == 1) {
-    return chunks[0];
-  } else {
-    const ByteGather& gather = C == 3 ? byte_gather3 : byte_gather4;
-    __m128i lane = _mm_shuffle_epi8(chunks[0], _mm_load_si128(reinterpret_cast<const __m128i*>(gather.masks[c][0])));
-    for (int j = 1; j < C; ++j) {
-      lane = _mm_or_si128(lane, _mm_shuffle_epi8(chunks[j],
-                                                 _mm_load_si128(reinterpret_cast<const __m128i*>(gather.masks[c][j]))));
-    }
-    return lane;
-  }
+/// The three masks of byte_gather3 for one channel, in registers.
+struct Gather3Masks {
+  __m128i from1;
+  __m128i from2;
+  __m128i order;
+};
+
+[[gnu::target("avx2")]] inline Gather3Masks gather3_masks(int c) {
+  return {_mm_load_si128(reinterpret_cast<const __m128i*>(byte_gather3.from1[c])),
+          _mm_load_si128(reinterpret_cast<const __m128i*>(byte_gather3.from2[c])),
+          _mm_load_si128(reinterpret_cast<const __m128i*>(byte_gather3.order[c]))};
 }
 
+/// One channel of 16 packed 3-channel pixels at `pixel` (48 bytes), in pixel order.
+[[gnu::target("avx2")]] inline __m128i gather_channel3(const std::uint8_t* pixel, const Gather3Masks& masks) {
+  const __m128i chunk0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(pixel));
+  const __m128i chunk1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(pixel + 16));
+  const __m128i chunk2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(pixel + 32));
+  return _mm_shuffle_epi8(_mm_blendv_epi8(_mm_blendv_epi8(chunk0, chunk1, masks.from1), chunk2, masks.from2),
+                          masks.order);
+}
+
+/// One output plane's row from packed uint8 pixels of C channels, AVX2: channel `c` of pixels
+/// [0, width - width % 16) as `float(pixel) * multiplier + offset` (a multiplication, then an
+/// addition), 16 pixels per step. Writing one plane row at a time (rather than all C planes per
+/// step) keeps one store stream going, which is what lets the stores keep up on large images.
 template <int C>
-[[gnu::target("avx2")]] inline std::int64_t packed_byte_row_avx2(const std::uint8_t* row, std::int64_t width,
-                                                                 const float* m, const float* o, float* const* planes) {
+[[gnu::target("avx2")]] inline void packed_byte_plane_avx2(const std::uint8_t* row, std::int64_t width, int c,
+                                                           float multiplier, float offset, float* plane) {
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #endif
-  std::int64_t x = 0;
-  for (; x + 16 <= width; x += 16) {
-    __m128i chunks[C];
-    for (int j = 0; j < C; ++j) {
-      chunks[j] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + C * x + 16 * j));
+  const __m256 m = _mm256_set1_ps(multiplier);
+  const __m256 o = _mm256_set1_ps(offset);
+  const __m256i low_byte = _mm256_set1_epi32(0xFF);
+  const __m128i shift = _mm_cvtsi32_si128(8 * c);
+  const Gather3Masks masks = gather3_masks(C == 3 ? c : 0);
+  for (std::int64_t x = 0; x + 16 <= width; x += 16) {
+    __m256i low;
+    __m256i high;
+    if constexpr (C == 4) {
+      // One pixel per 32-bit lane: channel c is byte c of each lane.
+      low = _mm256_and_si256(
+          _mm256_srl_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 4 * x)), shift), low_byte);
+      high = _mm256_and_si256(
+          _mm256_srl_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 4 * x + 32)), shift), low_byte);
+    } else {
+      const __m128i bytes = C == 3 ? gather_channel3(row + 3 * x, masks)
+                                   : _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + x));
+      low = _mm256_cvtepu8_epi32(bytes);
+      high = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(bytes, bytes));
     }
-    for (int c = 0; c < C; ++c) {
-      const __m128i lane = gather_channel<C>(chunks, c);
-      const __m256 multiplier = _mm256_set1_ps(m[c]);
-      const __m256 offset = _mm256_set1_ps(o[c]);
-      const __m256 low = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lane));
-      const __m256 high = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lane, 8)));
-      _mm256_storeu_ps(planes[c] + x, _mm256_add_ps(_mm256_mul_ps(low, multiplier), offset));
-      _mm256_storeu_ps(planes[c] + x + 8, _mm256_add_ps(_mm256_mul_ps(high, multiplier), offset));
-    }
+    _mm256_storeu_ps(plane + x, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(low), m), o));
+    _mm256_storeu_ps(plane + x + 8, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(high), m), o));
   }
-  return x;
+}
+
+/// The AVX-512 form of packed_byte_plane_avx2: 16 lanes per conversion.
+template <int C>
+[[gnu::target("avx512f,avx512bw,avx512dq,avx512vl,avx2")]] inline void packed_byte_plane_avx512(
+    const std::uint8_t* row, std::int64_t width, int c, float multiplier, float offset, float* plane) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+  const __m512 m = _mm512_set1_ps(multiplier);
+  const __m512 o = _mm512_set1_ps(offset);
+  const __m512i low_byte = _mm512_set1_epi32(0xFF);
+  const __m128i shift = _mm_cvtsi32_si128(8 * c);
+  const Gather3Masks masks = gather3_masks(C == 3 ? c : 0);
+  for (std::int64_t x = 0; x + 16 <= width; x += 16) {
+    __m512i lanes;
+    if constexpr (C == 4) {
+      lanes = _mm512_and_si512(_mm512_maskz_srl_epi32(0xFFFF, _mm512_loadu_si512(row + 4 * x), shift), low_byte);
+    } else {
+      const __m128i bytes = C == 3 ? gather_channel3(row + 3 * x, masks)
+                                   : _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + x));
+      // The zero-masking forms: GCC 12 warns that the plain ones read an uninitialised register.
+      lanes = _mm512_maskz_cvtepu8_epi32(0xFFFF, bytes);
+    }
+    const __m512 values = _mm512_maskz_cvtepi32_ps(0xFFFF, lanes);
+    _mm512_storeu_ps(plane + x, _mm512_add_ps(_mm512_mul_ps(values, m), o));
+  }
+}
+
+/// Packed uint8 rows into float planes, one plane row after the other: how many pixels of the
+/// row were converted (a multiple of 16; the caller does the rest).
+template <int C>
+[[gnu::target("avx2")]] inline std::int64_t packed_byte_row_avx2(const std::uint8_t* row, std::int64_t width,
+                                                                 const float* m, const float* o, float* const* planes) {
+  for (int c = 0; c < C; ++c) {
+    packed_byte_plane_avx2<C>(row, width, c, m[c], o[c], planes[c]);
+  }
+  return width - width % 16;
 }
 
 template <int C>
 [[gnu::target("avx512f,avx512bw,avx512dq,avx512vl,avx2")]] inline std::int64_t packed_byte_row_avx512(
     const std::uint8_t* row, std::int64_t width, const float* m, const float* o, float* const* planes) {
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#endif
-  std::int64_t x = 0;
-  for (; x + 16 <= width; x += 16) {
-    __m128i chunks[C];
-    for (int j = 0; j < C; ++j) {
-      chunks[j] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + C * x + 16 * j));
-    }
-    for (int c = 0; c < C; ++c) {
-      const __m128i lane = gather_channel<C>(chunks, c);
-      // The zero-masking forms: GCC 12 warns that the plain ones read an uninitialised register.
-      const __m512 values = _mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_maskz_cvtepu8_epi32(0xFFFF, lane));
-      _mm512_storeu_ps(planes[c] + x,
-                       _mm512_add_ps(_mm512_mul_ps(values, _mm512_set1_ps(m[c])), _mm512_set1_ps(o[c])));
-    }
+  for (int c = 0; c < C; ++c) {
+    packed_byte_plane_avx512<C>(row, width, c, m[c], o[c], planes[c]);
   }
-  return x;
+  return width - width % 16;
 }
 #endif  // TORCHKIT_CLIP_X86_DISPATCH
 
