@@ -106,8 +106,8 @@ void BM_SummaryOperators_torchkit(benchmark::State& state) {
 BENCHMARK(BM_SummaryOperators_torchkit)->Arg(224)->Unit(benchmark::kMillisecond);
 
 // torchkit: module outputs from one forward pass, in eval mode under no-grad like the baseline.
-// Arg 0: layer2 and layer3 (the outputs of every operator inside them are kept until the pass
-// ends, as the last one of each call is known only then); arg 1: fc only.
+// Arg 0: layer2 and layer3 (operators are attributed as they end, so each open selected call
+// holds only its latest output and every other output is freed as in the plain pass); arg 1: fc only.
 void BM_Capture_torchkit(benchmark::State& state) {
   at::set_num_threads(1);
   const int64_t size = 224;

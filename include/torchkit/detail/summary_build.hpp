@@ -204,7 +204,16 @@ class SummaryBuilder {
     count_subtree_parameters();
     call_count_.assign(nodes_.size(), 0);
     appeared_.assign(nodes_.size(), false);
+    capture_node_.assign(nodes_.size(), false);
+    recorder_.listener = this;
+    recorder_.on_recorded = [](void* self) { static_cast<SummaryBuilder*>(self)->attribute_recorded(); };
   }
+  // The recorder calls back into this object: it stays where it was made.
+  SummaryBuilder(const SummaryBuilder&) = delete;
+  SummaryBuilder& operator=(const SummaryBuilder&) = delete;
+  SummaryBuilder(SummaryBuilder&&) = delete;
+  SummaryBuilder& operator=(SummaryBuilder&&) = delete;
+  ~SummaryBuilder() = default;
 
   const std::vector<ModuleNode>& nodes() const { return nodes_; }
   const std::vector<Row>& rows() const { return rows_; }
@@ -216,38 +225,15 @@ class SummaryBuilder {
     count_operators_ = on;
     recorder_.count_operators = on;
   }
-  /// capture: keep the output tensors of the calls of the `selected` modules (one flag per node)
-  /// and of the modules below them, from the operators that may make them (set before the pass).
+  /// capture: keep the output tensors of the calls of the `selected` modules (one flag per node;
+  /// set before the pass). Operators are attributed as they end (attribute_recorded), so each
+  /// selected call holds only its latest output; every other operator output is let go at once,
+  /// as in a plain forward pass.
   void keep_outputs(const std::vector<bool>& selected) {
     recorder_.keep_outputs = true;
-    keep_node_.assign(nodes_.size(), false);
     for (std::size_t node = 0; node < nodes_.size() && node < selected.size(); ++node) {
-      if (selected[node]) {
-        std::fill(keep_node_.begin() + static_cast<std::ptrdiff_t>(node),
-                  keep_node_.begin() + static_cast<std::ptrdiff_t>(nodes_[node].subtree_end), true);
-      }
+      capture_node_[node] = selected[node];
     }
-    keep_state_.assign(state_owners_.size(), false);
-    for (std::size_t state = 0; state < state_owners_.size(); ++state) {
-      for (const int owner : state_owners_[state]) {
-        keep_state_[state] = keep_state_[state] || keep_node_[static_cast<std::size_t>(owner)];
-      }
-    }
-    keep_keys_.clear();
-    for (const auto& [key, candidates] : parameter_free_by_key_) {
-      for (const int candidate : candidates) {
-        if (keep_node_[static_cast<std::size_t>(candidate)]) {
-          keep_keys_.insert(key);
-        }
-      }
-    }
-    recorder_.keeps_output = [this](const OpRecord& op) {
-      if (!op.state_read.empty()) {
-        return std::any_of(op.state_read.begin(), op.state_read.end(),
-                           [&](int state) { return keep_state_[static_cast<std::size_t>(state)]; });
-      }
-      return keep_keys_.contains(observed_operator_key(op.name));
-    };
   }
   /// capture: the output of each row's call.
   const std::vector<CallOutput>& call_outputs() const { return call_outputs_; }
@@ -255,7 +241,7 @@ class SummaryBuilder {
   const std::vector<int>& row_nodes() const { return row_nodes_; }
   /// capture: the exact output of a call (what its forward returned).
   void set_output_tensor(int row, const at::Tensor& tensor) {
-    if (recorder_.keep_outputs && tensor.defined() && keep_node_[static_cast<std::size_t>(row_nodes_[static_cast<std::size_t>(row)])]) {
+    if (recorder_.keep_outputs && tensor.defined() && capture_node_[static_cast<std::size_t>(row_nodes_[static_cast<std::size_t>(row)])]) {
       call_outputs_[static_cast<std::size_t>(row)] =
           CallOutput{tensor, static_cast<std::int64_t>(tensor._version()), /*exact=*/true, ""};
     }
@@ -295,41 +281,34 @@ class SummaryBuilder {
     return nullptr;
   }
 
-  /// Attributes the operators recorded while `region_node`'s forward ran to its descendants.
+  /// Attributes the operators recorded while `region_node`'s forward ran to its descendants
+  /// (those not attributed yet as they ended; see attribute_recorded) and closes the region.
   ///
   /// Count::Operators: an operator's mult-adds go to the call it is attributed to; one that is
   /// attributed to no module (`q.matmul(k)` inside an attention's custom forward) goes to the
   /// innermost open call of a module with submodules (the attention), else to the region's call.
   void attribute_region(int region_node) {
-    const int region_row = static_cast<int>(rows_.size()) - 1;  // open_call(region_node) came last
-    std::vector<OpenCall> open;
-    int context = region_node;
-    op_modules_.assign(recorder_.ops.size(), -1);
-    output_ops_.clear();
-    for (const OpRecord& op : recorder_.ops) {
-      int module = -1;
-      if (op.has_output && !op.prepares_state()) {
-        if (!op.state_read.empty()) {
-          module = owner_of(op, region_node, open);
-          if (module >= 0) {
-            record_event(region_node, module, op, /*reads_state=*/true, open);
-          }
-        } else {
-          module = parameter_free_module_for(op, region_node, context);
-          if (module >= 0) {
-            record_event(region_node, module, op, /*reads_state=*/false, open);
-          }
-        }
-        context = module >= 0 ? module : context;
-        op_modules_[static_cast<std::size_t>(&op - recorder_.ops.data())] = module;
-      }
-      if (count_operators_ && op.cost.counted) {
-        charge_operator(op, module >= 0 ? innermost_open_row(open, /*with_submodules=*/false, region_row)
-                                        : innermost_open_row(open, /*with_submodules=*/true, region_row));
-      }
+    if (!region_.active || region_.id != recorder_.regions) {
+      begin_region(region_node);
     }
-    if (recorder_.keep_outputs) {
-      check_reconstructed_outputs();
+    while (region_.done < recorder_.ops.size()) {
+      attribute_op(region_.done++);
+    }
+    region_.active = false;
+    region_.open.clear();
+    watches_.clear();
+  }
+
+  /// Attributes the operators recorded since the last call (the recorder calls it as each
+  /// operator ends). A region is always opened by the call of its module (open_call), so the
+  /// last row is the region's call. Attributing an operator reads only it and what came before,
+  /// so doing it now gives the same rows as doing it after the region.
+  void attribute_recorded() {
+    if (!region_.active || region_.id != recorder_.regions) {
+      begin_region(row_nodes_.empty() ? 0 : row_nodes_.back());
+    }
+    while (region_.done < recorder_.ops.size()) {
+      attribute_op(region_.done++);
     }
   }
 
@@ -369,6 +348,45 @@ class SummaryBuilder {
     call_outputs_.insert(call_outputs_.begin() + static_cast<std::ptrdiff_t>(position), CallOutput{});
   }
 
+  void begin_region(int region_node) {
+    region_.active = true;
+    region_.id = recorder_.regions;
+    region_.node = region_node;
+    region_.row = static_cast<int>(rows_.size()) - 1;  // open_call(region_node) came last
+    region_.context = region_node;
+    region_.open.clear();
+    region_.done = 0;
+    watches_.clear();
+  }
+
+  /// Attributes the region's operator `index` (all before it are attributed).
+  void attribute_op(std::size_t index) {
+    OpRecord& op = recorder_.ops[index];
+    const int region_node = region_.node;
+    std::vector<OpenCall>& open = region_.open;
+    int module = -1;
+    if (op.has_output && !op.prepares_state()) {
+      const bool reads_state = !op.state_read.empty();
+      module = reads_state ? owner_of(op, region_node, open) : parameter_free_module_for(op, region_node, region_.context);
+      if (module >= 0) {
+        watches_.clear();  // an operator of a module ends the look at what follows an output
+        record_event(region_node, module, op, reads_state, open);
+      }
+      region_.context = module >= 0 ? module : region_.context;
+    }
+    if (module < 0 && !watches_.empty()) {
+      check_watched_outputs(op);
+    }
+    if (count_operators_ && op.cost.counted) {
+      charge_operator(op, module >= 0 ? innermost_open_row(open, /*with_submodules=*/false, region_.row)
+                                      : innermost_open_row(open, /*with_submodules=*/true, region_.row));
+    }
+    if (recorder_.keep_outputs) {  // held by the calls whose output it is; nothing else needs them
+      op.output = at::Tensor();
+      std::vector<const c10::TensorImpl*>().swap(op.inputs);
+    }
+  }
+
   /// A LibTorch layer without submodules (Conv2d, BatchNorm2d, ReLU): its forward is known to
   /// end with the operator that makes its output.
   bool builtin_leaf(int node) const {
@@ -396,23 +414,19 @@ class SummaryBuilder {
   /// call. For a module with a forward of its own (a container, a custom layer), operators that
   /// come after it and are attributed to no module may still belong to that forward
   /// (`return conv(x) + x`): where one of them reads the output, the output is not known.
-  void check_reconstructed_outputs() {
-    for (const auto& [row, op_index] : output_ops_) {
-      CallOutput& output = call_outputs_[static_cast<std::size_t>(row)];
-      if (output.exact || output_known(row_nodes_[static_cast<std::size_t>(row)], op_modules_[op_index])) {
+  /// `op` is such an operator (attributed to no module, after the watched outputs).
+  void check_watched_outputs(const OpRecord& op) {
+    for (std::size_t i = 0; i < watches_.size();) {
+      const OutputWatch& watch = watches_[i];
+      if (std::find(op.inputs.begin(), op.inputs.end(), watch.impl) == op.inputs.end()) {
+        ++i;
         continue;
       }
-      const c10::TensorImpl* impl = recorder_.ops[op_index].output.unsafeGetTensorImpl();
-      for (std::size_t next = op_index + 1; next < recorder_.ops.size() && op_modules_[next] < 0; ++next) {
-        const OpRecord& op = recorder_.ops[next];
-        if (std::find(op.inputs.begin(), op.inputs.end(), impl) != op.inputs.end()) {
-          output.problem = fmt::format(
-              "its last recognised operation is {}, but {} (part of no module) reads that result right after it, "
-              "and may belong to its forward (`return layer(x) + x`) as well as to its caller's",
-              recorder_.ops[op_index].name, op.name);
-          break;
-        }
-      }
+      call_outputs_[static_cast<std::size_t>(watch.row)].problem = fmt::format(
+          "its last recognised operation is {}, but {} (part of no module) reads that result right after it, "
+          "and may belong to its forward (`return layer(x) + x`) as well as to its caller's",
+          recorder_.ops[watch.op].name, op.name);
+      watches_.erase(watches_.begin() + static_cast<std::ptrdiff_t>(i));
     }
   }
 
@@ -704,9 +718,12 @@ class SummaryBuilder {
     for (const OpenCall& entry : open) {
       if (nodes_[static_cast<std::size_t>(entry.node)].callable) {
         set_output(entry.row, op.output_shape, op.output_element_size);
-        if (recorder_.keep_outputs && op.output.defined()) {
+        if (recorder_.keep_outputs && op.output.defined() && capture_node_[static_cast<std::size_t>(entry.node)]) {
           call_outputs_[static_cast<std::size_t>(entry.row)] = CallOutput{op.output, op.output_version, false, ""};
-          output_ops_[entry.row] = static_cast<std::size_t>(&op - recorder_.ops.data());
+          if (!output_known(entry.node, module)) {
+            watches_.push_back(OutputWatch{entry.row, op.output.unsafeGetTensorImpl(),
+                                           static_cast<std::size_t>(&op - recorder_.ops.data())});
+          }
         }
       }
     }
@@ -874,11 +891,26 @@ class SummaryBuilder {
   std::vector<OperatorTotal> operator_totals_;
   std::unordered_map<std::string, std::size_t> operator_index_;
   std::vector<CallOutput> call_outputs_;    ///< per row: capture's view of the call's output
-  std::vector<bool> keep_node_;             ///< capture: per node, whether its calls' outputs are kept
-  std::vector<bool> keep_state_;            ///< capture: per state index, owned by a kept node
-  std::unordered_set<std::string> keep_keys_;  ///< capture: operator keys of kept parameter-free modules
-  std::vector<int> op_modules_;             ///< per operator of the last region: the module given it, or -1
-  std::map<int, std::size_t> output_ops_;   ///< row -> the operator of the last region its output came from
+  std::vector<bool> capture_node_;          ///< capture: per node, whether its calls' outputs are kept
+  /// The region whose operators are being attributed, and the attribution's state.
+  struct RegionState {
+    bool active = false;
+    std::uint64_t id = 0;  ///< Recorder::regions when it began
+    int node = 0;          ///< the module whose forward the region is
+    int row = -1;          ///< the row of that call
+    int context = 0;       ///< the module the last attributed operator was given
+    std::vector<OpenCall> open;
+    std::size_t done = 0;  ///< operators of the region attributed so far
+  };
+  RegionState region_;
+  /// capture: a reconstructed output of a selected call whose following operators of no module
+  /// are checked for reading it (until an operator of a module comes).
+  struct OutputWatch {
+    int row;
+    const c10::TensorImpl* impl;  ///< kept unique: the call's output holds the tensor
+    std::size_t op;               ///< the operator that made it
+  };
+  std::vector<OutputWatch> watches_;
 };
 
 }  // namespace torchkit::detail::summary

@@ -318,10 +318,12 @@ struct Recorder {
   std::vector<OpRecord> ops;  ///< top-level operators, in the order they ran
   bool recording = false;     ///< only operators run while this is set are recorded
   bool count_operators = false;  ///< compute each operator's mult-adds (Count::Operators)
-  bool keep_outputs = false;     ///< keep operators' output tensors and every operator's inputs (capture)
-  /// capture: whether an operator's output may become a selected call's output (kept then; the
-  /// others are freed as in a plain forward pass). Unset: keep every output.
-  std::function<bool(const OpRecord&)> keeps_output;
+  bool keep_outputs = false;     ///< keep each operator's output tensor and inputs until it is attributed (capture)
+  /// Called after each recorded operator with `listener`: the row builder attributes it at once
+  /// (so that capture can let go of every output that is no selected call's output any more).
+  void (*on_recorded)(void* listener) = nullptr;
+  void* listener = nullptr;
+  std::uint64_t regions = 0;     ///< regions started so far (a new region restarts `ops`)
   bool skipping = false;         ///< the depth-0 callback now running is no operator (a backward node)
   int depth = 0;              ///< RecordFunction nesting depth on the recording thread
   OpRecord pending;           ///< the top-level operator now running
@@ -331,6 +333,7 @@ struct Recorder {
     derived_state.clear();
     derived_tensors.clear();
     depth = 0;
+    ++regions;
     recording = true;
   }
   void stop_region() { recording = false; }
@@ -416,7 +419,7 @@ struct Recorder {
     if (pending.cost.counted) {
       pending.mult_adds = pending.cost.fixed + pending.cost.per_output_element * output.numel();
     }
-    if (keep_outputs && (!keeps_output || keeps_output(pending))) {
+    if (keep_outputs) {
       pending.output = output;
       pending.output_version = static_cast<std::int64_t>(output._version());
     }
@@ -425,6 +428,9 @@ struct Recorder {
       derived_tensors.push_back(std::move(output));
     }
     ops.push_back(std::move(pending));
+    if (on_recorded != nullptr) {
+      on_recorded(listener);
+    }
   }
 };
 
