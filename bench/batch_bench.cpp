@@ -10,6 +10,7 @@
 //                      BlobFromImage   cv::dnn::blobFromImage(mat, 1/255, {}, mean * 255, swapRB)
 //                                      (OpenCV 4.6 has no per-channel std: it does less work)
 //                      Floor           allocate the output and write its bytes once (memset)
+//                      FloorStores     allocate the output and fill it with ordinary vector stores
 //                      FloorReused     memset into an output allocated once, outside the loop
 //   Classifier/*     a 1920x1080 BGR uint8 frame -> shorter side 256 (antialiased bilinear) ->
 //                    center crop 224 -> normalised RGB float [1, 3, 224, 224]:
@@ -173,6 +174,24 @@ void BM_ImageToBatch_Floor(benchmark::State& state) {
     auto batch = at::empty({1, 3, height, width}, at::kFloat);
     std::memset(batch.data_ptr(), 0, static_cast<std::size_t>(batch.nbytes()));
     benchmark::DoNotOptimize(batch.data_ptr());
+  }
+  faults.finish(state);
+  set_image_labels(state, width, height);
+}
+
+// Writing the output once with ordinary vector stores (ATen's fill_ with a value other than 0):
+// what any computed output costs. memset of zeros (Floor) can use `rep stosb`, which writes lines
+// without reading them first; a kernel that computes its values cannot (non-temporal stores were
+// measured slower here).
+void BM_ImageToBatch_FloorStores(benchmark::State& state) {
+  const int64_t width = state.range(0);
+  const int64_t height = state.range(1);
+  FaultCounter faults;
+  for (auto _ : state) {
+    auto batch = at::empty({1, 3, height, width}, at::kFloat);
+    batch.fill_(0.5);
+    benchmark::DoNotOptimize(batch.data_ptr());
+    benchmark::ClobberMemory();
   }
   faults.finish(state);
   set_image_labels(state, width, height);
@@ -386,6 +405,7 @@ BENCHMARK(BM_ImageToBatch_LibTorchChain)->Apply(image_sizes);
 BENCHMARK(BM_ImageToBatch_BlobFromImage)->Apply(image_sizes);
 #endif
 BENCHMARK(BM_ImageToBatch_Floor)->Apply(image_sizes);
+BENCHMARK(BM_ImageToBatch_FloorStores)->Apply(image_sizes);
 BENCHMARK(BM_ImageToBatch_FloorReused)->Apply(image_sizes);
 
 BENCHMARK(BM_OneHot_Torchkit)->Apply(class_counts);
