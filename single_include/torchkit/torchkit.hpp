@@ -3366,7 +3366,7 @@ struct SummaryOptions {
   std::int64_t batch_size = 2;           ///< prepended to each input_size (2, so BatchNorm works)
   c10::Device device = at::kCPU;         ///< where the generated inputs are made; the model must be there
   at::ScalarType dtype = at::kFloat;     ///< dtype of the generated inputs
-  SummaryStyle style = SummaryStyle::tree;
+  SummaryStyle style = SummaryStyle::tree;  ///< the table's layout: torchinfo's tree or pytorch-summary's flat
   std::vector<at::ScalarType> dtypes{};  ///< one dtype per input, overriding `dtype` (torchinfo's dtypes)
   bool show_mult_adds = false;           ///< Tree style: add torchinfo's "Mult-Adds" column
   bool show_trainable = false;           ///< Tree style: add torchinfo's "Trainable" column (True/False/Partial)
@@ -3426,7 +3426,9 @@ class Summary {
 
   /// Parameters of the model, each tensor once (tied parameters count once).
   [[nodiscard]] std::int64_t total_params() const noexcept { return totals_.total_params; }
+  /// Of total_params(), those that require grad.
   [[nodiscard]] std::int64_t trainable_params() const noexcept { return totals_.trainable_params; }
+  /// Of total_params(), those that do not require grad (frozen).
   [[nodiscard]] std::int64_t non_trainable_params() const noexcept {
     return totals_.total_params - totals_.trainable_params;
   }
@@ -3443,12 +3445,14 @@ class Summary {
   [[nodiscard]] std::int64_t forward_backward_bytes() const noexcept { return totals_.forward_backward_bytes; }
   /// Bytes of the parameters, each tensor once.
   [[nodiscard]] std::int64_t param_bytes() const noexcept { return totals_.param_bytes; }
+  /// input_bytes() + forward_backward_bytes() + param_bytes(): torchinfo's "Estimated Total Size".
   [[nodiscard]] std::int64_t total_bytes() const noexcept {
     return input_bytes_ + totals_.forward_backward_bytes + totals_.param_bytes;
   }
 
   /// Whether a forward pass was run (false for `summary(model)`: parameters only).
   [[nodiscard]] bool has_forward_pass() const noexcept { return forward_pass_; }
+  /// The options summary() was called with.
   [[nodiscard]] const SummaryOptions& options() const noexcept { return options_; }
 
   /// The table in the style of the options.
@@ -3459,6 +3463,7 @@ class Summary {
                                        : detail::summary::tree_table(*this);
   }
 
+  /// Writes to_string() (the table in the options' style) to `out`.
   friend std::ostream& operator<<(std::ostream& out, const Summary& summary) { return out << summary.to_string(); }
 
  private:
