@@ -16,6 +16,9 @@
 //     scheduler = lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[5])
 //
 // With torchkit::lr the C++ reads the same, and the learning rates are Python's to the last bit.
+// The run is checkpointed halfway (torchkit::save_checkpoint: model, optimizer, schedulers, epoch)
+// and resumed into freshly built objects, which continue exactly as the uninterrupted run.
+#include <torchkit/checkpoint.hpp>
 #include <torchkit/lr.hpp>
 
 #include <torch/torch.h>
@@ -24,6 +27,8 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
+#include <string>
 
 namespace {
 
@@ -61,25 +66,48 @@ int main() {
     }
   }
 
-  // --- Warm-up + cosine: LinearLR for 5 epochs, then CosineAnnealingLR, via SequentialLR. ---
+  // --- Warm-up + cosine: LinearLR for 5 epochs, then CosineAnnealingLR, via SequentialLR, built
+  // in Python's order (the schedulers first, then the composite over them). ---
   fmt::print("\nLinearLR warm-up (5 epochs) then CosineAnnealingLR (25 epochs), SGD lr=0.1\n");
-  torch::nn::Linear model2(1, 1);
-  torch::optim::SGD sgd(model2->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
-  torchkit::lr::SequentialLR schedule(
-      sgd,
-      {torchkit::lr::LinearLR(sgd, {.start_factor = 0.1, .total_iters = 5}),
-       torchkit::lr::CosineAnnealingLR(sgd, {.T_max = 25, .eta_min = 1e-5})},
-      /*milestones=*/{5});
+  const std::string checkpoint = (std::filesystem::temp_directory_path() / "torchkit_07_lr_decay.pt").string();
+  struct Run {
+    torch::nn::Linear model{1, 1};
+    torch::optim::SGD sgd{model->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9)};
+    torchkit::lr::LinearLR warmup{sgd, 0.1, 1.0, 5};
+    torchkit::lr::CosineAnnealingLR cosine{sgd, 25, 1e-5};
+    torchkit::lr::SequentialLR schedule{sgd, {warmup, cosine}, /*milestones=*/{5}};
+  };
+  Run run;
   double last_loss = 0;
   for (int epoch = 0; epoch < 30; ++epoch) {
-    const double lr = schedule.last_lr()[0];
-    last_loss = train_one_epoch(model2, sgd, x, y);
-    schedule.step();
+    const double lr = run.schedule.last_lr()[0];
+    last_loss = train_one_epoch(run.model, run.sgd, x, y);
+    run.schedule.step();
     fmt::print("  epoch {:2}  lr {:.6f}  {}  loss {:.6f}\n", epoch, lr, epoch < 5 ? "warm-up" : "cosine ", last_loss);
+    if (epoch == 14) {
+      torchkit::save_checkpoint(checkpoint, run.model, run.sgd, {&run.schedule}, {.epoch = epoch});
+    }
   }
-  fmt::print("  {}\n", schedule.to_string());
+  fmt::print("  {}\n", run.schedule.to_string());
   if (!(last_loss < 1e-2)) {
     fmt::print(stderr, "the model did not fit: loss {}\n", last_loss);
+    return EXIT_FAILURE;
+  }
+
+  // Resume from the checkpoint written after epoch 14 into new objects (another initialisation).
+  torch::manual_seed(1);
+  Run resumed;
+  const auto extras = torchkit::load_checkpoint(checkpoint, resumed.model, resumed.sgd, {&resumed.schedule});
+  double resumed_loss = 0;
+  for (auto epoch = extras.epoch + 1; epoch < 30; ++epoch) {
+    resumed_loss = train_one_epoch(resumed.model, resumed.sgd, x, y);
+    resumed.schedule.step();
+  }
+  std::filesystem::remove(checkpoint);
+  fmt::print("  resumed after epoch {}: final loss {:.6f} (uninterrupted {:.6f})\n", extras.epoch, resumed_loss,
+             last_loss);
+  if (resumed_loss != last_loss || resumed.schedule.last_lr() != run.schedule.last_lr()) {
+    fmt::print(stderr, "the resumed run differs from the uninterrupted one\n");
     return EXIT_FAILURE;
   }
   return EXIT_SUCCESS;
