@@ -655,6 +655,11 @@ TEST_CASE("Python's order: schedulers built first, then composed, the composite 
   CHECK(sequential.schedulers()[1].get() == &cos);
   CHECK(cos.last_epoch() == 25);
 
+  // An AnyScheduler copies as a handle (the catch-all constructor does not take it over).
+  lr::AnyScheduler handle = std::make_shared<lr::StepLR>(*python_order.optimizer, 3);
+  lr::AnyScheduler copy = handle;
+  CHECK(copy.get() == handle.get());
+
   // ChainedScheduler([a, b]) the same way.
   auto chained_setup = make_optimizer({{"type", "sgd"}, {"lrs", {1.0}}});
   lr::ConstantLR constant(*chained_setup.optimizer, 0.1, 2);

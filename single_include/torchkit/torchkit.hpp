@@ -11709,7 +11709,8 @@ class AnyScheduler {
 
   /// Everything else: a compile-time error that says what to write.
   template <class T>
-    requires(!std::derived_from<std::remove_cvref_t<T>, Scheduler> &&
+    requires(!std::same_as<std::remove_cvref_t<T>, AnyScheduler> &&
+             !std::derived_from<std::remove_cvref_t<T>, Scheduler> &&
              !detail::lr::is_shared_scheduler_v<std::remove_cvref_t<T>>)
   AnyScheduler(T&&) {  // NOLINT(google-explicit-constructor, bugprone-forwarding-reference-overload)
     using Given = std::remove_cvref_t<T>;
