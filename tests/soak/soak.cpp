@@ -129,6 +129,13 @@ void train(int steps, std::uint64_t seed, std::vector<std::int64_t>& samples) {
     (void)clip(model);
     optimizer.step();
     schedule.step();
+    // Sampled before the freeze below: freeze() resets the frozen parameters' gradients (its
+    // clear_grads default), so after it two gradient tensors fewer are alive until the next
+    // backward; sampling at the same point of every step compares like with like.
+    if (step == warm_up || step == steps - 1) {
+      samples.push_back(resident_kib());
+      samples.push_back(CountingAllocator::live());
+    }
     if (step % 50 == 0) {
       (void)torchkit::freeze(model, {"features.0"});
       (void)torchkit::unfreeze(model, {"features.0"});
@@ -138,10 +145,6 @@ void train(int steps, std::uint64_t seed, std::vector<std::int64_t>& samples) {
     }
     if (step % 500 == 0) {
       (void)torchkit::summary(model, {3, 12, 12}).to_string();
-    }
-    if (step == warm_up || step == steps - 1) {
-      samples.push_back(resident_kib());
-      samples.push_back(CountingAllocator::live());
     }
   }
   if (clip.steps() != static_cast<std::int64_t>(steps)) throw std::runtime_error("ClipGrad counted the wrong number of steps");
