@@ -20,7 +20,9 @@ if [ "$scope" = unit ]; then
   targets=(all)
   ctest_args=(-L unit)
 else
-  bash tools/configure.sh -DTORCHKIT_WERROR=ON "$@"
+  # Explicit, so that a build directory last configured with --unit builds everything again.
+  bash tools/configure.sh -DTORCHKIT_WERROR=ON -DTORCHKIT_BUILD_TESTS=ON -DTORCHKIT_BUILD_EXAMPLES=ON \
+    -DTORCHKIT_BUILD_BENCHMARKS=ON "$@"
   targets=(all torchkit_verify_interface_header_sets)
   ctest_args=()
 fi
