@@ -181,15 +181,61 @@ inline void check_scalable(const torch::optim::Optimizer& optimizer, std::string
   }
 }
 
+/// clip::collect over the optimizer's parameters; when it refuses a gradient, check_scalable
+/// says so in GradScaler's words where they apply (sparse or integer gradients).
+template <clip::FirstPass F = clip::NoFirstPass>
+[[nodiscard]] clip::Collected collect_scalable(const torch::optim::Optimizer& optimizer, std::string_view function,
+                                               F&& first_pass = {}) {
+  try {
+    return clip::collect(parameters_of(optimizer), function, /*mutating=*/true, std::forward<F>(first_pass));
+  } catch (const Error&) {
+    check_scalable(optimizer, function);
+    throw;
+  }
+}
+
+/// The norm partials of the CPU gradients unscaled by `inv`, and whether each run holds inf or
+/// nan, computed while clip::collect walks the parameters (its FirstPass), as clip's NormAhead.
+struct UnscaledNormAhead {
+  UnscaledNormAhead(double p, float inv) : kind(clip::norm_kind_of(p)), p(p), inv(inv), threads(at::get_num_threads()) {}
+
+  void operator()(const clip::Collected& collected, std::size_t begin, std::size_t end) {
+    if (stopped) return;
+    if (threads > 1 && collected.run_elements_total >= clip::parallel_min_elements) {
+      stopped = true;  // large sets: the parallel pass takes the rest
+      return;
+    }
+    partials.resize(end);
+    nonfinite.resize(end);
+    clip::unscale_reduce_runs(collected.runs.data() + begin, static_cast<std::int64_t>(end - begin), kind, p, inv,
+                              partials.data() + begin, nonfinite.data() + begin);
+  }
+
+  clip::NormKind kind;
+  double p;
+  float inv;
+  int threads;
+  bool stopped = false;
+  std::vector<double> partials;          // of runs [0, partials.size())
+  std::vector<unsigned char> nonfinite;  // of the same runs
+};
+
 /// The CPU gradients of a Collected set as runs over raw memory (as clip's FastPass lays them
 /// out), and the others grouped by (device, dtype) for ATen's `_amp_` kernels.
 class ScaledPass {
  public:
   explicit ScaledPass(const clip::Collected& collected) : collected_(collected) {
+    if (collected.runs_cover_all) {
+      // Every gradient is a CPU one with its runs laid out already.
+      runs_ = &collected.runs;
+      run_begin_ = &collected.run_begin;
+      total_elements_ = collected.run_elements_total;
+      return;
+    }
     const auto& gradients = collected.gradients;
-    run_begin_.assign(gradients.size() + 1, 0);
+    own_run_begin_.assign(gradients.size() + 1, 0);
     for (std::size_t k = 0; k < gradients.size(); ++k) {
-      run_begin_[k] = runs_.size();
+      own_run_begin_[k] = own_runs_.size();
       const clip::Gradient& gradient = gradients[k];
       if (!gradient.is_cpu) {
         add_to_device_group(k);
@@ -204,25 +250,28 @@ class ScaledPass {
       total_elements_ += gradient.numel;
       const auto element_size = static_cast<std::int64_t>(c10::elementSize(gradient.dtype));
       for (std::int64_t begin = 0; begin < gradient.numel; begin += clip::run_elements) {
-        runs_.push_back(clip::Run{static_cast<char*>(data) + begin * element_size,
-                                  std::min(clip::run_elements, gradient.numel - begin), k, gradient.dtype});
+        own_runs_.push_back(clip::Run{static_cast<char*>(data) + begin * element_size,
+                                      std::min(clip::run_elements, gradient.numel - begin), k, gradient.dtype});
       }
     }
-    run_begin_[gradients.size()] = runs_.size();
+    own_run_begin_[gradients.size()] = own_runs_.size();
   }
+
+  ScaledPass(const ScaledPass&) = delete;
+  ScaledPass& operator=(const ScaledPass&) = delete;
 
   [[nodiscard]] bool all_on_cpu() const noexcept { return device_groups_.empty(); }
   /// Whether some gradient lives on the CPU (and so needs the inverse scale on the host).
-  [[nodiscard]] bool has_cpu_gradients() const noexcept { return !runs_.empty() || !copies_.empty(); }
+  [[nodiscard]] bool has_cpu_gradients() const noexcept { return !runs_->empty() || !copies_.empty(); }
 
   /// Unscales every gradient in place (one pass): CPU gradients by `inv`, the others by
   /// `inv_tensor` (the same value, a float tensor, moved to their device: no host sync);
   /// returns whether a CPU gradient held inf or nan, and appends one found-inf tensor per
   /// accelerator device to `device_found`.
   bool unscale(float inv, const at::Tensor& inv_tensor, std::vector<at::Tensor>& device_found) {
-    std::vector<unsigned char> nonfinite(runs_.size(), 0);
-    for_runs(/*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
-      clip::unscale_runs(runs_.data() + begin, end - begin, inv, nonfinite.data() + begin);
+    std::vector<unsigned char> nonfinite(runs_->size(), 0);
+    for_runs(/*writes=*/true, 0, [&](std::int64_t begin, std::int64_t end) {
+      clip::unscale_runs(runs_->data() + begin, end - begin, inv, nonfinite.data() + begin);
     });
     finish_writes();
     for (auto& group : device_groups_) {
@@ -242,35 +291,41 @@ class ScaledPass {
 
   /// The total norm of order p of the gradients unscaled by `inv`, without writing them (CPU
   /// gradients only); `found` = whether any held inf or nan. As clip's FastPass: per-gradient
-  /// norms in the gradient's dtype, the total in the promoted dtype.
-  [[nodiscard]] double unscaled_norm(double p, float inv, bool& found, at::ScalarType& result_dtype) {
+  /// norms in the gradient's dtype, the total in the promoted dtype. `ahead`: the runs
+  /// UnscaledNormAhead covered while the gradients were collected (with the same `inv`).
+  [[nodiscard]] double unscaled_norm(double p, float inv, bool& found, at::ScalarType& result_dtype,
+                                     UnscaledNormAhead* ahead = nullptr) {
     const clip::NormKind kind = clip::norm_kind_of(p);
-    std::vector<double> partials(runs_.size(), 0.0);
-    std::vector<unsigned char> nonfinite(runs_.size(), 0);
-    for_runs(/*writes=*/false, [&](std::int64_t begin, std::int64_t end) {
-      clip::unscale_reduce_runs(runs_.data() + begin, end - begin, kind, p, inv, partials.data() + begin,
+    std::vector<double> partials;
+    std::vector<unsigned char> nonfinite;
+    if (ahead != nullptr && runs_ == &collected_.runs) {
+      partials = std::move(ahead->partials);
+      nonfinite = std::move(ahead->nonfinite);
+    }
+    const std::size_t done = partials.size();
+    partials.resize(runs_->size(), 0.0);
+    nonfinite.resize(runs_->size(), 0);
+    for_runs(/*writes=*/false, done, [&](std::int64_t begin, std::int64_t end) {
+      clip::unscale_reduce_runs(runs_->data() + begin, end - begin, kind, p, inv, partials.data() + begin,
                                 nonfinite.data() + begin);
     });
     found = std::any_of(nonfinite.begin(), nonfinite.end(), [](unsigned char seen) { return seen != 0; });
     const auto& gradients = collected_.gradients;
     result_dtype = gradients.front().dtype;
-    double total = 0.0;
-    for (std::size_t k = 0; k < gradients.size(); ++k) {
-      result_dtype = c10::promoteTypes(result_dtype, gradients[k].dtype);
-      if (run_begin_[k] == run_begin_[k + 1]) continue;
-      double partial = partials[run_begin_[k]];
-      for (std::size_t r = run_begin_[k] + 1; r < run_begin_[k + 1]; ++r) partial = clip::combine(kind, partial, partials[r]);
-      const double norm = clip::finish_in(gradients[k].dtype, kind, partial, p);
-      total = clip::combine(kind, total, clip::contribution(kind, norm, p));
+    for (const auto& gradient : gradients) {
+      if (gradient.dtype != result_dtype) result_dtype = c10::promoteTypes(result_dtype, gradient.dtype);
     }
+    std::vector<double> norms(gradients.size());
+    const double total = clip::gradient_norms(kind, p, runs_->data(), run_begin_->data(), gradients.size(),
+                                              partials.data(), norms.data());
     return clip::finish_in(result_dtype, kind, total, p);
   }
 
   /// Unscales every CPU gradient by `inv` and multiplies it by `factor` in place (one pass).
   void unscale_and_scale(float inv, double factor) {
     if (inv == 1.0f && factor == 1.0) return;  // changes no value
-    for_runs(/*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
-      clip::unscale_scale_runs(runs_.data() + begin, end - begin, inv, factor, round_factor_to_gradient_type);
+    for_runs(/*writes=*/true, 0, [&](std::int64_t begin, std::int64_t end) {
+      clip::unscale_scale_runs(runs_->data() + begin, end - begin, inv, factor, round_factor_to_gradient_type);
     });
     finish_writes();
   }
@@ -298,11 +353,13 @@ class ScaledPass {
   }
 
   [[nodiscard]] bool runs_may_alias() const {
+    const auto& runs = *runs_;
+    const auto& run_begin = *run_begin_;
     std::vector<std::pair<const char*, const char*>> spans;
     for (std::size_t k = 0; k < collected_.gradients.size(); ++k) {
-      if (run_begin_[k] == run_begin_[k + 1]) continue;
-      const clip::Run& first = runs_[run_begin_[k]];
-      const clip::Run& last = runs_[run_begin_[k + 1] - 1];
+      if (run_begin[k] == run_begin[k + 1]) continue;
+      const clip::Run& first = runs[run_begin[k]];
+      const clip::Run& last = runs[run_begin[k + 1] - 1];
       spans.emplace_back(static_cast<const char*>(first.data),
                          static_cast<const char*>(last.data) +
                              last.size * static_cast<std::int64_t>(c10::elementSize(last.dtype)));
@@ -314,16 +371,20 @@ class ScaledPass {
     return false;
   }
 
+  /// `body` over the runs from `first` on: split over the intra-op threads (large sets; a
+  /// write only when no two runs overlap), else on this thread.
   template <class Body>
-  void for_runs(bool writes, Body&& body) {
-    const auto count = static_cast<std::int64_t>(runs_.size());
-    if (count == 0) return;
+  void for_runs(bool writes, std::size_t first, Body&& body) {
+    const auto count = static_cast<std::int64_t>(runs_->size());
+    const auto begin = static_cast<std::int64_t>(first);
+    if (begin >= count) return;
     const std::int64_t grain =
         std::max<std::int64_t>(1, count * 32768 / std::max<std::int64_t>(1, total_elements_));  // ~GRAIN_SIZE
-    if (at::get_num_threads() > 1 && count > grain && !(writes && runs_may_alias())) {
-      at::parallel_for(0, count, grain, body);
+    if (at::get_num_threads() > 1 && total_elements_ >= clip::parallel_min_elements && count - begin > grain &&
+        !(writes && runs_may_alias())) {
+      at::parallel_for(begin, count, grain, body);
     } else {
-      body(0, count);
+      body(begin, count);
     }
   }
 
@@ -331,19 +392,22 @@ class ScaledPass {
   /// graph (as clip's FastPass does).
   void finish_writes() {
     for (const auto& copy : copies_) collected_.gradients[copy.gradient].grad->copy_(copy.tensor);
+    const auto& run_begin = *run_begin_;
     std::size_t next_copy = 0;
     for (std::size_t k = 0; k < collected_.gradients.size(); ++k) {
       const bool copied = next_copy < copies_.size() && copies_[next_copy].gradient == k;
       if (copied) ++next_copy;
-      if (!copied && collected_.gradients[k].tracked && run_begin_[k] != run_begin_[k + 1]) {
+      if (!copied && collected_.gradients[k].tracked && run_begin[k] != run_begin[k + 1]) {
         collected_.gradients[k].impl->bump_version();
       }
     }
   }
 
   const clip::Collected& collected_;
-  std::vector<clip::Run> runs_;
-  std::vector<std::size_t> run_begin_;
+  std::vector<clip::Run> own_runs_;
+  std::vector<std::size_t> own_run_begin_;
+  const std::vector<clip::Run>* runs_ = &own_runs_;
+  const std::vector<std::size_t>* run_begin_ = &own_run_begin_;
   std::vector<Copy> copies_;
   std::vector<DeviceGroup> device_groups_;
   std::int64_t total_elements_ = 0;
@@ -413,8 +477,7 @@ class GradScaler {
                    "{}: unscale_() has already been called on this optimizer since the last update()", function);
     TORCHKIT_CHECK(existing == nullptr || existing->stage != Stage::stepped,
                    "{}: unscale_() is being called after step() for this optimizer; call update() first", function);
-    detail::amp::check_scalable(optimizer, function);
-    const auto collected = detail::clip::collect(detail::amp::parameters_of(optimizer), function, /*mutating=*/true);
+    const auto collected = detail::amp::collect_scalable(optimizer, function);
     State& state = state_of(optimizer);
     unscale_collected(collected, state);
   }
@@ -436,8 +499,7 @@ class GradScaler {
     TORCHKIT_CHECK(existing == nullptr || existing->stage != Stage::stepped,
                    "{}: step() has already been called on this optimizer since the last update()", function);
     if (existing == nullptr || existing->stage == Stage::ready) {
-      detail::amp::check_scalable(optimizer, function);
-      const auto collected = detail::clip::collect(detail::amp::parameters_of(optimizer), function, /*mutating=*/true);
+      const auto collected = detail::amp::collect_scalable(optimizer, function);
       TORCHKIT_CHECK(!collected.gradients.empty(),
                      "{}: no parameter of the optimizer has a gradient, so no inf checks were recorded", function);
       unscale_collected(collected, state_of(optimizer));
@@ -704,9 +766,14 @@ struct ScalerAccess {
                    "{}: the scaler already stepped this optimizer since the last update(); clip before "
                    "scaler.step(optimizer)",
                    function);
-    check_scalable(optimizer, function);
-    const auto collected = clip::collect(parameters_of(optimizer), function, /*mutating=*/true);
     const bool unscaled = existing != nullptr && existing->stage == GradScaler::Stage::unscaled;
+    // On the CPU the unscaled norm is computed while the gradients are gathered (the inverse
+    // scale is known up front: the scale lives on the CPU too).
+    std::optional<UnscaledNormAhead> ahead;
+    if (!unscaled && options.foreach && scaler.scale_.device().is_cpu()) {
+      ahead.emplace(norm_type, inverse_scale(scaler.host_scale()));
+    }
+    const auto collected = ahead ? collect_scalable(optimizer, function, *ahead) : collect_scalable(optimizer, function);
     if (unscaled || collected.gradients.empty()) {
       if (!unscaled) scaler.state_of(optimizer).stage = GradScaler::Stage::unscaled;  // Python records nothing
       return clip::norm_and_clip(collected, norm_type, max_norm, options, function);
@@ -732,7 +799,7 @@ struct ScalerAccess {
     const float inv = inverse_scale(scaler.host_scale());
     bool found = false;
     at::ScalarType dtype = at::kFloat;
-    const double total = pass.unscaled_norm(norm_type, inv, found, dtype);
+    const double total = pass.unscaled_norm(norm_type, inv, found, dtype, ahead ? &*ahead : nullptr);
     TORCHKIT_CHECK(!options.error_if_nonfinite || std::isfinite(total),
                    "{}: the total norm of order {} of the unscaled gradients is {} (non-finite), so they cannot be "
                    "clipped (error_if_nonfinite); no gradient was changed",

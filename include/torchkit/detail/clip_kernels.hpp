@@ -540,28 +540,76 @@ struct Run {
   at::ScalarType dtype;
 };
 
+/// The precision reductions of `dtype` run in (PyTorch's opmath type).
+[[nodiscard]] inline bool computes_in_double(at::ScalarType dtype) noexcept { return dtype == at::kDouble; }
+
+/// `value` rounded to `dtype`, widened back to double.
+[[nodiscard]] inline double round_to(at::ScalarType dtype, double value) noexcept {
+  switch (dtype) {
+    case at::kFloat: return static_cast<double>(static_cast<float>(value));
+    case at::kHalf: return static_cast<double>(static_cast<float>(c10::Half(static_cast<float>(value))));
+    case at::kBFloat16: return static_cast<double>(static_cast<float>(c10::BFloat16(static_cast<float>(value))));
+    default: return value;
+  }
+}
+
+/// The norm of a partial, computed in `dtype`'s opmath precision and rounded to `dtype`, as
+/// `at::norm` of a tensor of that dtype returns it.
+[[nodiscard]] inline double finish_in(at::ScalarType dtype, NormKind kind, double partial, double p) noexcept {
+  const double value = computes_in_double(dtype) ? finish<double>(kind, partial, p) : finish<float>(kind, partial, p);
+  return round_to(dtype, value);
+}
+
+/// The norm of every gradient from the partials of its runs (gradient k owns runs
+/// [run_begin[k], run_begin[k + 1]): none when it is empty or not on the CPU, norm 0), combined
+/// and finished in its dtype's precision as finish_in; returns the contributions of all
+/// `count` norms combined (the partial of their total). One call for all gradients: these
+/// helpers are compiled without contraction and so are not inlined into other code.
+inline double gradient_norms(NormKind kind, double p, const Run* runs, const std::size_t* run_begin, std::size_t count,
+                             const double* partials, double* norms) noexcept {
+  double total = 0.0;
+  for (std::size_t k = 0; k < count; ++k) {
+    double norm = 0.0;
+    if (run_begin[k] != run_begin[k + 1]) {
+      double partial = partials[run_begin[k]];
+      for (std::size_t r = run_begin[k] + 1; r < run_begin[k + 1]; ++r) partial = combine(kind, partial, partials[r]);
+      norm = finish_in(runs[run_begin[k]].dtype, kind, partial, p);
+    }
+    norms[k] = norm;
+    total = combine(kind, total, contribution(kind, norm, p));
+  }
+  return total;
+}
+
 #ifndef TORCHKIT_CLIP_PREFETCH_BYTES
-#define TORCHKIT_CLIP_PREFETCH_BYTES 256
+#define TORCHKIT_CLIP_PREFETCH_BYTES 2048
 #endif
 #ifndef TORCHKIT_CLIP_PREFETCH_DISTANCE
 #define TORCHKIT_CLIP_PREFETCH_DISTANCE 4
 #endif
 /// How many runs ahead the passes prefetch, and how many of a run's first bytes. Chosen by
-/// measurement on bench/clip_bench's 2,000 x 512 set (each gradient a separate allocation), not
-/// taken from elsewhere; both can be overridden by defining the macros.
+/// measurement on bench/clip_bench's and bench/amp_bench's 2,000 x 512 sets (each gradient a
+/// separate allocation of 2,048 bytes), not taken from elsewhere: asking for a whole small
+/// gradient (2,048 bytes rather than 256) made the unscale-and-norm pass ~25 % and the plain
+/// passes ~5-10 % faster there. Both can be overridden by defining the macros.
 inline constexpr std::int64_t prefetch_distance = TORCHKIT_CLIP_PREFETCH_DISTANCE;
 inline constexpr std::int64_t prefetch_bytes = TORCHKIT_CLIP_PREFETCH_BYTES;
+
+/// Asks for the cache lines of `bytes` bytes from `address` on, to read (or to write).
+template <bool for_write = false>
+[[gnu::always_inline]] inline void prefetch_lines(const void* address, std::int64_t bytes) noexcept {
+  const char* first = static_cast<const char*>(address);
+  for (std::int64_t offset = 0; offset < bytes; offset += 64) {
+    __builtin_prefetch(first + offset, for_write ? 1 : 0, 3);
+  }
+}
 
 /// Small separate gradients defeat the hardware prefetcher (it retrains on every new
 /// allocation): ask for a later run's first cache lines while this one is processed.
 template <bool for_write>
 [[gnu::always_inline]] inline void prefetch_run(const Run& run) noexcept {
-  const auto bytes = std::min<std::int64_t>(run.size * static_cast<std::int64_t>(c10::elementSize(run.dtype)),
-                                            prefetch_bytes);
-  const char* data = static_cast<const char*>(run.data);
-  for (std::int64_t offset = 0; offset < bytes; offset += 64) {
-    __builtin_prefetch(data + offset, for_write ? 1 : 0, 3);
-  }
+  prefetch_lines<for_write>(
+      run.data, std::min<std::int64_t>(run.size * static_cast<std::int64_t>(c10::elementSize(run.dtype)), prefetch_bytes));
 }
 
 /// `partials[r]` = the partial of `runs[r]`, for r < count, in order.
@@ -597,20 +645,27 @@ template <class T, int Bytes>
   TORCHKIT_CLIP_NO_CONTRACT
   using Vector = typename VectorOf<T, Bytes>::Vector;
   constexpr std::int64_t lanes = Bytes / static_cast<std::int64_t>(sizeof(T));
+  constexpr std::int64_t unroll = 4;  // independent checks: one sum would wait for each add
   const Vector invs = Vector{} + inv;
-  Vector seen{};
+  Vector seen[unroll] = {};
   std::int64_t i = 0;
-  for (; i + lanes <= size; i += lanes) {
+  const auto step = [&](std::int64_t at, Vector& check) {
     Vector x;
-    std::memcpy(&x, data + i, sizeof(Vector));
-    seen += x - x;
+    std::memcpy(&x, data + at, sizeof(Vector));
+    check += x - x;
     if (multiply) {
       x *= invs;
-      std::memcpy(data + i, &x, sizeof(Vector));
+      std::memcpy(data + at, &x, sizeof(Vector));
     }
+  };
+  for (; i + unroll * lanes <= size; i += unroll * lanes) {
+    for (std::int64_t u = 0; u < unroll; ++u) step(i + u * lanes, seen[u]);
   }
+  for (; i + lanes <= size; i += lanes) step(i, seen[0]);
   bool nonfinite = false;
-  for (std::int64_t lane = 0; lane < lanes; ++lane) nonfinite = nonfinite || seen[lane] != seen[lane];
+  for (std::int64_t u = 0; u < unroll; ++u) {
+    for (std::int64_t lane = 0; lane < lanes; ++lane) nonfinite = nonfinite || seen[u][lane] != seen[u][lane];
+  }
   for (; i < size; ++i) {
     nonfinite = nonfinite || !std::isfinite(data[i]);
     if (multiply) data[i] *= inv;
@@ -694,15 +749,20 @@ template <class T, int Bytes>
   constexpr std::int64_t lanes = Bytes / static_cast<std::int64_t>(sizeof(T));
   constexpr std::int64_t unroll = partial_bytes / Bytes;
   constexpr std::int64_t block = partial_bytes / static_cast<std::int64_t>(sizeof(T));
+  using Mask = typename VectorOf<T, Bytes>::Mask;
   const Vector invs = Vector{} + inv;
+  const Mask magnitude = Mask{} + magnitude_bits<T>;
   Vector accumulators[unroll] = {};
-  Vector seen{};
+  // The largest magnitude's bits per lane (integer operations, beside the float ones): inf and
+  // nan are exactly the magnitudes at or above infinity's bits.
+  Mask largest[unroll] = {};
   std::int64_t i = 0;
   for (; i + block <= size; i += block) {
     for (std::int64_t u = 0; u < unroll; ++u) {
       Vector x;
       std::memcpy(&x, data + i + u * lanes, sizeof(Vector));
-      seen += x - x;
+      const Mask bits = __builtin_bit_cast(Mask, x) & magnitude;
+      largest[u] = bits > largest[u] ? bits : largest[u];
       x *= invs;
       accumulators[u] += x * x;
     }
@@ -714,8 +774,12 @@ template <class T, int Bytes>
   for (std::int64_t lane = 0; lane < quarter; ++lane) {
     total += (partial[lane] + partial[quarter + lane]) + (partial[2 * quarter + lane] + partial[3 * quarter + lane]);
   }
-  bool found = false;
-  for (std::int64_t lane = 0; lane < lanes; ++lane) found = found || seen[lane] != seen[lane];
+  constexpr auto infinity_bits = __builtin_bit_cast(typename VectorOf<T, Bytes>::Lane, std::numeric_limits<T>::infinity());
+  Mask top = largest[0];
+  for (std::int64_t u = 1; u < unroll; ++u) top = largest[u] > top ? largest[u] : top;
+  typename VectorOf<T, Bytes>::Lane highest = 0;
+  for (std::int64_t lane = 0; lane < lanes; ++lane) highest = std::max(highest, top[lane]);
+  bool found = highest >= infinity_bits;
   for (; i < size; ++i) {
     found = found || !std::isfinite(data[i]);
     const T x = data[i] * inv;
@@ -832,7 +896,13 @@ template <Isa isa>
   for (std::int64_t r = 0; r < count; ++r) {
     if (r + prefetch_distance < count) prefetch_run<false>(runs[r + prefetch_distance]);
     bool seen = false;
-    partials[r] = unscale_reduce_any<isa>(runs[r].dtype, kind, runs[r].data, runs[r].size, p, inv, seen);
+    if (runs[r].dtype == at::kFloat && kind == NormKind::two && inv != 1.0f) {
+      // The common case without unscale_reduce_any's block buffer on the stack.
+      partials[r] = unscale_reduce_two<float, vector_bytes<isa>>(static_cast<const float*>(runs[r].data), runs[r].size,
+                                                                  inv, seen);
+    } else {
+      partials[r] = unscale_reduce_any<isa>(runs[r].dtype, kind, runs[r].data, runs[r].size, p, inv, seen);
+    }
     nonfinite[r] = seen ? 1 : 0;
   }
 }
