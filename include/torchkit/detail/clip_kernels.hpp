@@ -51,6 +51,10 @@
 #else
 #define TORCHKIT_CLIP_NO_CONTRACT
 #endif
+// The block lambdas of the float16/bfloat16 paths are inlined into their caller, which is
+// compiled for one instruction set ([[gnu::target]]); a lambda's own call operator would be
+// compiled for the baseline and split the wide vectors.
+#define TORCHKIT_CLIP_INLINE __attribute__((always_inline))
 
 namespace torchkit::detail::clip {
 
@@ -478,7 +482,7 @@ template <Isa isa>
       const auto upper = is_half ? static_cast<float>(c10::Half(static_cast<float>(bound)))
                                  : static_cast<float>(c10::BFloat16(static_cast<float>(bound)));
       for_each_block<isa, true>(is_half, static_cast<std::uint16_t*>(data), size,
-                                [&](float* buffer, std::int64_t count) {
+                                [&](float* buffer, std::int64_t count) TORCHKIT_CLIP_INLINE {
                                   clamp_run<float, bytes>(buffer, count, -upper, upper);
                                 });
       break;
@@ -500,7 +504,7 @@ template <Isa isa>
       double partial = 0.0;
       // The run is only read: for_each_block<.., false> never writes through the pointer.
       for_each_block<isa, false>(dtype == at::kHalf, static_cast<std::uint16_t*>(const_cast<void*>(data)), size,
-                                 [&](float* buffer, std::int64_t count) {
+                                 [&](float* buffer, std::int64_t count) TORCHKIT_CLIP_INLINE {
                                    partial = combine(kind, partial, reduce_run<float, bytes>(kind, buffer, count, p));
                                  });
       return partial;
@@ -523,7 +527,7 @@ template <Isa isa>
       const auto rounded = is_half ? static_cast<float>(c10::Half(static_cast<float>(factor)))
                                    : static_cast<float>(c10::BFloat16(static_cast<float>(factor)));
       for_each_block<isa, true>(is_half, static_cast<std::uint16_t*>(data), size,
-                                [&](float* buffer, std::int64_t count) {
+                                [&](float* buffer, std::int64_t count) TORCHKIT_CLIP_INLINE {
                                   scale_run<float, bytes>(buffer, count, rounded);
                                 });
       break;
@@ -724,7 +728,7 @@ template <Isa isa>
     case at::kHalf:
     case at::kBFloat16: {
       bool nonfinite = false;
-      const auto work = [&](float* buffer, std::int64_t count) {
+      const auto work = [&](float* buffer, std::int64_t count) TORCHKIT_CLIP_INLINE {
         nonfinite = unscale_run<float, bytes>(buffer, count, inv, multiply) || nonfinite;
       };
       auto* narrow = static_cast<std::uint16_t*>(data);
@@ -829,7 +833,7 @@ template <Isa isa>
       double partial = 0.0;
       // Only read: for_each_block<.., false> never writes through the pointer.
       for_each_block<isa, false>(is_half, static_cast<std::uint16_t*>(const_cast<void*>(data)), size,
-                                 [&](float* buffer, std::int64_t count) {
+                                 [&](float* buffer, std::int64_t count) TORCHKIT_CLIP_INLINE {
                                    nonfinite = unscale_run<float, bytes>(buffer, count, inv, multiply) || nonfinite;
                                    if (multiply) round_trip_16<isa>(is_half, buffer, count);
                                    partial = combine(kind, partial, reduce_run<float, bytes>(kind, buffer, count, p));
@@ -864,7 +868,7 @@ template <Isa isa>
                            : is_half     ? static_cast<float>(c10::Half(single))
                                          : static_cast<float>(c10::BFloat16(single));
       for_each_block<isa, true>(is_half, static_cast<std::uint16_t*>(data), size,
-                                [&](float* buffer, std::int64_t count) {
+                                [&](float* buffer, std::int64_t count) TORCHKIT_CLIP_INLINE {
                                   if (multiply) {
                                     scale_run<float, bytes>(buffer, count, inv);
                                     round_trip_16<isa>(is_half, buffer, count);
@@ -1074,6 +1078,7 @@ inline void unscale_scale_runs(const Run* runs, std::int64_t count, float inv, d
 }  // namespace torchkit::detail::clip
 
 #undef TORCHKIT_CLIP_NO_CONTRACT
+#undef TORCHKIT_CLIP_INLINE
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
