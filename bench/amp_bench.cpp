@@ -184,7 +184,9 @@ void BM_torchkit(benchmark::State& state, const std::string& name) {
   (void)scaler.scale(torch::tensor(1.0f));
   for (auto _ : state) torchkit_step(set, scaler, scale);
   // The ratios from the best of five rounds on both sides, the floor right after torchkit.
-  const int iterations = state.max_iterations > 10 ? 20 : 1;
+  // Rounds of ~20 ms (about 0.1 ns an element), or single calls in a smoke run.
+  const int iterations =
+      state.max_iterations > 10 ? static_cast<int>(std::clamp<int64_t>(200'000'000 / (set.elements + 1), 3, 2000)) : 1;
   set.restore();
   scale = 2.0;
   scaler.update(scale);
