@@ -451,6 +451,59 @@ TEST_CASE("GradScaler::unscale_: the same bits on every instruction set, equal t
   }
 }
 
+TEST_CASE("fused unscale kernels: inf and nan found at every position, on every instruction set") {
+  // The float/double kernels check finiteness on vector lanes (and on the scalar tail): place
+  // one special value at the start, in the middle, in the last full block and in the tail.
+  const auto check_dtype = [](auto zero) {
+    using T = decltype(zero);
+    const T specials[] = {std::numeric_limits<T>::infinity(), -std::numeric_limits<T>::infinity(),
+                          std::numeric_limits<T>::quiet_NaN(), -std::numeric_limits<T>::quiet_NaN(),
+                          std::numeric_limits<T>::max(), -std::numeric_limits<T>::denorm_min()};
+    const auto dtype = std::is_same_v<T, float> ? at::kFloat : at::kDouble;
+    for (int level = 0; level <= static_cast<int>(kernels::cpu_isa()); ++level) {
+      const kernels::ForceIsa pin(static_cast<kernels::Isa>(level));
+      CAPTURE(kernels::isa_name(static_cast<kernels::Isa>(level)));
+      for (const std::int64_t size : {1, 7, 16, 31, 32, 33, 64, 100, 257}) {
+        for (const std::int64_t position : {std::int64_t{0}, size / 2, std::max<std::int64_t>(0, size - 33), size - 1}) {
+          for (const T special : specials) {
+            for (const float inv : {0.5f, 1.0f}) {
+              CAPTURE(size);
+              CAPTURE(position);
+              CAPTURE(static_cast<double>(special));
+              CAPTURE(inv);
+              std::vector<T> values(static_cast<std::size_t>(size));
+              for (std::int64_t i = 0; i < size; ++i) values[static_cast<std::size_t>(i)] = static_cast<T>(0.25 * (i % 7) - 0.5);
+              values[static_cast<std::size_t>(position)] = special;
+              const bool expected = !std::isfinite(special);
+              const kernels::Run run{values.data(), size, 0, dtype};
+              std::vector<T> unscaled = values;
+              for (auto& value : unscaled) value = inv == 1.0f ? value : static_cast<T>(value * static_cast<T>(inv));
+              unsigned char found = 2;
+              for (const double p : {2.0, 1.0, infinity, 3.0}) {
+                CAPTURE(p);
+                const auto kind = kernels::norm_kind_of(p);
+                double partial = 0;
+                found = 2;
+                kernels::unscale_reduce_runs(&run, 1, kind, p, inv, &partial, &found);
+                CHECK(found == (expected ? 1 : 0));
+                // The partial is the plain reduction of the unscaled values, bit for bit.
+                const double plain = kernels::reduce(dtype, kind, unscaled.data(), size, p);
+                CHECK((std::isnan(partial) ? std::isnan(plain) : partial == plain));
+              }
+              // unscale_runs (writes) flags the same.
+              found = 2;
+              kernels::unscale_runs(&run, 1, inv, &found);
+              CHECK(found == (expected ? 1 : 0));
+            }
+          }
+        }
+      }
+    }
+  };
+  check_dtype(0.0f);
+  check_dtype(0.0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Semantics: once per step, skipping, update, save/load, disabled
 // ---------------------------------------------------------------------------------------------
