@@ -454,8 +454,9 @@ TEST_CASE("GradScaler::unscale_: the same bits on every instruction set, equal t
 TEST_CASE("fused unscale kernels: inf and nan found at every position, on every instruction set") {
   // The float/double kernels check finiteness on vector lanes (and on the scalar tail): place
   // one special value at the start, in the middle, in the last full block and in the tail.
-  const auto check_dtype = [](auto zero) {
-    using T = decltype(zero);
+  const auto check_dtype = [](auto type_tag) {
+    using T = decltype(type_tag);
+    (void)type_tag;
     const T specials[] = {std::numeric_limits<T>::infinity(), -std::numeric_limits<T>::infinity(),
                           std::numeric_limits<T>::quiet_NaN(), -std::numeric_limits<T>::quiet_NaN(),
                           std::numeric_limits<T>::max(), -std::numeric_limits<T>::denorm_min()};
