@@ -5093,7 +5093,7 @@ template <class T, int Bytes>
   const Vector invs = Vector{} + inv;
   Vector seen[unroll] = {};
   std::int64_t i = 0;
-  const auto step = [&](std::int64_t at, Vector& check) {
+  const auto step = [&](std::int64_t at, Vector& check) TORCHKIT_CLIP_INLINE {
     Vector x;
     std::memcpy(&x, data + at, sizeof(Vector));
     check += x - x;
