@@ -220,60 +220,33 @@ struct UnscaledNormAhead {
   std::vector<unsigned char> nonfinite;  // of the same runs
 };
 
-/// The CPU gradients of a Collected set as runs over raw memory (as clip's FastPass lays them
-/// out), and the others grouped by (device, dtype) for ATen's `_amp_` kernels.
+/// The CPU gradients of a Collected set as runs over raw memory (clip's CpuRuns, as the clip's
+/// FastPass has them), and the others grouped by (device, dtype) for ATen's `_amp_` kernels.
 class ScaledPass {
  public:
-  explicit ScaledPass(const clip::Collected& collected) : collected_(collected) {
-    if (collected.runs_cover_all) {
-      // Every gradient is a CPU one with its runs laid out already.
-      runs_ = &collected.runs;
-      run_begin_ = &collected.run_begin;
-      total_elements_ = collected.run_elements_total;
-      return;
-    }
-    const auto& gradients = collected.gradients;
-    own_run_begin_.assign(gradients.size() + 1, 0);
-    for (std::size_t k = 0; k < gradients.size(); ++k) {
-      own_run_begin_[k] = own_runs_.size();
-      const clip::Gradient& gradient = gradients[k];
-      if (!gradient.is_cpu) {
-        add_to_device_group(k);
-        continue;
-      }
-      if (gradient.numel == 0) continue;
-      void* data = gradient.data;
-      if (data == nullptr) {
-        copies_.push_back(Copy{k, gradient.grad->contiguous()});
-        data = copies_.back().tensor.data_ptr();
-      }
-      total_elements_ += gradient.numel;
-      const auto element_size = static_cast<std::int64_t>(c10::elementSize(gradient.dtype));
-      for (std::int64_t begin = 0; begin < gradient.numel; begin += clip::run_elements) {
-        own_runs_.push_back(clip::Run{static_cast<char*>(data) + begin * element_size,
-                                      std::min(clip::run_elements, gradient.numel - begin), k, gradient.dtype});
-      }
-    }
-    own_run_begin_[gradients.size()] = own_runs_.size();
-  }
+  explicit ScaledPass(const clip::Collected& collected)
+      : collected_(collected), cpu_(collected, /*cpu_through_foreach=*/false, [this](std::size_t k) {
+          add_to_device_group(k);
+        }) {}
 
   ScaledPass(const ScaledPass&) = delete;
   ScaledPass& operator=(const ScaledPass&) = delete;
 
   [[nodiscard]] bool all_on_cpu() const noexcept { return device_groups_.empty(); }
   /// Whether some gradient lives on the CPU (and so needs the inverse scale on the host).
-  [[nodiscard]] bool has_cpu_gradients() const noexcept { return !runs_->empty() || !copies_.empty(); }
+  [[nodiscard]] bool has_cpu_gradients() const noexcept { return cpu_.any(); }
 
   /// Unscales every gradient in place (one pass): CPU gradients by `inv`, the others by
   /// `inv_tensor` (the same value, a float tensor, moved to their device: no host sync);
   /// returns whether a CPU gradient held inf or nan, and appends one found-inf tensor per
   /// accelerator device to `device_found`.
   bool unscale(float inv, const at::Tensor& inv_tensor, std::vector<at::Tensor>& device_found) {
-    std::vector<unsigned char> nonfinite(runs_->size(), 0);
-    for_runs(/*writes=*/true, 0, [&](std::int64_t begin, std::int64_t end) {
-      clip::unscale_runs(runs_->data() + begin, end - begin, inv, nonfinite.data() + begin);
+    const auto& runs = cpu_.runs();
+    std::vector<unsigned char> nonfinite(runs.size(), 0);
+    cpu_.for_each_share(0, /*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
+      clip::unscale_runs(runs.data() + begin, end - begin, inv, nonfinite.data() + begin);
     });
-    finish_writes();
+    cpu_.finish_writes();
     for (auto& group : device_groups_) {
       at::Tensor found;
       for (auto& existing : device_found) {
@@ -296,17 +269,18 @@ class ScaledPass {
   [[nodiscard]] double unscaled_norm(double p, float inv, bool& found, at::ScalarType& result_dtype,
                                      UnscaledNormAhead* ahead = nullptr) {
     const clip::NormKind kind = clip::norm_kind_of(p);
+    const auto& runs = cpu_.runs();
     std::vector<double> partials;
     std::vector<unsigned char> nonfinite;
-    if (ahead != nullptr && runs_ == &collected_.runs) {
+    if (ahead != nullptr && cpu_.from_collect()) {
       partials = std::move(ahead->partials);
       nonfinite = std::move(ahead->nonfinite);
     }
     const std::size_t done = partials.size();
-    partials.resize(runs_->size(), 0.0);
-    nonfinite.resize(runs_->size(), 0);
-    for_runs(/*writes=*/false, done, [&](std::int64_t begin, std::int64_t end) {
-      clip::unscale_reduce_runs(runs_->data() + begin, end - begin, kind, p, inv, partials.data() + begin,
+    partials.resize(runs.size(), 0.0);
+    nonfinite.resize(runs.size(), 0);
+    cpu_.for_each_share(done, /*writes=*/false, [&](std::int64_t begin, std::int64_t end) {
+      clip::unscale_reduce_runs(runs.data() + begin, end - begin, kind, p, inv, partials.data() + begin,
                                 nonfinite.data() + begin);
     });
     found = std::any_of(nonfinite.begin(), nonfinite.end(), [](unsigned char seen) { return seen != 0; });
@@ -316,7 +290,7 @@ class ScaledPass {
       if (gradient.dtype != result_dtype) result_dtype = c10::promoteTypes(result_dtype, gradient.dtype);
     }
     std::vector<double> norms(gradients.size());
-    const double total = clip::gradient_norms(kind, p, runs_->data(), run_begin_->data(), gradients.size(),
+    const double total = clip::gradient_norms(kind, p, runs.data(), cpu_.run_begin().data(), gradients.size(),
                                               partials.data(), norms.data());
     return clip::finish_in(result_dtype, kind, total, p);
   }
@@ -324,17 +298,14 @@ class ScaledPass {
   /// Unscales every CPU gradient by `inv` and multiplies it by `factor` in place (one pass).
   void unscale_and_scale(float inv, double factor) {
     if (inv == 1.0f && factor == 1.0) return;  // changes no value
-    for_runs(/*writes=*/true, 0, [&](std::int64_t begin, std::int64_t end) {
-      clip::unscale_scale_runs(runs_->data() + begin, end - begin, inv, factor, round_factor_to_gradient_type);
+    const auto& runs = cpu_.runs();
+    cpu_.for_each_share(0, /*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
+      clip::unscale_scale_runs(runs.data() + begin, end - begin, inv, factor, round_factor_to_gradient_type);
     });
-    finish_writes();
+    cpu_.finish_writes();
   }
 
  private:
-  struct Copy {
-    std::size_t gradient;
-    at::Tensor tensor;
-  };
   struct DeviceGroup {
     c10::Device device;
     at::ScalarType dtype;
@@ -352,65 +323,9 @@ class ScaledPass {
     device_groups_.push_back(DeviceGroup{grad.device(), grad.scalar_type(), {grad}});
   }
 
-  [[nodiscard]] bool runs_may_alias() const {
-    const auto& runs = *runs_;
-    const auto& run_begin = *run_begin_;
-    std::vector<std::pair<const char*, const char*>> spans;
-    for (std::size_t k = 0; k < collected_.gradients.size(); ++k) {
-      if (run_begin[k] == run_begin[k + 1]) continue;
-      const clip::Run& first = runs[run_begin[k]];
-      const clip::Run& last = runs[run_begin[k + 1] - 1];
-      spans.emplace_back(static_cast<const char*>(first.data),
-                         static_cast<const char*>(last.data) +
-                             last.size * static_cast<std::int64_t>(c10::elementSize(last.dtype)));
-    }
-    std::sort(spans.begin(), spans.end());
-    for (std::size_t i = 1; i < spans.size(); ++i) {
-      if (spans[i].first < spans[i - 1].second) return true;
-    }
-    return false;
-  }
-
-  /// `body` over the runs from `first` on: split over the intra-op threads (large sets; a
-  /// write only when no two runs overlap), else on this thread.
-  template <class Body>
-  void for_runs(bool writes, std::size_t first, Body&& body) {
-    const auto count = static_cast<std::int64_t>(runs_->size());
-    const auto begin = static_cast<std::int64_t>(first);
-    if (begin >= count) return;
-    const std::int64_t grain =
-        std::max<std::int64_t>(1, count * 32768 / std::max<std::int64_t>(1, total_elements_));  // ~GRAIN_SIZE
-    if (at::get_num_threads() > 1 && total_elements_ >= clip::parallel_min_elements && count - begin > grain &&
-        !(writes && runs_may_alias())) {
-      at::parallel_for(begin, count, grain, body);
-    } else {
-      body(begin, count);
-    }
-  }
-
-  /// Copies non-dense gradients back and bumps the version of gradients that are part of a
-  /// graph (as clip's FastPass does).
-  void finish_writes() {
-    for (const auto& copy : copies_) collected_.gradients[copy.gradient].grad->copy_(copy.tensor);
-    const auto& run_begin = *run_begin_;
-    std::size_t next_copy = 0;
-    for (std::size_t k = 0; k < collected_.gradients.size(); ++k) {
-      const bool copied = next_copy < copies_.size() && copies_[next_copy].gradient == k;
-      if (copied) ++next_copy;
-      if (!copied && collected_.gradients[k].tracked && run_begin[k] != run_begin[k + 1]) {
-        collected_.gradients[k].impl->bump_version();
-      }
-    }
-  }
-
   const clip::Collected& collected_;
-  std::vector<clip::Run> own_runs_;
-  std::vector<std::size_t> own_run_begin_;
-  const std::vector<clip::Run>* runs_ = &own_runs_;
-  const std::vector<std::size_t>* run_begin_ = &own_run_begin_;
-  std::vector<Copy> copies_;
   std::vector<DeviceGroup> device_groups_;
-  std::int64_t total_elements_ = 0;
+  clip::CpuRuns cpu_;  // last: its constructor fills device_groups_
 };
 
 }  // namespace detail::amp

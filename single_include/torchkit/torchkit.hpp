@@ -5641,6 +5641,15 @@ struct Collected {
 #endif
 }
 
+/// Appends the runs of `numel` contiguous elements of `dtype` from `data` on, belonging to
+/// gradient `k`: at most run_elements each, so that one large gradient spreads over threads.
+inline void append_runs(std::vector<Run>& runs, void* data, std::int64_t numel, std::size_t k, at::ScalarType dtype) {
+  const auto element_size = static_cast<std::int64_t>(c10::elementSize(dtype));
+  for (std::int64_t begin = 0; begin < numel; begin += run_elements) {
+    runs.push_back(Run{static_cast<char*>(data) + begin * element_size, std::min(run_elements, numel - begin), k, dtype});
+  }
+}
+
 /// Records `grad` (at position `index`) and, when it has CPU `data`, its runs.
 inline void record(Collected& collected, const at::Tensor& grad, std::size_t index, void* data, std::int64_t numel,
                    at::ScalarType dtype, bool is_cpu) {
@@ -5650,11 +5659,7 @@ inline void record(Collected& collected, const at::Tensor& grad, std::size_t ind
   const std::size_t k = collected.gradients.size();
   collected.gradients.push_back(Gradient{&grad, impl, data, numel, index, dtype, is_cpu, tracked});
   if (data != nullptr) {
-    const std::size_t element_size = c10::elementSize(dtype);
-    for (std::int64_t begin = 0; begin < numel; begin += run_elements) {
-      collected.runs.push_back(Run{static_cast<char*>(data) + begin * static_cast<std::int64_t>(element_size),
-                                   std::min(run_elements, numel - begin), k, dtype});
-    }
+    append_runs(collected.runs, data, numel, k, dtype);
     collected.run_elements_total += numel;
   } else if (numel > 0) {
     collected.runs_cover_all = false;
@@ -5908,6 +5913,139 @@ class NormAhead {
   std::vector<double> partials_;
 };
 
+/// The CPU gradients of a Collected set as runs over raw memory, for the clip's FastPass and
+/// amp's ScaledPass: the runs collect() laid out when they cover every gradient, else laid out
+/// here, a non-dense gradient through a contiguous copy that finish_writes() copies back.
+/// Gradients left out (not on the CPU; every one with `cpu_through_foreach`) go to `leave_out`.
+class CpuRuns {
+ public:
+  template <class LeaveOut>
+  CpuRuns(const Collected& collected, bool cpu_through_foreach, LeaveOut&& leave_out) : collected_(collected) {
+    if (collected.runs_cover_all && !cpu_through_foreach) {
+      runs_ = &collected.runs;
+      run_begin_ = &collected.run_begin;
+      elements_ = collected.run_elements_total;
+      return;
+    }
+    const auto& gradients = collected.gradients;
+    own_runs_.reserve(gradients.size() + 16);
+    own_run_begin_.reserve(gradients.size() + 1);
+    own_run_begin_.push_back(0);
+    for (std::size_t k = 0; k < gradients.size(); ++k) {
+      const Gradient& gradient = gradients[k];
+      if (!gradient.is_cpu || cpu_through_foreach) {
+        leave_out(k);
+      } else if (gradient.numel > 0) {
+        // A dense gradient (contiguous or permuted, e.g. channels-last) fills numel slots from
+        // its first element on, in some order; norms and scaling do not care which.
+        void* data = gradient.data;
+        if (data == nullptr) {
+          copies_.push_back(Copy{k, gradient.grad->contiguous()});
+          data = copies_.back().tensor.data_ptr();
+        }
+        append_runs(own_runs_, data, gradient.numel, k, gradient.dtype);
+        elements_ += gradient.numel;
+      }
+      own_run_begin_.push_back(own_runs_.size());
+    }
+  }
+
+  CpuRuns(const CpuRuns&) = delete;
+  CpuRuns& operator=(const CpuRuns&) = delete;
+
+  [[nodiscard]] const std::vector<Run>& runs() const noexcept { return *runs_; }
+  /// runs()[run_begin()[k] .. run_begin()[k + 1]) belong to gradient k.
+  [[nodiscard]] const std::vector<std::size_t>& run_begin() const noexcept { return *run_begin_; }
+  [[nodiscard]] std::int64_t elements() const noexcept { return elements_; }
+  /// Whether these are the runs collect() laid out (so a FirstPass's results apply to them).
+  [[nodiscard]] bool from_collect() const noexcept { return runs_ == &collected_.runs; }
+  /// Whether some gradient lives on the CPU.
+  [[nodiscard]] bool any() const noexcept { return !runs_->empty() || !copies_.empty(); }
+
+  /// About at::internal::GRAIN_SIZE elements of runs per task.
+  [[nodiscard]] std::int64_t grain() const {
+    const auto count = static_cast<std::int64_t>(runs_->size());
+    return std::max<std::int64_t>(1, count * 32768 / std::max<std::int64_t>(1, elements_));
+  }
+
+  /// Whether the runs from `first` on are split over LibTorch's intra-op threads: several
+  /// threads, a set of at least parallel_min_elements, more runs than one task takes, and for
+  /// a pass that writes, no two gradients sharing memory.
+  [[nodiscard]] bool splits(std::size_t first, bool writes) const {
+    const auto remaining = static_cast<std::int64_t>(runs_->size()) - static_cast<std::int64_t>(first);
+    return at::get_num_threads() > 1 && elements_ >= parallel_min_elements && remaining > grain() &&
+           !(writes && may_alias());
+  }
+
+  /// `body(begin, end)` over the runs from `first` on: split over the threads when splits(),
+  /// else once on this thread.
+  template <class Body>
+  void for_each_share(std::size_t first, bool writes, Body&& body) const {
+    const auto count = static_cast<std::int64_t>(runs_->size());
+    const auto begin = static_cast<std::int64_t>(first);
+    if (begin >= count) return;
+    if (splits(first, writes)) {
+      at::parallel_for(begin, count, grain(), body);
+    } else {
+      body(begin, count);
+    }
+  }
+
+  /// After a pass that wrote the runs: copies the contiguous copies back, and bumps the version
+  /// of gradients that are themselves part of a graph (create_graph), as Python's
+  /// `detach().mul_()` would, so autograd notices. The kernels write through raw pointers, like
+  /// LibTorch's clip_grad_norm_ (which scales `grad.data()`), without touching version counters;
+  /// copy_ bumped the copied-back ones already.
+  void finish_writes() const {
+    for (const auto& copy : copies_) collected_.gradients[copy.gradient].grad->copy_(copy.tensor);
+    const auto& run_begin = *run_begin_;
+    std::size_t next_copy = 0;
+    for (std::size_t k = 0; k < collected_.gradients.size(); ++k) {
+      const bool copied = next_copy < copies_.size() && copies_[next_copy].gradient == k;
+      if (copied) ++next_copy;
+      if (!copied && collected_.gradients[k].tracked && run_begin[k] != run_begin[k + 1]) {
+        collected_.gradients[k].impl->bump_version();
+      }
+    }
+  }
+
+ private:
+  struct Copy {
+    std::size_t gradient;
+    at::Tensor tensor;
+  };
+
+  /// Whether two gradients share memory (the same gradient passed twice, overlapping views):
+  /// they must then be scaled in order, as PyTorch's loop does.
+  [[nodiscard]] bool may_alias() const {
+    const auto& runs = *runs_;
+    const auto& run_begin = *run_begin_;
+    std::vector<std::pair<const char*, const char*>> spans;
+    spans.reserve(collected_.gradients.size());
+    for (std::size_t k = 0; k < collected_.gradients.size(); ++k) {
+      if (run_begin[k] == run_begin[k + 1]) continue;
+      const Run& first = runs[run_begin[k]];
+      const Run& last = runs[run_begin[k + 1] - 1];
+      spans.emplace_back(static_cast<const char*>(first.data),
+                         static_cast<const char*>(last.data) +
+                             last.size * static_cast<std::int64_t>(c10::elementSize(last.dtype)));
+    }
+    std::sort(spans.begin(), spans.end());
+    for (std::size_t i = 1; i < spans.size(); ++i) {
+      if (spans[i].first < spans[i - 1].second) return true;
+    }
+    return false;
+  }
+
+  const Collected& collected_;
+  std::vector<Run> own_runs_;
+  std::vector<std::size_t> own_run_begin_;
+  const std::vector<Run>* runs_ = &own_runs_;
+  const std::vector<std::size_t>* run_begin_ = &own_run_begin_;
+  std::vector<Copy> copies_;
+  std::int64_t elements_ = 0;
+};
+
 /// The fast path's state for one call: CPU gradients as runs over raw memory, other devices'
 /// gradients grouped by (device, dtype) for LibTorch's `_foreach` kernels.
 class FastPass {
@@ -5915,50 +6053,16 @@ class FastPass {
   /// `cpu_through_foreach` sends CPU gradients down the accelerator path too (for tests).
   /// `partials`: the norm partials of the first runs of `collected`, when NormAhead computed them.
   FastPass(const Collected& collected, double p, bool cpu_through_foreach = false, std::vector<double> partials = {})
-      : collected_(collected), p_(p), kind_(norm_kind_of(p)) {
+      : collected_(collected),
+        p_(p),
+        kind_(norm_kind_of(p)),
+        cpu_(collected, cpu_through_foreach, [this](std::size_t k) { add_to_device_group(k); }) {
     const auto& gradients = collected.gradients;
     result_dtype_ = gradients.front().dtype;
     for (const auto& gradient : gradients) {
       if (gradient.dtype != result_dtype_) result_dtype_ = c10::promoteTypes(result_dtype_, gradient.dtype);
     }
-    if (collected.runs_cover_all && !cpu_through_foreach) {
-      // Every gradient is a CPU one with its runs laid out already.
-      runs_ = &collected.runs;
-      run_begin_ = &collected.run_begin;
-      total_elements_ = collected.run_elements_total;
-      partials_ = std::move(partials);
-      return;
-    }
-    own_run_begin_.assign(gradients.size() + 1, 0);
-    in_device_group_.assign(gradients.size(), false);
-    own_runs_.reserve(gradients.size() + 16);
-    for (std::size_t k = 0; k < gradients.size(); ++k) {
-      own_run_begin_[k] = own_runs_.size();
-      const Gradient& gradient = gradients[k];
-      if (!gradient.is_cpu || cpu_through_foreach) {
-        in_device_group_[k] = true;
-        add_to_device_group(k);
-        continue;
-      }
-      const std::int64_t numel = gradient.numel;
-      if (numel == 0) {
-        continue;
-      }
-      // A dense gradient (contiguous or permuted, e.g. channels-last) fills numel slots from
-      // its first element on, in some order; norms and scaling do not care which.
-      void* data = gradient.data;
-      if (data == nullptr) {
-        copies_.push_back(Copy{k, gradient.grad->contiguous()});
-        data = copies_.back().tensor.data_ptr();
-      }
-      total_elements_ += numel;
-      const std::size_t element_size = c10::elementSize(gradient.dtype);
-      for (std::int64_t begin = 0; begin < numel; begin += run_elements) {
-        own_runs_.push_back(Run{static_cast<char*>(data) + begin * static_cast<std::int64_t>(element_size),
-                                std::min(run_elements, numel - begin), k, gradient.dtype});
-      }
-    }
-    own_run_begin_[gradients.size()] = own_runs_.size();
+    if (cpu_.from_collect()) partials_ = std::move(partials);
   }
 
   FastPass(const FastPass&) = delete;
@@ -6019,7 +6123,7 @@ class FastPass {
   /// Multiplies every gradient by the 0-dim `coefficient`. CPU gradients need its value on the
   /// host: free when it is on the CPU, one sync when it is on an accelerator.
   void scale(const at::Tensor& coefficient) {
-    if (!runs_->empty() || !copies_.empty()) {
+    if (cpu_.any()) {
       const double factor = coefficient.item<double>();
       // Multiplying by exactly 1 changes no value: skip the pass (PyTorch always multiplies).
       if (factor != 1.0) {
@@ -6039,10 +6143,6 @@ class FastPass {
   }
 
  private:
-  struct Copy {
-    std::size_t gradient;
-    at::Tensor tensor;
-  };
   struct DeviceGroup {
     c10::Device device;
     at::ScalarType dtype;
@@ -6052,6 +6152,8 @@ class FastPass {
   };
 
   void add_to_device_group(std::size_t k) {
+    if (in_device_group_.empty()) in_device_group_.assign(collected_.gradients.size(), false);
+    in_device_group_[k] = true;
     const at::Tensor& grad = *collected_.gradients[k].grad;
     for (auto& group : device_groups_) {
       if (group.device == grad.device() && group.dtype == grad.scalar_type()) {
@@ -6063,113 +6165,51 @@ class FastPass {
     device_groups_.push_back(DeviceGroup{grad.device(), grad.scalar_type(), {k}, {grad}, {}});
   }
 
-  /// Whether the passes split their runs over LibTorch's intra-op threads.
-  [[nodiscard]] bool in_parallel() const {
-    return at::get_num_threads() > 1 && total_elements_ >= parallel_min_elements &&
-           static_cast<std::int64_t>(runs_->size()) > grain();
-  }
-
-  [[nodiscard]] std::int64_t grain() const {
-    // About at::internal::GRAIN_SIZE elements per task.
-    const auto runs = static_cast<std::int64_t>(runs_->size());
-    return std::max<std::int64_t>(1, runs * 32768 / std::max<std::int64_t>(1, total_elements_));
-  }
-
   void compute_cpu_norms() {
     const auto& gradients = collected_.gradients;
-    const auto& runs = *runs_;
-    const auto& run_begin = *run_begin_;
+    const auto& runs = cpu_.runs();
     cpu_norms_.assign(gradients.size(), 0.0);
     const NormKind kind = kind_;
     const double p = p_;
-    // Runs NormAhead did not reach (all of them when it did not run).
-    const auto done = static_cast<std::int64_t>(partials_.size());
-    const auto count = static_cast<std::int64_t>(runs.size());
+    // Runs NormAhead did not reach (all of them when it did not run); small sets on this
+    // thread: no parallel region to enter.
+    const std::size_t done = partials_.size();
     partials_.resize(runs.size());
-    auto body = [&](std::int64_t begin, std::int64_t end) {
+    cpu_.for_each_share(done, /*writes=*/false, [&](std::int64_t begin, std::int64_t end) {
       reduce_runs(runs.data() + begin, end - begin, kind, p, partials_.data() + begin);
-    };
-    if (done < count) {
-      if (in_parallel()) {
-        at::parallel_for(done, count, grain(), body);
-      } else {
-        body(done, count);  // (no parallel region to enter: small sets lose nothing to threads)
-      }
-    }
-    cpu_total_partial_ =
-        gradient_norms(kind, p, runs.data(), run_begin.data(), gradients.size(), partials_.data(), cpu_norms_.data());
-  }
-
-  [[nodiscard]] bool runs_may_alias() const {
-    // The same gradient passed twice (or overlapping views) must be scaled twice, in order, as
-    // PyTorch's loop does; only then does the pass run sequentially.
-    const auto& runs = *runs_;
-    const auto& run_begin = *run_begin_;
-    std::vector<std::pair<const char*, const char*>> spans;
-    spans.reserve(collected_.gradients.size());
-    for (std::size_t k = 0; k < collected_.gradients.size(); ++k) {
-      if (run_begin[k] == run_begin[k + 1]) continue;
-      const Run& first = runs[run_begin[k]];
-      const Run& last = runs[run_begin[k + 1] - 1];
-      spans.emplace_back(static_cast<const char*>(first.data),
-                         static_cast<const char*>(last.data) +
-                             last.size * static_cast<std::int64_t>(c10::elementSize(last.dtype)));
-    }
-    std::sort(spans.begin(), spans.end());
-    for (std::size_t i = 1; i < spans.size(); ++i) {
-      if (spans[i].first < spans[i - 1].second) return true;
-    }
-    return false;
+    });
+    cpu_total_partial_ = gradient_norms(kind, p, runs.data(), cpu_.run_begin().data(), gradients.size(),
+                                        partials_.data(), cpu_norms_.data());
   }
 
   void scale_cpu(double factor) {
-    const auto& runs = *runs_;
+    const auto& runs = cpu_.runs();
     const auto count = static_cast<std::int64_t>(runs.size());
-    if (in_parallel() && !runs_may_alias()) {
+    if (cpu_.splits(0, /*writes=*/true)) {
       // Each thread forwards through its share: on large sets the hardware prefetchers follow
       // ascending addresses best (backwards from the end was 20 % slower on ResNet-50).
-      at::parallel_for(0, count, grain(), [&](std::int64_t begin, std::int64_t end) {
+      cpu_.for_each_share(0, /*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
         scale_runs(runs.data() + begin, end - begin, factor);
       });
-    } else if (total_elements_ <= parallel_min_elements) {
+    } else if (cpu_.elements() <= parallel_min_elements) {
       scale_runs_cache_order(runs.data(), count, factor);
     } else {
       scale_runs(runs.data(), count, factor);  // forwards (see above)
     }
-    for (const auto& copy : copies_) {
-      collected_.gradients[copy.gradient].grad->copy_(copy.tensor);
-    }
-    // The kernels write through raw pointers, like LibTorch's clip_grad_norm_ (which scales
-    // `grad.data()`) without touching version counters; a gradient that is itself part of a
-    // graph (create_graph) gets its version bumped, as Python's `detach().mul_()` does, so
-    // autograd still notices the change. (copy_ bumped the copied-back ones already.)
-    const auto& run_begin = *run_begin_;
-    std::size_t next_copy = 0;
-    for (std::size_t k = 0; k < collected_.gradients.size(); ++k) {
-      const bool copied = next_copy < copies_.size() && copies_[next_copy].gradient == k;
-      if (copied) ++next_copy;
-      if (!copied && collected_.gradients[k].tracked && run_begin[k] != run_begin[k + 1]) {
-        collected_.gradients[k].impl->bump_version();
-      }
-    }
+    cpu_.finish_writes();
   }
 
   const Collected& collected_;
   double p_;
   NormKind kind_;
   at::ScalarType result_dtype_ = at::kFloat;
-  std::vector<Run> own_runs_;
-  std::vector<std::size_t> own_run_begin_;
-  const std::vector<Run>* runs_ = &own_runs_;
-  const std::vector<std::size_t>* run_begin_ = &own_run_begin_;
   std::vector<double> partials_;
-  std::vector<Copy> copies_;
   std::vector<DeviceGroup> device_groups_;
+  std::vector<bool> in_device_group_;  // empty when no gradient is in a device group
   std::vector<double> cpu_norms_;
   double cpu_total_partial_ = 0.0;  // the contributions of cpu_norms_ combined
-  std::vector<bool> in_device_group_;
   std::optional<double> host_total_;
-  std::int64_t total_elements_ = 0;
+  CpuRuns cpu_;  // last: its constructor fills device_groups_ and in_device_group_
 };
 
 /// `at::norm(tensor, p)`, accumulated in float for float16/bfloat16 tensors: LibTorch 1.13's
@@ -6797,60 +6837,33 @@ struct UnscaledNormAhead {
   std::vector<unsigned char> nonfinite;  // of the same runs
 };
 
-/// The CPU gradients of a Collected set as runs over raw memory (as clip's FastPass lays them
-/// out), and the others grouped by (device, dtype) for ATen's `_amp_` kernels.
+/// The CPU gradients of a Collected set as runs over raw memory (clip's CpuRuns, as the clip's
+/// FastPass has them), and the others grouped by (device, dtype) for ATen's `_amp_` kernels.
 class ScaledPass {
  public:
-  explicit ScaledPass(const clip::Collected& collected) : collected_(collected) {
-    if (collected.runs_cover_all) {
-      // Every gradient is a CPU one with its runs laid out already.
-      runs_ = &collected.runs;
-      run_begin_ = &collected.run_begin;
-      total_elements_ = collected.run_elements_total;
-      return;
-    }
-    const auto& gradients = collected.gradients;
-    own_run_begin_.assign(gradients.size() + 1, 0);
-    for (std::size_t k = 0; k < gradients.size(); ++k) {
-      own_run_begin_[k] = own_runs_.size();
-      const clip::Gradient& gradient = gradients[k];
-      if (!gradient.is_cpu) {
-        add_to_device_group(k);
-        continue;
-      }
-      if (gradient.numel == 0) continue;
-      void* data = gradient.data;
-      if (data == nullptr) {
-        copies_.push_back(Copy{k, gradient.grad->contiguous()});
-        data = copies_.back().tensor.data_ptr();
-      }
-      total_elements_ += gradient.numel;
-      const auto element_size = static_cast<std::int64_t>(c10::elementSize(gradient.dtype));
-      for (std::int64_t begin = 0; begin < gradient.numel; begin += clip::run_elements) {
-        own_runs_.push_back(clip::Run{static_cast<char*>(data) + begin * element_size,
-                                      std::min(clip::run_elements, gradient.numel - begin), k, gradient.dtype});
-      }
-    }
-    own_run_begin_[gradients.size()] = own_runs_.size();
-  }
+  explicit ScaledPass(const clip::Collected& collected)
+      : collected_(collected), cpu_(collected, /*cpu_through_foreach=*/false, [this](std::size_t k) {
+          add_to_device_group(k);
+        }) {}
 
   ScaledPass(const ScaledPass&) = delete;
   ScaledPass& operator=(const ScaledPass&) = delete;
 
   [[nodiscard]] bool all_on_cpu() const noexcept { return device_groups_.empty(); }
   /// Whether some gradient lives on the CPU (and so needs the inverse scale on the host).
-  [[nodiscard]] bool has_cpu_gradients() const noexcept { return !runs_->empty() || !copies_.empty(); }
+  [[nodiscard]] bool has_cpu_gradients() const noexcept { return cpu_.any(); }
 
   /// Unscales every gradient in place (one pass): CPU gradients by `inv`, the others by
   /// `inv_tensor` (the same value, a float tensor, moved to their device: no host sync);
   /// returns whether a CPU gradient held inf or nan, and appends one found-inf tensor per
   /// accelerator device to `device_found`.
   bool unscale(float inv, const at::Tensor& inv_tensor, std::vector<at::Tensor>& device_found) {
-    std::vector<unsigned char> nonfinite(runs_->size(), 0);
-    for_runs(/*writes=*/true, 0, [&](std::int64_t begin, std::int64_t end) {
-      clip::unscale_runs(runs_->data() + begin, end - begin, inv, nonfinite.data() + begin);
+    const auto& runs = cpu_.runs();
+    std::vector<unsigned char> nonfinite(runs.size(), 0);
+    cpu_.for_each_share(0, /*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
+      clip::unscale_runs(runs.data() + begin, end - begin, inv, nonfinite.data() + begin);
     });
-    finish_writes();
+    cpu_.finish_writes();
     for (auto& group : device_groups_) {
       at::Tensor found;
       for (auto& existing : device_found) {
@@ -6873,17 +6886,18 @@ class ScaledPass {
   [[nodiscard]] double unscaled_norm(double p, float inv, bool& found, at::ScalarType& result_dtype,
                                      UnscaledNormAhead* ahead = nullptr) {
     const clip::NormKind kind = clip::norm_kind_of(p);
+    const auto& runs = cpu_.runs();
     std::vector<double> partials;
     std::vector<unsigned char> nonfinite;
-    if (ahead != nullptr && runs_ == &collected_.runs) {
+    if (ahead != nullptr && cpu_.from_collect()) {
       partials = std::move(ahead->partials);
       nonfinite = std::move(ahead->nonfinite);
     }
     const std::size_t done = partials.size();
-    partials.resize(runs_->size(), 0.0);
-    nonfinite.resize(runs_->size(), 0);
-    for_runs(/*writes=*/false, done, [&](std::int64_t begin, std::int64_t end) {
-      clip::unscale_reduce_runs(runs_->data() + begin, end - begin, kind, p, inv, partials.data() + begin,
+    partials.resize(runs.size(), 0.0);
+    nonfinite.resize(runs.size(), 0);
+    cpu_.for_each_share(done, /*writes=*/false, [&](std::int64_t begin, std::int64_t end) {
+      clip::unscale_reduce_runs(runs.data() + begin, end - begin, kind, p, inv, partials.data() + begin,
                                 nonfinite.data() + begin);
     });
     found = std::any_of(nonfinite.begin(), nonfinite.end(), [](unsigned char seen) { return seen != 0; });
@@ -6893,7 +6907,7 @@ class ScaledPass {
       if (gradient.dtype != result_dtype) result_dtype = c10::promoteTypes(result_dtype, gradient.dtype);
     }
     std::vector<double> norms(gradients.size());
-    const double total = clip::gradient_norms(kind, p, runs_->data(), run_begin_->data(), gradients.size(),
+    const double total = clip::gradient_norms(kind, p, runs.data(), cpu_.run_begin().data(), gradients.size(),
                                               partials.data(), norms.data());
     return clip::finish_in(result_dtype, kind, total, p);
   }
@@ -6901,17 +6915,14 @@ class ScaledPass {
   /// Unscales every CPU gradient by `inv` and multiplies it by `factor` in place (one pass).
   void unscale_and_scale(float inv, double factor) {
     if (inv == 1.0f && factor == 1.0) return;  // changes no value
-    for_runs(/*writes=*/true, 0, [&](std::int64_t begin, std::int64_t end) {
-      clip::unscale_scale_runs(runs_->data() + begin, end - begin, inv, factor, round_factor_to_gradient_type);
+    const auto& runs = cpu_.runs();
+    cpu_.for_each_share(0, /*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
+      clip::unscale_scale_runs(runs.data() + begin, end - begin, inv, factor, round_factor_to_gradient_type);
     });
-    finish_writes();
+    cpu_.finish_writes();
   }
 
  private:
-  struct Copy {
-    std::size_t gradient;
-    at::Tensor tensor;
-  };
   struct DeviceGroup {
     c10::Device device;
     at::ScalarType dtype;
@@ -6929,65 +6940,9 @@ class ScaledPass {
     device_groups_.push_back(DeviceGroup{grad.device(), grad.scalar_type(), {grad}});
   }
 
-  [[nodiscard]] bool runs_may_alias() const {
-    const auto& runs = *runs_;
-    const auto& run_begin = *run_begin_;
-    std::vector<std::pair<const char*, const char*>> spans;
-    for (std::size_t k = 0; k < collected_.gradients.size(); ++k) {
-      if (run_begin[k] == run_begin[k + 1]) continue;
-      const clip::Run& first = runs[run_begin[k]];
-      const clip::Run& last = runs[run_begin[k + 1] - 1];
-      spans.emplace_back(static_cast<const char*>(first.data),
-                         static_cast<const char*>(last.data) +
-                             last.size * static_cast<std::int64_t>(c10::elementSize(last.dtype)));
-    }
-    std::sort(spans.begin(), spans.end());
-    for (std::size_t i = 1; i < spans.size(); ++i) {
-      if (spans[i].first < spans[i - 1].second) return true;
-    }
-    return false;
-  }
-
-  /// `body` over the runs from `first` on: split over the intra-op threads (large sets; a
-  /// write only when no two runs overlap), else on this thread.
-  template <class Body>
-  void for_runs(bool writes, std::size_t first, Body&& body) {
-    const auto count = static_cast<std::int64_t>(runs_->size());
-    const auto begin = static_cast<std::int64_t>(first);
-    if (begin >= count) return;
-    const std::int64_t grain =
-        std::max<std::int64_t>(1, count * 32768 / std::max<std::int64_t>(1, total_elements_));  // ~GRAIN_SIZE
-    if (at::get_num_threads() > 1 && total_elements_ >= clip::parallel_min_elements && count - begin > grain &&
-        !(writes && runs_may_alias())) {
-      at::parallel_for(begin, count, grain, body);
-    } else {
-      body(begin, count);
-    }
-  }
-
-  /// Copies non-dense gradients back and bumps the version of gradients that are part of a
-  /// graph (as clip's FastPass does).
-  void finish_writes() {
-    for (const auto& copy : copies_) collected_.gradients[copy.gradient].grad->copy_(copy.tensor);
-    const auto& run_begin = *run_begin_;
-    std::size_t next_copy = 0;
-    for (std::size_t k = 0; k < collected_.gradients.size(); ++k) {
-      const bool copied = next_copy < copies_.size() && copies_[next_copy].gradient == k;
-      if (copied) ++next_copy;
-      if (!copied && collected_.gradients[k].tracked && run_begin[k] != run_begin[k + 1]) {
-        collected_.gradients[k].impl->bump_version();
-      }
-    }
-  }
-
   const clip::Collected& collected_;
-  std::vector<clip::Run> own_runs_;
-  std::vector<std::size_t> own_run_begin_;
-  const std::vector<clip::Run>* runs_ = &own_runs_;
-  const std::vector<std::size_t>* run_begin_ = &own_run_begin_;
-  std::vector<Copy> copies_;
   std::vector<DeviceGroup> device_groups_;
-  std::int64_t total_elements_ = 0;
+  clip::CpuRuns cpu_;  // last: its constructor fills device_groups_
 };
 
 }  // namespace detail::amp
