@@ -183,42 +183,15 @@ inline void check_scalable(const torch::optim::Optimizer& optimizer, std::string
 
 /// clip::collect over the optimizer's parameters; when it refuses a gradient, check_scalable
 /// says so in GradScaler's words where they apply (sparse or integer gradients).
-template <clip::FirstPass F = clip::NoFirstPass>
-[[nodiscard]] clip::Collected collect_scalable(const torch::optim::Optimizer& optimizer, std::string_view function,
-                                               F&& first_pass = {}) {
+[[nodiscard]] inline clip::Collected collect_scalable(const torch::optim::Optimizer& optimizer,
+                                                      std::string_view function) {
   try {
-    return clip::collect(parameters_of(optimizer), function, /*mutating=*/true, std::forward<F>(first_pass));
+    return clip::collect(parameters_of(optimizer), function, /*mutating=*/true);
   } catch (const Error&) {
     check_scalable(optimizer, function);
     throw;
   }
 }
-
-/// The norm partials of the CPU gradients unscaled by `inv`, and whether each run holds inf or
-/// nan, computed while clip::collect walks the parameters (its FirstPass), as clip's NormAhead.
-struct UnscaledNormAhead {
-  UnscaledNormAhead(double p, float inv) : kind(clip::norm_kind_of(p)), p(p), inv(inv), threads(at::get_num_threads()) {}
-
-  void operator()(const clip::Collected& collected, std::size_t begin, std::size_t end) {
-    if (stopped) return;
-    if (threads > 1 && collected.run_elements_total >= clip::parallel_min_elements) {
-      stopped = true;  // large sets: the parallel pass takes the rest
-      return;
-    }
-    partials.resize(end);
-    nonfinite.resize(end);
-    clip::unscale_reduce_runs(collected.runs.data() + begin, static_cast<std::int64_t>(end - begin), kind, p, inv,
-                              partials.data() + begin, nonfinite.data() + begin);
-  }
-
-  clip::NormKind kind;
-  double p;
-  float inv;
-  int threads;
-  bool stopped = false;
-  std::vector<double> partials;          // of runs [0, partials.size())
-  std::vector<unsigned char> nonfinite;  // of the same runs
-};
 
 /// The CPU gradients of a Collected set as runs over raw memory (clip's CpuRuns, as the clip's
 /// FastPass has them), and the others grouped by (device, dtype) for ATen's `_amp_` kernels.
@@ -243,7 +216,7 @@ class ScaledPass {
   bool unscale(float inv, const at::Tensor& inv_tensor, std::vector<at::Tensor>& device_found) {
     const auto& runs = cpu_.runs();
     std::vector<unsigned char> nonfinite(runs.size(), 0);
-    cpu_.for_each_share(0, /*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
+    cpu_.for_each_share(/*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
       clip::unscale_runs(runs.data() + begin, end - begin, inv, nonfinite.data() + begin);
     });
     cpu_.finish_writes();
@@ -264,22 +237,13 @@ class ScaledPass {
 
   /// The total norm of order p of the gradients unscaled by `inv`, without writing them (CPU
   /// gradients only); `found` = whether any held inf or nan. As clip's FastPass: per-gradient
-  /// norms in the gradient's dtype, the total in the promoted dtype. `ahead`: the runs
-  /// UnscaledNormAhead covered while the gradients were collected (with the same `inv`).
-  [[nodiscard]] double unscaled_norm(double p, float inv, bool& found, at::ScalarType& result_dtype,
-                                     UnscaledNormAhead* ahead = nullptr) {
+  /// norms in the gradient's dtype, the total in the promoted dtype.
+  [[nodiscard]] double unscaled_norm(double p, float inv, bool& found, at::ScalarType& result_dtype) {
     const clip::NormKind kind = clip::norm_kind_of(p);
     const auto& runs = cpu_.runs();
-    std::vector<double> partials;
-    std::vector<unsigned char> nonfinite;
-    if (ahead != nullptr && cpu_.from_collect()) {
-      partials = std::move(ahead->partials);
-      nonfinite = std::move(ahead->nonfinite);
-    }
-    const std::size_t done = partials.size();
-    partials.resize(runs.size(), 0.0);
-    nonfinite.resize(runs.size(), 0);
-    cpu_.for_each_share(done, /*writes=*/false, [&](std::int64_t begin, std::int64_t end) {
+    std::vector<double> partials(runs.size(), 0.0);
+    std::vector<unsigned char> nonfinite(runs.size(), 0);
+    cpu_.for_each_share(/*writes=*/false, [&](std::int64_t begin, std::int64_t end) {
       clip::unscale_reduce_runs(runs.data() + begin, end - begin, kind, p, inv, partials.data() + begin,
                                 nonfinite.data() + begin);
     });
@@ -299,7 +263,7 @@ class ScaledPass {
   void unscale_and_scale(float inv, double factor) {
     if (inv == 1.0f && factor == 1.0) return;  // changes no value
     const auto& runs = cpu_.runs();
-    cpu_.for_each_share(0, /*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
+    cpu_.for_each_share(/*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
       clip::unscale_scale_runs(runs.data() + begin, end - begin, inv, factor, round_factor_to_gradient_type);
     });
     cpu_.finish_writes();
@@ -682,13 +646,7 @@ struct ScalerAccess {
                    "scaler.step(optimizer)",
                    function);
     const bool unscaled = existing != nullptr && existing->stage == GradScaler::Stage::unscaled;
-    // On the CPU the unscaled norm is computed while the gradients are gathered (the inverse
-    // scale is known up front: the scale lives on the CPU too).
-    std::optional<UnscaledNormAhead> ahead;
-    if (!unscaled && options.foreach && scaler.scale_.device().is_cpu()) {
-      ahead.emplace(norm_type, inverse_scale(scaler.host_scale()));
-    }
-    const auto collected = ahead ? collect_scalable(optimizer, function, *ahead) : collect_scalable(optimizer, function);
+    const auto collected = collect_scalable(optimizer, function);
     if (unscaled || collected.gradients.empty()) {
       if (!unscaled) scaler.state_of(optimizer).stage = GradScaler::Stage::unscaled;  // Python records nothing
       return clip::norm_and_clip(collected, norm_type, max_norm, options, function);
@@ -714,7 +672,7 @@ struct ScalerAccess {
     const float inv = inverse_scale(scaler.host_scale());
     bool found = false;
     at::ScalarType dtype = at::kFloat;
-    const double total = pass.unscaled_norm(norm_type, inv, found, dtype, ahead ? &*ahead : nullptr);
+    const double total = pass.unscaled_norm(norm_type, inv, found, dtype);
     TORCHKIT_CHECK(!options.error_if_nonfinite || std::isfinite(total),
                    "{}: the total norm of order {} of the unscaled gradients is {} (non-finite), so they cannot be "
                    "clipped (error_if_nonfinite); no gradient was changed",

@@ -119,7 +119,7 @@ struct Collected {
 
 /// The first element of `impl`'s data (CPU, strided, not empty): what `Tensor::data_ptr()`
 /// returns, without its out-of-line storage checks on LibTorch 1.13 (the caller has checked).
-[[nodiscard]] inline void* first_element(c10::TensorImpl* impl, at::ScalarType dtype) {
+[[nodiscard, gnu::always_inline]] inline void* first_element(c10::TensorImpl* impl, at::ScalarType dtype) {
 #if TORCHKIT_TORCH_AT_LEAST(2, 1)
   (void)dtype;
   return impl->mutable_data();  // (materialises a copy-on-write storage first)
@@ -133,7 +133,12 @@ struct Collected {
 
 /// Appends the runs of `numel` contiguous elements of `dtype` from `data` on, belonging to
 /// gradient `k`: at most run_elements each, so that one large gradient spreads over threads.
-inline void append_runs(std::vector<Run>& runs, void* data, std::int64_t numel, std::size_t k, at::ScalarType dtype) {
+[[gnu::always_inline]] inline void append_runs(std::vector<Run>& runs, void* data, std::int64_t numel, std::size_t k,
+                                              at::ScalarType dtype) {
+  if (numel <= run_elements) [[likely]] {
+    runs.push_back(Run{data, numel, k, dtype});
+    return;
+  }
   const auto element_size = static_cast<std::int64_t>(c10::elementSize(dtype));
   for (std::int64_t begin = 0; begin < numel; begin += run_elements) {
     runs.push_back(Run{static_cast<char*>(data) + begin * element_size, std::min(run_elements, numel - begin), k, dtype});
@@ -141,7 +146,8 @@ inline void append_runs(std::vector<Run>& runs, void* data, std::int64_t numel, 
 }
 
 /// Records `grad` (at position `index`) and, when it has CPU `data`, its runs.
-inline void record(Collected& collected, const at::Tensor& grad, std::size_t index, void* data, std::int64_t numel,
+[[gnu::always_inline]] inline void record(Collected& collected, const at::Tensor& grad, std::size_t index, void* data,
+                                          std::int64_t numel,
                    at::ScalarType dtype, bool is_cpu) {
   c10::TensorImpl* impl = grad.unsafeGetTensorImpl();
   // (autograd metadata first: no call for a plain gradient)
@@ -158,24 +164,11 @@ inline void record(Collected& collected, const at::Tensor& grad, std::size_t ind
   collected.run_begin.push_back(collected.runs.size());
 }
 
-/// Checks `parameter` (position `index`) and its gradient `grad` (gradient_of(parameter)) and
-/// records the gradient when it is defined. The usual gradient (dense, float, the parameter's
-/// shape) is checked on the tensor's own fields; anything else takes the detailed checks.
-inline void add_parameter(Collected& collected, const at::Tensor& parameter, const at::Tensor& grad,
-                          std::size_t index, std::string_view function, bool mutating) {
-  if (!grad.defined()) {
-    return;
-  }
-  c10::TensorImpl* impl = grad.unsafeGetTensorImpl();
-  const at::ScalarType dtype = c10::typeMetaToScalarType(impl->dtype());
-  if (impl->layout() == at::kStrided && is_supported_dtype(dtype) &&
-      same_sizes(impl->sizes(), parameter.unsafeGetTensorImpl()->sizes()) && impl->is_non_overlapping_and_dense() &&
-      (!mutating || !impl->is_inference() || c10::InferenceMode::is_enabled())) {
-    const bool is_cpu = impl->device_type() == c10::DeviceType::CPU;
-    const std::int64_t numel = impl->numel();
-    record(collected, grad, index, is_cpu && numel > 0 ? first_element(impl, dtype) : nullptr, numel, dtype, is_cpu);
-    return;
-  }
+/// The detailed checks of a gradient that is not the usual one (see add_parameter): throws
+/// the error that names what is wrong, else records it (a non-dense gradient, say).
+[[gnu::noinline]] inline void add_unusual_parameter(Collected& collected, const at::Tensor& parameter,
+                                                   const at::Tensor& grad, std::size_t index,
+                                                   std::string_view function, bool mutating) {
   TORCHKIT_CHECK(grad.layout() == at::kStrided,
                  "{}: the gradient of {} is sparse (layout {}); only dense (strided) gradients can be clipped",
                  function, parameter_label(collected, index), c10::str(grad.layout()));
@@ -195,24 +188,32 @@ inline void add_parameter(Collected& collected, const at::Tensor& parameter, con
                  "{}: the gradient of {} has elements that share memory (strides {}, e.g. made by expand()); it "
                  "cannot be changed in place: give it its own memory first (grad = grad.clone())",
                  function, parameter_label(collected, index), detail::shape_string(grad.strides()));
-  record(collected, grad, index, nullptr, grad.numel(), dtype, grad.device().is_cpu());
+  record(collected, grad, index, nullptr, grad.numel(), c10::typeMetaToScalarType(grad.dtype()),
+         grad.device().is_cpu());
 }
 
-/// A first pass over the runs collect() lays out, done while it walks the parameters: called
-/// with the runs [begin, end) as they are appended (a few at a time), it may only read them.
-/// Reading each gradient right after its metadata saves walking the metadata twice (measured
-/// on bench/clip_bench's 2,000 x 512 set: the norm 15-20 % faster than collecting first).
-template <class F>
-concept FirstPass = std::invocable<F&, const Collected&, std::size_t, std::size_t>;
-
-/// No first pass.
-struct NoFirstPass {
-  void operator()(const Collected&, std::size_t, std::size_t) const noexcept {}
-};
-
-/// Runs handed to a first pass at a time: enough for one dispatch to cover many small
-/// gradients, few enough that the pass reads them while their metadata is still cached.
-inline constexpr std::size_t first_pass_runs = 16;
+/// Checks `parameter` (position `index`) and its gradient `grad` (gradient_of(parameter)) and
+/// records the gradient when it is defined. The usual gradient (dense, float, the parameter's
+/// shape) is checked on the tensor's own fields, inline in the walk; anything else takes the
+/// detailed checks (add_unusual_parameter).
+[[gnu::always_inline]] inline void add_parameter(Collected& collected, const at::Tensor& parameter,
+                                                 const at::Tensor& grad, std::size_t index, std::string_view function,
+                                                 bool mutating) {
+  if (!grad.defined()) {
+    return;
+  }
+  c10::TensorImpl* impl = grad.unsafeGetTensorImpl();
+  const at::ScalarType dtype = c10::typeMetaToScalarType(impl->dtype());
+  if (impl->layout() == at::kStrided && is_supported_dtype(dtype) &&
+      same_sizes(impl->sizes(), parameter.unsafeGetTensorImpl()->sizes()) && impl->is_non_overlapping_and_dense() &&
+      (!mutating || !impl->is_inference() || c10::InferenceMode::is_enabled())) [[likely]] {
+    const bool is_cpu = impl->device_type() == c10::DeviceType::CPU;
+    const std::int64_t numel = impl->numel();
+    record(collected, grad, index, is_cpu && numel > 0 ? first_element(impl, dtype) : nullptr, numel, dtype, is_cpu);
+    return;
+  }
+  add_unusual_parameter(collected, parameter, grad, index, function, mutating);
+}
 
 /// Checks the parameters in order and gathers their gradients. The metadata of each parameter
 /// sits in four objects (the tensor, its autograd metadata, the gradient tensor, the gradient's
@@ -220,10 +221,8 @@ inline constexpr std::size_t first_pass_runs = 16;
 /// each stage once the previous one has arrived, so that the misses overlap instead of adding
 /// up. The distances (12, 8, 4, 2 parameters) were chosen by measurement on bench/clip_bench's
 /// 2,000 x 512 sets. The gradient found for the third stage is kept for the parameter's turn.
-template <FirstPass F>
-void add_parameters(Collected& collected, const std::vector<const at::Tensor*>& parameters, std::string_view function,
-                    bool mutating, F& first_pass) {
-  constexpr bool has_first_pass = !std::is_same_v<std::remove_cvref_t<F>, NoFirstPass>;
+inline void add_parameters(Collected& collected, const std::vector<const at::Tensor*>& parameters,
+                           std::string_view function, bool mutating) {
   constexpr std::size_t tensor_ahead = 12, metadata_ahead = 8, grad_ahead = 4, storage_ahead = 2;
   constexpr std::size_t ring = 8;  // > grad_ahead: gradients found ahead, by position % ring
   std::array<const at::Tensor*, ring> found{};
@@ -233,7 +232,6 @@ void add_parameters(Collected& collected, const std::vector<const at::Tensor*>& 
     found[index % ring] = parameter.defined() ? &gradient_of(parameter) : nullptr;
     return found[index % ring];
   };
-  std::size_t passed = 0;  // runs handed to the first pass
   for (std::size_t index = 0; index < std::min(grad_ahead, count); ++index) find_gradient(index);
   for (std::size_t index = 0; index < count; ++index) {
     if (index + tensor_ahead < count) {
@@ -258,22 +256,13 @@ void add_parameters(Collected& collected, const std::vector<const at::Tensor*>& 
     TORCHKIT_CHECK(parameter.defined(), "{}: {} is an undefined tensor; expected parameters (defined tensors)",
                    function, parameter_label(collected, index));
     add_parameter(collected, parameter, *found[index % ring], index, function, mutating);
-    if constexpr (has_first_pass) {
-      if (collected.runs.size() - passed >= first_pass_runs) {
-        first_pass(std::as_const(collected), passed, collected.runs.size());
-        passed = collected.runs.size();
-      }
-    }
-  }
-  if constexpr (has_first_pass) {
-    if (collected.runs.size() > passed) first_pass(std::as_const(collected), passed, collected.runs.size());
   }
 }
 
 /// Validates every parameter and gathers the defined gradients, in order, without copying a
-/// tensor handle per parameter; `first_pass` reads the CPU runs as they are laid out.
-template <ParameterSource P, FirstPass F = NoFirstPass>
-[[nodiscard]] Collected collect(P&& source, std::string_view function, bool mutating, F&& first_pass = {}) {
+/// tensor handle per parameter.
+template <ParameterSource P>
+[[nodiscard]] Collected collect(P&& source, std::string_view function, bool mutating) {
   Collected collected;
   std::vector<const at::Tensor*> parameters;
   if constexpr (ModuleLike<P>) {
@@ -305,7 +294,7 @@ template <ParameterSource P, FirstPass F = NoFirstPass>
   collected.gradients.reserve(parameters.size());
   collected.runs.reserve(parameters.size() + 16);
   collected.run_begin.reserve(parameters.size() + 1);
-  add_parameters(collected, parameters, function, mutating, first_pass);
+  add_parameters(collected, parameters, function, mutating);
   return collected;
 }
 
@@ -374,35 +363,6 @@ inline void scale_runs_cache_order(const Run* runs, std::int64_t count, double f
   }
 }
 
-/// The norm partials of the CPU runs, computed while collect() walks the parameters (its
-/// FirstPass): each small gradient is read right after its metadata. With several threads it
-/// stops once the set is large enough to be split between them (FastPass takes the rest).
-class NormAhead {
- public:
-  explicit NormAhead(double p) : kind_(norm_kind_of(p)), p_(p), threads_(at::get_num_threads()) {}
-
-  void operator()(const Collected& collected, std::size_t begin, std::size_t end) {
-    if (stopped_) return;
-    if (threads_ > 1 && collected.run_elements_total >= parallel_min_elements) {
-      stopped_ = true;
-      return;
-    }
-    partials_.resize(end);
-    reduce_runs(collected.runs.data() + begin, static_cast<std::int64_t>(end - begin), kind_, p_,
-                partials_.data() + begin);
-  }
-
-  /// The partials of runs [0, size()), in run order.
-  [[nodiscard]] std::vector<double> take() && { return std::move(partials_); }
-
- private:
-  NormKind kind_;
-  double p_;
-  int threads_;
-  bool stopped_ = false;
-  std::vector<double> partials_;
-};
-
 /// The CPU gradients of a Collected set as runs over raw memory, for the clip's FastPass and
 /// amp's ScaledPass: the runs collect() laid out when they cover every gradient, else laid out
 /// here, a non-dense gradient through a contiguous copy that finish_writes() copies back.
@@ -447,8 +407,6 @@ class CpuRuns {
   /// runs()[run_begin()[k] .. run_begin()[k + 1]) belong to gradient k.
   [[nodiscard]] const std::vector<std::size_t>& run_begin() const noexcept { return *run_begin_; }
   [[nodiscard]] std::int64_t elements() const noexcept { return elements_; }
-  /// Whether these are the runs collect() laid out (so a FirstPass's results apply to them).
-  [[nodiscard]] bool from_collect() const noexcept { return runs_ == &collected_.runs; }
   /// Whether some gradient lives on the CPU.
   [[nodiscard]] bool any() const noexcept { return !runs_->empty() || !copies_.empty(); }
 
@@ -458,26 +416,24 @@ class CpuRuns {
     return std::max<std::int64_t>(1, count * 32768 / std::max<std::int64_t>(1, elements_));
   }
 
-  /// Whether the runs from `first` on are split over LibTorch's intra-op threads: several
-  /// threads, a set of at least parallel_min_elements, more runs than one task takes, and for
-  /// a pass that writes, no two gradients sharing memory.
-  [[nodiscard]] bool splits(std::size_t first, bool writes) const {
-    const auto remaining = static_cast<std::int64_t>(runs_->size()) - static_cast<std::int64_t>(first);
-    return at::get_num_threads() > 1 && elements_ >= parallel_min_elements && remaining > grain() &&
-           !(writes && may_alias());
+  /// Whether the runs are split over LibTorch's intra-op threads: several threads, a set of at
+  /// least parallel_min_elements, more runs than one task takes, and for a pass that writes, no
+  /// two gradients sharing memory.
+  [[nodiscard]] bool splits(bool writes) const {
+    return at::get_num_threads() > 1 && elements_ >= parallel_min_elements &&
+           static_cast<std::int64_t>(runs_->size()) > grain() && !(writes && may_alias());
   }
 
-  /// `body(begin, end)` over the runs from `first` on: split over the threads when splits(),
-  /// else once on this thread.
+  /// `body(begin, end)` over the runs: split over the threads when splits(), else once on this
+  /// thread.
   template <class Body>
-  void for_each_share(std::size_t first, bool writes, Body&& body) const {
+  void for_each_share(bool writes, Body&& body) const {
     const auto count = static_cast<std::int64_t>(runs_->size());
-    const auto begin = static_cast<std::int64_t>(first);
-    if (begin >= count) return;
-    if (splits(first, writes)) {
-      at::parallel_for(begin, count, grain(), body);
+    if (count == 0) return;
+    if (splits(writes)) {
+      at::parallel_for(0, count, grain(), body);
     } else {
-      body(begin, count);
+      body(0, count);
     }
   }
 
@@ -541,8 +497,7 @@ class CpuRuns {
 class FastPass {
  public:
   /// `cpu_through_foreach` sends CPU gradients down the accelerator path too (for tests).
-  /// `partials`: the norm partials of the first runs of `collected`, when NormAhead computed them.
-  FastPass(const Collected& collected, double p, bool cpu_through_foreach = false, std::vector<double> partials = {})
+  FastPass(const Collected& collected, double p, bool cpu_through_foreach = false)
       : collected_(collected),
         p_(p),
         kind_(norm_kind_of(p)),
@@ -552,7 +507,6 @@ class FastPass {
     for (const auto& gradient : gradients) {
       if (gradient.dtype != result_dtype_) result_dtype_ = c10::promoteTypes(result_dtype_, gradient.dtype);
     }
-    if (cpu_.from_collect()) partials_ = std::move(partials);
   }
 
   FastPass(const FastPass&) = delete;
@@ -661,24 +615,22 @@ class FastPass {
     cpu_norms_.assign(gradients.size(), 0.0);
     const NormKind kind = kind_;
     const double p = p_;
-    // Runs NormAhead did not reach (all of them when it did not run); small sets on this
-    // thread: no parallel region to enter.
-    const std::size_t done = partials_.size();
-    partials_.resize(runs.size());
-    cpu_.for_each_share(done, /*writes=*/false, [&](std::int64_t begin, std::int64_t end) {
-      reduce_runs(runs.data() + begin, end - begin, kind, p, partials_.data() + begin);
+    // (small sets on this thread: no parallel region to enter)
+    std::vector<double> partials(runs.size());
+    cpu_.for_each_share(/*writes=*/false, [&](std::int64_t begin, std::int64_t end) {
+      reduce_runs(runs.data() + begin, end - begin, kind, p, partials.data() + begin);
     });
     cpu_total_partial_ = gradient_norms(kind, p, runs.data(), cpu_.run_begin().data(), gradients.size(),
-                                        partials_.data(), cpu_norms_.data());
+                                        partials.data(), cpu_norms_.data());
   }
 
   void scale_cpu(double factor) {
     const auto& runs = cpu_.runs();
     const auto count = static_cast<std::int64_t>(runs.size());
-    if (cpu_.splits(0, /*writes=*/true)) {
+    if (cpu_.splits(/*writes=*/true)) {
       // Each thread forwards through its share: on large sets the hardware prefetchers follow
       // ascending addresses best (backwards from the end was 20 % slower on ResNet-50).
-      cpu_.for_each_share(0, /*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
+      cpu_.for_each_share(/*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
         scale_runs(runs.data() + begin, end - begin, factor);
       });
     } else if (cpu_.elements() <= parallel_min_elements) {
@@ -693,7 +645,6 @@ class FastPass {
   double p_;
   NormKind kind_;
   at::ScalarType result_dtype_ = at::kFloat;
-  std::vector<double> partials_;
   std::vector<DeviceGroup> device_groups_;
   std::vector<bool> in_device_group_;  // empty when no gradient is in a device group
   std::vector<double> cpu_norms_;
@@ -755,16 +706,15 @@ class FastPass {
 }
 
 /// The shared implementation of clip_grad_norm_ (max_norm set) and grad_norm (no max_norm).
-/// `partials`: the norm partials NormAhead computed while collecting (fast path only).
 [[nodiscard]] inline at::Tensor norm_and_clip(const Collected& collected, double p, std::optional<double> max_norm,
                                               const ClipOptions& options, std::string_view function,
-                                              bool cpu_through_foreach = false, std::vector<double> partials = {}) {
+                                              bool cpu_through_foreach = false) {
   if (collected.gradients.empty()) {
     return at::scalar_tensor(0.0, at::kFloat);  // PyTorch: torch.tensor(0.)
   }
   const at::NoGradGuard no_grad;
   if (options.foreach) {
-    FastPass pass(collected, p, cpu_through_foreach, std::move(partials));
+    FastPass pass(collected, p, cpu_through_foreach);
     at::Tensor total = pass.total_norm();
     if (options.error_if_nonfinite) {
       const double value = total.item<double>();
@@ -847,12 +797,6 @@ at::Tensor clip_grad_norm_(P&& params, double max_norm, double norm_type = 2.0, 
   constexpr std::string_view function = "clip_grad_norm_";
   detail::clip::check_max_norm(max_norm, function);
   detail::clip::check_norm_type(norm_type, function);
-  if (options.foreach) {
-    detail::clip::NormAhead ahead(norm_type);  // the norm pass runs while the gradients are gathered
-    const auto collected = detail::clip::collect(std::forward<P>(params), function, /*mutating=*/true, ahead);
-    return detail::clip::norm_and_clip(collected, norm_type, max_norm, options, function, false,
-                                       std::move(ahead).take());
-  }
   const auto collected = detail::clip::collect(std::forward<P>(params), function, /*mutating=*/true);
   return detail::clip::norm_and_clip(collected, norm_type, max_norm, options, function);
 }
@@ -869,12 +813,6 @@ template <ParameterSource P>
 [[nodiscard]] at::Tensor grad_norm(P&& params, double norm_type = 2.0, ClipOptions options = {}) {
   constexpr std::string_view function = "grad_norm";
   detail::clip::check_norm_type(norm_type, function);
-  if (options.foreach) {
-    detail::clip::NormAhead ahead(norm_type);
-    const auto collected = detail::clip::collect(std::forward<P>(params), function, /*mutating=*/false, ahead);
-    return detail::clip::norm_and_clip(collected, norm_type, std::nullopt, options, function, false,
-                                       std::move(ahead).take());
-  }
   const auto collected = detail::clip::collect(std::forward<P>(params), function, /*mutating=*/false);
   return detail::clip::norm_and_clip(collected, norm_type, std::nullopt, options, function);
 }
