@@ -147,8 +147,7 @@ struct Collected {
 
 /// Records `grad` (at position `index`) and, when it has CPU `data`, its runs.
 [[gnu::always_inline]] inline void record(Collected& collected, const at::Tensor& grad, std::size_t index, void* data,
-                                          std::int64_t numel,
-                   at::ScalarType dtype, bool is_cpu) {
+                                          std::int64_t numel, at::ScalarType dtype, bool is_cpu) {
   c10::TensorImpl* impl = grad.unsafeGetTensorImpl();
   // (autograd metadata first: no call for a plain gradient)
   const bool tracked = impl->autograd_meta() != nullptr && impl->requires_grad();
