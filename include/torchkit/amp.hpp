@@ -249,10 +249,7 @@ class ScaledPass {
     });
     found = std::any_of(nonfinite.begin(), nonfinite.end(), [](unsigned char seen) { return seen != 0; });
     const auto& gradients = collected_.gradients;
-    result_dtype = gradients.front().dtype;
-    for (const auto& gradient : gradients) {
-      if (gradient.dtype != result_dtype) result_dtype = c10::promoteTypes(result_dtype, gradient.dtype);
-    }
+    result_dtype = clip::promoted_dtype(gradients);
     std::vector<double> norms(gradients.size());
     const double total = clip::gradient_norms(kind, p, runs.data(), cpu_.run_begin().data(), gradients.size(),
                                               partials.data(), norms.data());

@@ -71,6 +71,16 @@ struct Gradient {
   bool tracked;  // requires grad (made with create_graph): in-place writes must bump its version
 };
 
+/// The dtype of the total norm of `gradients` (not empty): their dtypes promoted
+/// (c10::promoteTypes), the dtype PyTorch's total norm has.
+[[nodiscard]] inline at::ScalarType promoted_dtype(const std::vector<Gradient>& gradients) {
+  at::ScalarType dtype = gradients.front().dtype;
+  for (const auto& gradient : gradients) {
+    if (gradient.dtype != dtype) dtype = c10::promoteTypes(dtype, gradient.dtype);
+  }
+  return dtype;
+}
+
 /// Runs are at most this long, so one large gradient spreads over threads.
 inline constexpr std::int64_t run_elements = std::int64_t{1} << 16;
 
@@ -461,8 +471,14 @@ class CpuRuns {
   };
 
   /// Whether two gradients share memory (the same gradient passed twice, overlapping views):
-  /// they must then be scaled in order, as PyTorch's loop does.
+  /// they must then be scaled in order, as PyTorch's loop does. Worked out on first use (a
+  /// sort of every gradient's span), then kept: the runs do not change.
   [[nodiscard]] bool may_alias() const {
+    if (!may_alias_) may_alias_ = spans_overlap();
+    return *may_alias_;
+  }
+
+  [[nodiscard]] bool spans_overlap() const {
     const auto& runs = *runs_;
     const auto& run_begin = *run_begin_;
     std::vector<std::pair<const char*, const char*>> spans;
@@ -489,6 +505,7 @@ class CpuRuns {
   const std::vector<std::size_t>* run_begin_ = &own_run_begin_;
   std::vector<Copy> copies_;
   std::int64_t elements_ = 0;
+  mutable std::optional<bool> may_alias_;  // may_alias(), once asked
 };
 
 /// The fast path's state for one call: CPU gradients as runs over raw memory, other devices'
@@ -500,13 +517,8 @@ class FastPass {
       : collected_(collected),
         p_(p),
         kind_(norm_kind_of(p)),
-        cpu_(collected, cpu_through_foreach, [this](std::size_t k) { add_to_device_group(k); }) {
-    const auto& gradients = collected.gradients;
-    result_dtype_ = gradients.front().dtype;
-    for (const auto& gradient : gradients) {
-      if (gradient.dtype != result_dtype_) result_dtype_ = c10::promoteTypes(result_dtype_, gradient.dtype);
-    }
-  }
+        result_dtype_(promoted_dtype(collected.gradients)),
+        cpu_(collected, cpu_through_foreach, [this](std::size_t k) { add_to_device_group(k); }) {}
 
   FastPass(const FastPass&) = delete;
   FastPass& operator=(const FastPass&) = delete;
@@ -643,7 +655,7 @@ class FastPass {
   const Collected& collected_;
   double p_;
   NormKind kind_;
-  at::ScalarType result_dtype_ = at::kFloat;
+  at::ScalarType result_dtype_;
   std::vector<DeviceGroup> device_groups_;
   std::vector<bool> in_device_group_;  // empty when no gradient is in a device group
   std::vector<double> cpu_norms_;
