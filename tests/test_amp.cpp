@@ -503,6 +503,37 @@ TEST_CASE("fused unscale kernels: inf and nan found at every position, on every 
   };
   check_dtype(0.0f);
   check_dtype(0.0);
+
+  // Many runs in one call (one flag for them all): a special value in any one run is found,
+  // and a clean call after one that found some reports none.
+  const std::vector<std::int64_t> sizes = {64, 33, 100, 7, 512, 257};
+  for (int level = 0; level <= static_cast<int>(kernels::cpu_isa()); ++level) {
+    const kernels::ForceIsa pin(static_cast<kernels::Isa>(level));
+    CAPTURE(kernels::isa_name(static_cast<kernels::Isa>(level)));
+    for (std::size_t dirty = 0; dirty <= sizes.size(); ++dirty) {  // sizes.size(): all clean
+      for (const float special : {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::quiet_NaN()}) {
+        CAPTURE(dirty);
+        CAPTURE(special);
+        std::vector<std::vector<float>> values;
+        std::vector<kernels::Run> runs;
+        for (std::size_t r = 0; r < sizes.size(); ++r) {
+          values.emplace_back(static_cast<std::size_t>(sizes[r]), 0.75f);
+          if (r == dirty) values.back()[static_cast<std::size_t>(sizes[r] * 2 / 3)] = special;
+        }
+        for (std::size_t r = 0; r < sizes.size(); ++r) runs.emplace_back(values[r].data(), sizes[r], r, at::kFloat);
+        std::vector<double> partials(runs.size());
+        unsigned char found = 2;
+        kernels::unscale_reduce_runs(runs.data(), static_cast<std::int64_t>(runs.size()), kernels::NormKind::two, 2.0,
+                                     0.5f, partials.data(), &found);
+        CHECK(found == (dirty < sizes.size() ? 1 : 0));
+        for (std::size_t r = 0; r < sizes.size(); ++r) {
+          if (r == dirty) continue;
+          const std::vector<float> unscaled(static_cast<std::size_t>(sizes[r]), 0.375f);
+          CHECK(partials[r] == kernels::reduce(at::kFloat, kernels::NormKind::two, unscaled.data(), sizes[r], 2.0));
+        }
+      }
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -520,6 +520,90 @@ TEST_CASE("the accelerator path (_foreach kernels) agrees with the CPU kernels")
   }
 }
 
+TEST_CASE("collect lays out every gradient's runs in order, the unusual ones among the usual") {
+  namespace kernels = torchkit::detail::clip;
+  // Small (one run), large (several runs: more than the room made for one run per parameter),
+  // empty, undefined, transposed (dense, not contiguous), strided (not dense) and inference
+  // gradients, mixed.
+  torch::manual_seed(5);
+  std::vector<at::Tensor> params;
+  std::vector<std::string> kinds;
+  const auto add = [&](std::vector<int64_t> shape, const std::string& kind) {
+    auto param = torch::zeros(shape, torch::requires_grad());
+    if (kind == "transposed") {
+      param.mutable_grad() = torch::randn({shape[1], shape[0]}).t();
+    } else if (kind == "strided") {
+      param.mutable_grad() = torch::randn({shape[0], shape[1] * 2}).slice(1, 0, shape[1] * 2, 2);
+    } else if (kind == "inference") {
+      const c10::InferenceMode guard;
+      param.mutable_grad() = torch::randn(shape);
+    } else if (kind != "none") {
+      param.mutable_grad() = torch::randn(shape);
+    }
+    params.push_back(param);
+    kinds.push_back(kind);
+  };
+  add({512}, "small");
+  add({300001}, "large");
+  add({7}, "small");
+  add({0}, "empty");
+  add({9}, "none");
+  add({40, 30}, "transposed");
+  for (int i = 0; i < 12; ++i) add({200000}, "large");
+  add({65536}, "small");
+  add({65537}, "large");
+  add({5, 6}, "inference");
+  add({4, 3}, "strided");
+  add({3}, "small");
+  for (const bool with_strided : {true, false}) {
+    CAPTURE(with_strided);
+    auto used = params;
+    if (!with_strided) used.erase(used.end() - 2);
+    const auto collected = kernels::collect(used, "test", /*mutating=*/false);
+    std::size_t expected_gradients = 0;
+    std::int64_t expected_elements = 0;
+    for (const auto& param : used) {
+      if (!param.grad().defined()) continue;
+      ++expected_gradients;
+      if (param.grad().is_non_overlapping_and_dense()) expected_elements += param.grad().numel();
+    }
+    REQUIRE(collected.gradients.size() == expected_gradients);
+    REQUIRE(collected.run_begin.size() == expected_gradients + 1);
+    CHECK(collected.run_begin.front() == 0);
+    CHECK(collected.run_begin.back() == collected.runs.size());
+    CHECK(collected.run_elements_total == expected_elements);
+    CHECK(collected.runs_cover_all == !with_strided);
+    std::size_t position = 0;
+    for (std::size_t k = 0; k < collected.gradients.size(); ++k) {
+      const auto& gradient = collected.gradients[k];
+      while (!used[position].grad().defined()) ++position;
+      CAPTURE(position);
+      CHECK(gradient.index == position);
+      const at::Tensor& grad = used[position].grad();
+      CHECK(gradient.grad == &used[position].grad());
+      CHECK(gradient.numel == grad.numel());
+      CHECK((gradient.dtype == grad.scalar_type()));
+      CHECK(gradient.is_cpu);
+      CHECK(!gradient.tracked);
+      const bool dense = grad.is_non_overlapping_and_dense() && grad.numel() > 0;
+      CHECK((gradient.data == (dense ? grad.data_ptr() : nullptr)));
+      // The runs: consecutive pieces of at most run_elements from the first element on.
+      std::int64_t covered = 0;
+      for (std::size_t r = collected.run_begin[k]; r < collected.run_begin[k + 1]; ++r) {
+        const auto& run = collected.runs[r];
+        CHECK(run.gradient == k);
+        CHECK((run.dtype == grad.scalar_type()));
+        CHECK(run.size > 0);
+        CHECK(run.size <= kernels::run_elements);
+        CHECK(run.data == static_cast<void*>(static_cast<float*>(grad.data_ptr()) + covered));
+        covered += run.size;
+      }
+      CHECK(covered == (dense ? grad.numel() : 0));
+      ++position;
+    }
+  }
+}
+
 TEST_CASE("the host coefficient equals PyTorch's tensor ops bit for bit") {
   torch::manual_seed(3);
   const auto totals = at::cat({torch::rand({400}) * 100, torch::rand({100}) * 1e-5, torch::randn({100}).exp() * 1e4,

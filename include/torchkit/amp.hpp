@@ -242,7 +242,7 @@ class ScaledPass {
     const clip::NormKind kind = clip::norm_kind_of(p);
     const auto& runs = cpu_.runs();
     std::vector<double> partials(runs.size(), 0.0);
-    std::vector<unsigned char> nonfinite(runs.size(), 0);
+    std::vector<unsigned char> nonfinite(runs.size(), 0);  // a flag per share, at its first run
     cpu_.for_each_share(/*writes=*/false, [&](std::int64_t begin, std::int64_t end) {
       clip::unscale_reduce_runs(runs.data() + begin, end - begin, kind, p, inv, partials.data() + begin,
                                 nonfinite.data() + begin);
