@@ -260,7 +260,7 @@ class ScaledPass {
   void unscale_and_scale(float inv, double factor) {
     if (inv == 1.0f && factor == 1.0) return;  // changes no value
     const auto& runs = cpu_.runs();
-    cpu_.for_each_share(/*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
+    cpu_.for_each_share_after_read([&](std::int64_t begin, std::int64_t end) {
       clip::unscale_scale_runs(runs.data() + begin, end - begin, inv, factor, round_factor_to_gradient_type);
     });
     cpu_.finish_writes();

@@ -5969,26 +5969,6 @@ inline constexpr std::int64_t parallel_min_elements = std::int64_t{1} << 21;
 /// Elements the scale pass takes at a time when it walks a small set backwards.
 inline constexpr std::int64_t cache_order_chunk_elements = std::int64_t{1} << 14;
 
-/// The scale pass over `count` runs on one thread, in cache order: chunks of about
-/// cache_order_chunk_elements from the last to the first, each chunk forwards. The norm pass has
-/// just read the runs forwards, so the last ones are still in the core's cache; forwards within
-/// a chunk keeps the hardware prefetchers useful. Used for sets up to parallel_min_elements,
-/// where the cached tail is a fair share of the set; measured on bench/clip_bench's 2,000 x 512
-/// set (AVX-512 machine, 1 MB L2 per core).
-inline void scale_runs_cache_order(const Run* runs, std::int64_t count, double factor) {
-  std::int64_t end = count;
-  while (end > 0) {
-    std::int64_t begin = end - 1;
-    std::int64_t elements = runs[begin].size;
-    while (begin > 0 && elements + runs[begin - 1].size <= cache_order_chunk_elements) {
-      --begin;
-      elements += runs[begin].size;
-    }
-    scale_runs(runs + begin, end - begin, factor);
-    end = begin;
-  }
-}
-
 /// The CPU gradients of a Collected set as runs over raw memory, for the clip's FastPass and
 /// amp's ScaledPass: the runs collect() laid out when they cover every gradient, else laid out
 /// here, a non-dense gradient through a contiguous copy that finish_writes() copies back.
@@ -6060,6 +6040,40 @@ class CpuRuns {
       at::parallel_for(0, count, grain(), body);
     } else {
       body(0, count);
+    }
+  }
+
+  /// `body(begin, end)` over the runs for a pass that writes them right after a pass that read
+  /// them all (the scale pass after the norm pass). Split over the threads when splits(true);
+  /// else on this thread: for sets up to parallel_min_elements in cache order, chunks of about
+  /// cache_order_chunk_elements from the last to the first, each chunk forwards (the read pass
+  /// has just left the last runs in the core's cache, and forwards within a chunk keeps the
+  /// hardware prefetchers useful); larger sets forwards (the prefetchers follow ascending
+  /// addresses best: backwards from the end was 20 % slower on ResNet-50). Measured on
+  /// bench/clip_bench's and bench/amp_bench's sets (AVX-512 machine, 1 MB L2 per core).
+  template <class Body>
+  void for_each_share_after_read(Body&& body) const {
+    const auto& runs = *runs_;
+    const auto count = static_cast<std::int64_t>(runs.size());
+    if (count == 0) return;
+    if (splits(/*writes=*/true)) {
+      at::parallel_for(0, count, grain(), body);
+      return;
+    }
+    if (elements_ > parallel_min_elements) {
+      body(0, count);
+      return;
+    }
+    std::int64_t end = count;
+    while (end > 0) {
+      std::int64_t begin = end - 1;
+      std::int64_t elements = runs[begin].size;
+      while (begin > 0 && elements + runs[begin - 1].size <= cache_order_chunk_elements) {
+        --begin;
+        elements += runs[begin].size;
+      }
+      body(begin, end);
+      end = begin;
     }
   }
 
@@ -6254,18 +6268,8 @@ class FastPass {
 
   void scale_cpu(double factor) {
     const auto& runs = cpu_.runs();
-    const auto count = static_cast<std::int64_t>(runs.size());
-    if (cpu_.splits(/*writes=*/true)) {
-      // Each thread forwards through its share: on large sets the hardware prefetchers follow
-      // ascending addresses best (backwards from the end was 20 % slower on ResNet-50).
-      cpu_.for_each_share(/*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
-        scale_runs(runs.data() + begin, end - begin, factor);
-      });
-    } else if (cpu_.elements() <= parallel_min_elements) {
-      scale_runs_cache_order(runs.data(), count, factor);
-    } else {
-      scale_runs(runs.data(), count, factor);  // forwards (see above)
-    }
+    cpu_.for_each_share_after_read(
+        [&](std::int64_t begin, std::int64_t end) { scale_runs(runs.data() + begin, end - begin, factor); });
     cpu_.finish_writes();
   }
 
@@ -6933,7 +6937,7 @@ class ScaledPass {
   void unscale_and_scale(float inv, double factor) {
     if (inv == 1.0f && factor == 1.0) return;  // changes no value
     const auto& runs = cpu_.runs();
-    cpu_.for_each_share(/*writes=*/true, [&](std::int64_t begin, std::int64_t end) {
+    cpu_.for_each_share_after_read([&](std::int64_t begin, std::int64_t end) {
       clip::unscale_scale_runs(runs.data() + begin, end - begin, inv, factor, round_factor_to_gradient_type);
     });
     cpu_.finish_writes();
