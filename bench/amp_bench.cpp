@@ -86,10 +86,10 @@ Set& set_named(const std::string& name) {
       slot->params.push_back(torch::zeros(shape, torch::requires_grad()));
       slot->elements += slot->params.back().numel();
     }
-    for (auto& param : slot->params) {
-      param.mutable_grad() = torch::empty_like(param).uniform_(-1, 1);
-      slot->initial.push_back(param.grad().clone());
-    }
+    // Parameters, then their gradients, as a model is built and then backpropagated (as
+    // clip_bench's sets); the saved first values after them, not between the gradients.
+    for (auto& param : slot->params) param.mutable_grad() = torch::empty_like(param).uniform_(-1, 1);
+    for (auto& param : slot->params) slot->initial.push_back(param.grad().clone());
     slot->optimizer = std::make_unique<torch::optim::SGD>(slot->params, 0.1);
     slot->flat = torch::empty({slot->elements}).uniform_(-1, 1);
   }
