@@ -62,9 +62,10 @@ namespace detail::clip {
 /// the parameter's autograd metadata, which outlives the call.
 struct Gradient {
   /// Leaves the fields unset (see Run's default constructor).
-  [[gnu::always_inline]] Gradient() noexcept {}  // NOLINT(modernize-use-equals-default): = default would zero-initialize
-  [[gnu::always_inline]] Gradient(const at::Tensor* grad_, c10::TensorImpl* impl_, void* data_, std::int64_t numel_, std::size_t index_,
-           at::ScalarType dtype_, bool is_cpu_, bool tracked_) noexcept
+  // NOLINTNEXTLINE(modernize-use-equals-default): `= default` would zero-initialize
+  [[gnu::always_inline]] Gradient() noexcept {}
+  [[gnu::always_inline]] Gradient(const at::Tensor* grad_, c10::TensorImpl* impl_, void* data_, std::int64_t numel_,
+                                  std::size_t index_, at::ScalarType dtype_, bool is_cpu_, bool tracked_) noexcept
       : grad(grad_), impl(impl_), data(data_), numel(numel_), index(index_), dtype(dtype_), is_cpu(is_cpu_),
         tracked(tracked_) {}
 

@@ -4980,7 +4980,8 @@ template <Isa isa>
 struct Run {
   /// Leaves the fields unset: arrays of runs are sized first and then written (see
   /// GradientWriter in clip.hpp), and zeroing them would be wasted work.
-  [[gnu::always_inline]] Run() noexcept {}  // NOLINT(modernize-use-equals-default): = default would zero-initialize
+  // NOLINTNEXTLINE(modernize-use-equals-default): `= default` would zero-initialize
+  [[gnu::always_inline]] Run() noexcept {}
   [[gnu::always_inline]] Run(void* data_, std::int64_t size_, std::size_t gradient_, at::ScalarType dtype_) noexcept
       : data(data_), size(size_), gradient(gradient_), dtype(dtype_) {}
 
@@ -5091,7 +5092,8 @@ template <Isa isa>
 /// The bits of +infinity as an integer lane of T's width: a magnitude's bits (sign cleared) are
 /// at least these exactly when the value is inf or nan.
 template <class T>
-inline constexpr auto infinity_bits = __builtin_bit_cast(typename VectorOf<T, 16>::Lane, std::numeric_limits<T>::infinity());
+inline constexpr auto infinity_bits =
+    __builtin_bit_cast(typename VectorOf<T, 16>::Lane, std::numeric_limits<T>::infinity());
 
 /// Whether some lane of the comparison result `mask` is set: an OR of its words, instead of a
 /// lane-by-lane loop.
@@ -5607,9 +5609,10 @@ namespace detail::clip {
 /// the parameter's autograd metadata, which outlives the call.
 struct Gradient {
   /// Leaves the fields unset (see Run's default constructor).
-  [[gnu::always_inline]] Gradient() noexcept {}  // NOLINT(modernize-use-equals-default): = default would zero-initialize
-  [[gnu::always_inline]] Gradient(const at::Tensor* grad_, c10::TensorImpl* impl_, void* data_, std::int64_t numel_, std::size_t index_,
-           at::ScalarType dtype_, bool is_cpu_, bool tracked_) noexcept
+  // NOLINTNEXTLINE(modernize-use-equals-default): `= default` would zero-initialize
+  [[gnu::always_inline]] Gradient() noexcept {}
+  [[gnu::always_inline]] Gradient(const at::Tensor* grad_, c10::TensorImpl* impl_, void* data_, std::int64_t numel_,
+                                  std::size_t index_, at::ScalarType dtype_, bool is_cpu_, bool tracked_) noexcept
       : grad(grad_), impl(impl_), data(data_), numel(numel_), index(index_), dtype(dtype_), is_cpu(is_cpu_),
         tracked(tracked_) {}
 
