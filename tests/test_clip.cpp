@@ -527,7 +527,6 @@ TEST_CASE("collect lays out every gradient's runs in order, the unusual ones amo
   // gradients, mixed.
   torch::manual_seed(5);
   std::vector<at::Tensor> params;
-  std::vector<std::string> kinds;
   const auto add = [&](std::vector<int64_t> shape, const std::string& kind) {
     auto param = torch::zeros(shape, torch::requires_grad());
     if (kind == "transposed") {
@@ -541,7 +540,6 @@ TEST_CASE("collect lays out every gradient's runs in order, the unusual ones amo
       param.mutable_grad() = torch::randn(shape);
     }
     params.push_back(param);
-    kinds.push_back(kind);
   };
   add({512}, "small");
   add({300001}, "large");

@@ -149,17 +149,17 @@ struct Collected {
 #endif
 }
 
-/// Appends the runs of `numel` contiguous elements of `dtype` from `data` on, belonging to
-/// gradient `k`: at most run_elements each, so that one large gradient spreads over threads.
-[[gnu::always_inline]] inline void append_runs(std::vector<Run>& runs, void* data, std::int64_t numel, std::size_t k,
-                                              at::ScalarType dtype) {
+/// Calls `emit(first, size)` for the runs of `numel` contiguous elements of `dtype` from `data`
+/// on, in order: at most run_elements each, so that one large gradient spreads over threads.
+template <class Emit>
+[[gnu::always_inline]] inline void split_runs(void* data, std::int64_t numel, at::ScalarType dtype, Emit&& emit) {
   if (numel <= run_elements) [[likely]] {
-    runs.push_back(Run{data, numel, k, dtype});
+    emit(data, numel);
     return;
   }
   const auto element_size = static_cast<std::int64_t>(c10::elementSize(dtype));
   for (std::int64_t begin = 0; begin < numel; begin += run_elements) {
-    runs.push_back(Run{static_cast<char*>(data) + begin * element_size, std::min(run_elements, numel - begin), k, dtype});
+    emit(static_cast<void*>(static_cast<char*>(data) + begin * element_size), std::min(run_elements, numel - begin));
   }
 }
 
@@ -203,11 +203,8 @@ class GradientWriter {
         collected_.runs.resize(std::max(2 * collected_.runs.size(), run_count_ + runs + parameters_left));
         refresh();
       }
-      const auto element_size = static_cast<std::int64_t>(c10::elementSize(dtype));
-      for (std::int64_t begin = 0; begin < numel; begin += run_elements) {
-        runs_[run_count_++] =
-            Run{static_cast<char*>(data) + begin * element_size, std::min(run_elements, numel - begin), count_, dtype};
-      }
+      split_runs(data, numel, dtype,
+                 [&](void* first, std::int64_t size) { runs_[run_count_++] = Run{first, size, count_, dtype}; });
       elements_ += numel;
     } else if (numel > 0) {
       collected_.runs_cover_all = false;
@@ -455,7 +452,9 @@ class CpuRuns {
           copies_.push_back(Copy{k, gradient.grad->contiguous()});
           data = copies_.back().tensor.data_ptr();
         }
-        append_runs(own_runs_, data, gradient.numel, k, gradient.dtype);
+        split_runs(data, gradient.numel, gradient.dtype, [&](void* first, std::int64_t size) {
+          own_runs_.push_back(Run{first, size, k, gradient.dtype});
+        });
         elements_ += gradient.numel;
       }
       own_run_begin_.push_back(own_runs_.size());
@@ -509,18 +508,12 @@ class CpuRuns {
   /// bench/clip_bench's and bench/amp_bench's sets (AVX-512 machine, 1 MB L2 per core).
   template <class Body>
   void for_each_share_after_read(Body&& body) const {
+    if (elements_ > parallel_min_elements || splits(/*writes=*/true)) {
+      for_each_share(/*writes=*/true, body);
+      return;
+    }
     const auto& runs = *runs_;
-    const auto count = static_cast<std::int64_t>(runs.size());
-    if (count == 0) return;
-    if (splits(/*writes=*/true)) {
-      at::parallel_for(0, count, grain(), body);
-      return;
-    }
-    if (elements_ > parallel_min_elements) {
-      body(0, count);
-      return;
-    }
-    std::int64_t end = count;
+    std::int64_t end = static_cast<std::int64_t>(runs.size());
     while (end > 0) {
       std::int64_t begin = end - 1;
       std::int64_t elements = runs[begin].size;

@@ -5095,21 +5095,16 @@ template <class T>
 inline constexpr auto infinity_bits =
     __builtin_bit_cast(typename VectorOf<T, 16>::Lane, std::numeric_limits<T>::infinity());
 
-/// Whether some lane of the comparison result `mask` is set: an OR of its words, instead of a
-/// lane-by-lane loop.
-template <class Mask>
-[[nodiscard, gnu::always_inline]] inline bool any_lane(const Mask& mask) noexcept {
+/// Whether some lane of `bits` is at least `threshold`: one vector comparison and an OR of its
+/// words, instead of a lane-by-lane loop.
+template <class Mask, class Lane>
+[[nodiscard, gnu::always_inline]] inline bool any_lane_at_least(const Mask& bits, Lane threshold) noexcept {
+  const Mask at_least = bits >= (Mask{} + threshold);  // all ones where true
   std::uint64_t words[sizeof(Mask) / 8];
-  std::memcpy(words, &mask, sizeof(Mask));
+  std::memcpy(words, &at_least, sizeof(Mask));
   std::uint64_t any = 0;
   for (const std::uint64_t word : words) any |= word;
   return any != 0;
-}
-
-/// Whether some lane of `bits` is at least `threshold`.
-template <class Mask, class Lane>
-[[nodiscard, gnu::always_inline]] inline bool any_lane_at_least(const Mask& bits, Lane threshold) noexcept {
-  return any_lane(bits >= (Mask{} + threshold));
 }
 
 /// `data[i] *= inv` (when `multiply`) over `size` contiguous float or double elements; returns
@@ -5696,17 +5691,17 @@ struct Collected {
 #endif
 }
 
-/// Appends the runs of `numel` contiguous elements of `dtype` from `data` on, belonging to
-/// gradient `k`: at most run_elements each, so that one large gradient spreads over threads.
-[[gnu::always_inline]] inline void append_runs(std::vector<Run>& runs, void* data, std::int64_t numel, std::size_t k,
-                                              at::ScalarType dtype) {
+/// Calls `emit(first, size)` for the runs of `numel` contiguous elements of `dtype` from `data`
+/// on, in order: at most run_elements each, so that one large gradient spreads over threads.
+template <class Emit>
+[[gnu::always_inline]] inline void split_runs(void* data, std::int64_t numel, at::ScalarType dtype, Emit&& emit) {
   if (numel <= run_elements) [[likely]] {
-    runs.push_back(Run{data, numel, k, dtype});
+    emit(data, numel);
     return;
   }
   const auto element_size = static_cast<std::int64_t>(c10::elementSize(dtype));
   for (std::int64_t begin = 0; begin < numel; begin += run_elements) {
-    runs.push_back(Run{static_cast<char*>(data) + begin * element_size, std::min(run_elements, numel - begin), k, dtype});
+    emit(static_cast<void*>(static_cast<char*>(data) + begin * element_size), std::min(run_elements, numel - begin));
   }
 }
 
@@ -5750,11 +5745,8 @@ class GradientWriter {
         collected_.runs.resize(std::max(2 * collected_.runs.size(), run_count_ + runs + parameters_left));
         refresh();
       }
-      const auto element_size = static_cast<std::int64_t>(c10::elementSize(dtype));
-      for (std::int64_t begin = 0; begin < numel; begin += run_elements) {
-        runs_[run_count_++] =
-            Run{static_cast<char*>(data) + begin * element_size, std::min(run_elements, numel - begin), count_, dtype};
-      }
+      split_runs(data, numel, dtype,
+                 [&](void* first, std::int64_t size) { runs_[run_count_++] = Run{first, size, count_, dtype}; });
       elements_ += numel;
     } else if (numel > 0) {
       collected_.runs_cover_all = false;
@@ -6002,7 +5994,9 @@ class CpuRuns {
           copies_.push_back(Copy{k, gradient.grad->contiguous()});
           data = copies_.back().tensor.data_ptr();
         }
-        append_runs(own_runs_, data, gradient.numel, k, gradient.dtype);
+        split_runs(data, gradient.numel, gradient.dtype, [&](void* first, std::int64_t size) {
+          own_runs_.push_back(Run{first, size, k, gradient.dtype});
+        });
         elements_ += gradient.numel;
       }
       own_run_begin_.push_back(own_runs_.size());
@@ -6056,18 +6050,12 @@ class CpuRuns {
   /// bench/clip_bench's and bench/amp_bench's sets (AVX-512 machine, 1 MB L2 per core).
   template <class Body>
   void for_each_share_after_read(Body&& body) const {
+    if (elements_ > parallel_min_elements || splits(/*writes=*/true)) {
+      for_each_share(/*writes=*/true, body);
+      return;
+    }
     const auto& runs = *runs_;
-    const auto count = static_cast<std::int64_t>(runs.size());
-    if (count == 0) return;
-    if (splits(/*writes=*/true)) {
-      at::parallel_for(0, count, grain(), body);
-      return;
-    }
-    if (elements_ > parallel_min_elements) {
-      body(0, count);
-      return;
-    }
-    std::int64_t end = count;
+    std::int64_t end = static_cast<std::int64_t>(runs.size());
     while (end > 0) {
       std::int64_t begin = end - 1;
       std::int64_t elements = runs[begin].size;

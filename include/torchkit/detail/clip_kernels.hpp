@@ -655,21 +655,16 @@ template <class T>
 inline constexpr auto infinity_bits =
     __builtin_bit_cast(typename VectorOf<T, 16>::Lane, std::numeric_limits<T>::infinity());
 
-/// Whether some lane of the comparison result `mask` is set: an OR of its words, instead of a
-/// lane-by-lane loop.
-template <class Mask>
-[[nodiscard, gnu::always_inline]] inline bool any_lane(const Mask& mask) noexcept {
+/// Whether some lane of `bits` is at least `threshold`: one vector comparison and an OR of its
+/// words, instead of a lane-by-lane loop.
+template <class Mask, class Lane>
+[[nodiscard, gnu::always_inline]] inline bool any_lane_at_least(const Mask& bits, Lane threshold) noexcept {
+  const Mask at_least = bits >= (Mask{} + threshold);  // all ones where true
   std::uint64_t words[sizeof(Mask) / 8];
-  std::memcpy(words, &mask, sizeof(Mask));
+  std::memcpy(words, &at_least, sizeof(Mask));
   std::uint64_t any = 0;
   for (const std::uint64_t word : words) any |= word;
   return any != 0;
-}
-
-/// Whether some lane of `bits` is at least `threshold`.
-template <class Mask, class Lane>
-[[nodiscard, gnu::always_inline]] inline bool any_lane_at_least(const Mask& bits, Lane threshold) noexcept {
-  return any_lane(bits >= (Mask{} + threshold));
 }
 
 /// `data[i] *= inv` (when `multiply`) over `size` contiguous float or double elements; returns
