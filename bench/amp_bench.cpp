@@ -18,6 +18,14 @@
 // Each iteration: the scale alternates between 2 and 0.5 (update(new_scale): exact, no drift)
 // and the gradients are clipped to 0.999 of their unscaled norm, so both factors always
 // multiply (the values shrink by 0.999 a call); they are restored before each benchmark.
+//
+// GradScaler::unscale_ alone (Python's `scaler.unscale_(opt)`, one read-write pass that also
+// finds inf/nan), on the same sets, as unscale/<set>/{libtorch, torchkit, floor}:
+//   libtorch  LibTorch 2.x: `at::_amp_foreach_non_finite_check_and_unscale_` on the CPU (what
+//             Python's GradScaler("cpu") runs); LibTorch 1.13, which has no CPU kernel for it:
+//             `g.mul_(inv_scale)` and `isfinite(g).all()` per gradient, the flags stacked
+//   torchkit  scaler.unscale_(optimizer), then update(new_scale) (the scale alternates 2, 0.5)
+//   floor     one scale pass over as many bytes in one contiguous tensor (torchkit's kernel)
 #include <torchkit/amp.hpp>
 
 #include <benchmark/benchmark.h>
@@ -25,12 +33,19 @@
 #include <torch/optim/sgd.h>
 #include <torch/torch.h>
 
+#if __has_include(<ATen/ops/_amp_foreach_non_finite_check_and_unscale_cpu_dispatch.h>)
+#define AMP_BENCH_ATEN_CPU_UNSCALE 1  // LibTorch 2.x: ATen's fused unscale runs on the CPU
+#else
+#define AMP_BENCH_ATEN_CPU_UNSCALE 0
+#endif
+
 #include <algorithm>
 #include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -132,6 +147,43 @@ void floor_step(Set& set, double& factor) {
   factor = 1.0 / factor;
 }
 
+/// Python's `scaler.unscale_(opt)` the LibTorch way (see the top of this file); the inverse
+/// scale alternates 0.5, 2 (exact, no drift).
+void libtorch_unscale(Set& set, float& inv) {
+  const at::NoGradGuard no_grad;
+  const at::Tensor inv_tensor = at::full({1}, inv);
+#if AMP_BENCH_ATEN_CPU_UNSCALE
+  std::vector<at::Tensor> grads;
+  grads.reserve(set.params.size());
+  for (auto& param : set.params) grads.push_back(param.grad());
+  at::Tensor found = at::zeros({1});
+  at::_amp_foreach_non_finite_check_and_unscale_(grads, found, inv_tensor);
+  benchmark::DoNotOptimize(found.data_ptr());
+#else
+  std::vector<at::Tensor> finite;
+  finite.reserve(set.params.size());
+  for (auto& param : set.params) {
+    at::Tensor& grad = param.mutable_grad();
+    grad.mul_(inv_tensor);
+    finite.push_back(at::isfinite(grad).all());
+  }
+  benchmark::DoNotOptimize(at::stack(finite).all().data_ptr());
+#endif
+  inv = 1.0f / inv;
+}
+
+/// GradScaler::unscale_, then the next step with the other scale (2, 0.5, ...).
+void torchkit_unscale(Set& set, torchkit::GradScaler& scaler, double& scale) {
+  scaler.unscale_(*set.optimizer);
+  scale = 1.0 / scale;
+  scaler.update(scale);
+}
+
+void unscale_floor_step(Set& set, double& factor) {
+  torchkit::detail::clip::scale(at::kFloat, set.flat.data_ptr(), set.elements, factor);
+  factor = 1.0 / factor;
+}
+
 double seconds_per_call(const std::function<void()>& step, int iterations) {
   for (int i = 0; i < iterations; ++i) step();
   double best = 1e30;
@@ -143,24 +195,33 @@ double seconds_per_call(const std::function<void()>& step, int iterations) {
   return best / iterations;
 }
 
-struct References {
-  double libtorch = 0;
-};
+/// Iterations per round of the ratio counters: rounds of ~20 ms (about 0.1 ns an element), or
+/// single calls in a smoke run.
+int round_iterations(const benchmark::State& state, const Set& set) {
+  return state.max_iterations > 10 ? static_cast<int>(std::clamp<int64_t>(200'000'000 / (set.elements + 1), 3, 2000))
+                                   : 1;
+}
 
-const References& references(const std::string& name, int threads, int iterations) {
-  static std::map<std::pair<std::string, int>, References> cache;
-  auto& slot = cache[{name, threads}];
-  if (slot.libtorch == 0) {
+/// LibTorch's time per call for one family ("scaled_clip" or "unscale"), set and thread count,
+/// measured once.
+double libtorch_seconds(const std::string& family, const std::string& name, int threads, int iterations) {
+  static std::map<std::tuple<std::string, std::string, int>, double> cache;
+  auto [slot, inserted] = cache.try_emplace({family, name, threads}, 0.0);
+  if (inserted) {
     Set& set = set_named(name);
     set.restore();
     double scale = 2.0;
-    slot.libtorch = seconds_per_call([&] { libtorch_step(set, scale); }, iterations);
+    float inv = 0.5f;
+    slot->second = family == "unscale" ? seconds_per_call([&] { libtorch_unscale(set, inv); }, iterations)
+                                       : seconds_per_call([&] { libtorch_step(set, scale); }, iterations);
   }
-  return slot;
+  return slot->second;
 }
 
-void finish(benchmark::State& state, const Set& set) {
-  state.SetBytesProcessed(state.iterations() * set.elements * static_cast<int64_t>(sizeof(float)) * 3);
+/// `accesses`: how many times each byte is read or written (3 for a read pass and a
+/// read-write pass, 2 for one read-write pass).
+void finish(benchmark::State& state, const Set& set, int accesses = 3) {
+  state.SetBytesProcessed(state.iterations() * set.elements * static_cast<int64_t>(sizeof(float)) * accesses);
   state.counters["tensors"] = static_cast<double>(set.params.size());
 }
 
@@ -173,29 +234,34 @@ void BM_libtorch_recipe(benchmark::State& state, const std::string& name) {
   finish(state, set);
 }
 
-void BM_torchkit(benchmark::State& state, const std::string& name) {
+/// torchkit's side of a family: `step(set, scaler, scale)` timed, then the ratio counters from
+/// the best of five rounds on both sides, `floor(set, factor)` right after torchkit.
+template <class Step, class Floor>
+void run_torchkit(benchmark::State& state, const std::string& family, const std::string& name, Step step,
+                  Floor floor) {
   const int threads = static_cast<int>(state.range(0));
   at::set_num_threads(threads);
   Set& set = set_named(name);
-  const References& reference = references(name, threads, state.max_iterations > 10 ? 20 : 1);
+  const double libtorch = libtorch_seconds(family, name, threads, state.max_iterations > 10 ? 20 : 1);
   set.restore();
   double scale = 2.0;
   torchkit::GradScaler scaler({.init_scale = scale});
   (void)scaler.scale(torch::tensor(1.0f));
-  for (auto _ : state) torchkit_step(set, scaler, scale);
-  // The ratios from the best of five rounds on both sides, the floor right after torchkit.
-  // Rounds of ~20 ms (about 0.1 ns an element), or single calls in a smoke run.
-  const int iterations =
-      state.max_iterations > 10 ? static_cast<int>(std::clamp<int64_t>(200'000'000 / (set.elements + 1), 3, 2000)) : 1;
+  for (auto _ : state) step(set, scaler, scale);
+  const int iterations = round_iterations(state, set);
   set.restore();
   scale = 2.0;
   scaler.update(scale);
-  const double seconds = seconds_per_call([&] { torchkit_step(set, scaler, scale); }, iterations);
+  const double seconds = seconds_per_call([&] { step(set, scaler, scale); }, iterations);
   double factor = 0.5;
-  const double floor = seconds_per_call([&] { floor_step(set, factor); }, iterations);
-  state.counters["vs_libtorch"] = reference.libtorch / seconds;
-  state.counters["vs_floor"] = seconds / floor;
-  finish(state, set);
+  const double floor_seconds = seconds_per_call([&] { floor(set, factor); }, iterations);
+  state.counters["vs_libtorch"] = libtorch / seconds;
+  state.counters["vs_floor"] = seconds / floor_seconds;
+  finish(state, set, family == "unscale" ? 2 : 3);
+}
+
+void BM_torchkit(benchmark::State& state, const std::string& name) {
+  run_torchkit(state, "scaled_clip", name, torchkit_step, floor_step);
 }
 
 void BM_floor(benchmark::State& state, const std::string& name) {
@@ -206,16 +272,44 @@ void BM_floor(benchmark::State& state, const std::string& name) {
   finish(state, set);
 }
 
+void BM_unscale_libtorch(benchmark::State& state, const std::string& name) {
+  at::set_num_threads(static_cast<int>(state.range(0)));
+  Set& set = set_named(name);
+  set.restore();
+  float inv = 0.5f;
+  for (auto _ : state) libtorch_unscale(set, inv);
+  finish(state, set, 2);
+}
+
+void BM_unscale_torchkit(benchmark::State& state, const std::string& name) {
+  run_torchkit(state, "unscale", name, torchkit_unscale, unscale_floor_step);
+}
+
+void BM_unscale_floor(benchmark::State& state, const std::string& name) {
+  at::set_num_threads(static_cast<int>(state.range(0)));
+  Set& set = set_named(name);
+  double factor = 0.5;
+  for (auto _ : state) unscale_floor_step(set, factor);
+  finish(state, set, 2);
+}
+
+using Benchmark = void (*)(benchmark::State&, const std::string&);
+
 const bool registered = [] {
-  for (const std::string name : {"a_2000x512", "b_bert"}) {
-    for (const auto& [label, function] :
-         std::vector<std::pair<std::string, void (*)(benchmark::State&, const std::string&)>>{
-             {"libtorch_recipe", BM_libtorch_recipe}, {"torchkit", BM_torchkit}, {"floor", BM_floor}}) {
-      benchmark::RegisterBenchmark(("scaled_clip/" + name + "/" + label).c_str(), function, name)
-          ->ArgName("threads")
-          ->Arg(1)
-          ->Arg(2)
-          ->Unit(benchmark::kMicrosecond);
+  const std::vector<std::pair<std::string, std::vector<std::pair<std::string, Benchmark>>>> families = {
+      {"scaled_clip", {{"libtorch_recipe", BM_libtorch_recipe}, {"torchkit", BM_torchkit}, {"floor", BM_floor}}},
+      {"unscale",
+       {{"libtorch", BM_unscale_libtorch}, {"torchkit", BM_unscale_torchkit}, {"floor", BM_unscale_floor}}},
+  };
+  for (const auto& [family, rows] : families) {
+    for (const std::string name : {"a_2000x512", "b_bert"}) {
+      for (const auto& [label, function] : rows) {
+        benchmark::RegisterBenchmark((family + "/" + name + "/" + label).c_str(), function, name)
+            ->ArgName("threads")
+            ->Arg(1)
+            ->Arg(2)
+            ->Unit(benchmark::kMicrosecond);
+      }
     }
   }
   return true;

