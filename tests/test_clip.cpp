@@ -316,7 +316,7 @@ TEST_CASE("every instruction set the CPU has gives the same bits as the portable
   namespace kernels = torchkit::detail::clip;
   using kernels::Isa;
   const auto best = kernels::cpu_isa();
-  MESSAGE("kernels on this CPU: portable up to " << kernels::isa_name(best));
+  MESSAGE("kernels on this CPU: portable up to " << std::string(kernels::isa_name(best)));
   torch::manual_seed(23);
   // Sizes around every vector, block and conversion-buffer boundary, and a run's length.
   const std::vector<int64_t> sizes = {0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129, 511, 512, 513, 4099, 65536};
@@ -380,6 +380,26 @@ TEST_CASE("every instruction set the CPU has gives the same bits as the portable
   }
 }
 
+TEST_CASE("float16/bfloat16 gradients are scaled as this LibTorch's mul_ by a 0-dim double tensor scales them") {
+  // clip_grad_norm_ multiplies each gradient by the coefficient, a 0-dim tensor of the total's
+  // dtype (double for a set with a double gradient): LibTorch 1.13 rounds it to a 16-bit
+  // gradient's type first, 2.1 and newer multiply by it as a float.
+  namespace kernels = torchkit::detail::clip;
+  const auto finite = [](const at::Tensor& t) { return at::isfinite(t.to(at::kFloat)); };
+  for (const auto dtype : {at::kBFloat16, at::kHalf}) {
+    const auto all = torch::arange(0, 65536, at::kInt).to(at::kShort).view(dtype);
+    const auto source = all.masked_select(finite(all));
+    for (const double factor : {0.33371234, 0.3, 1.0 / 3.0, 0.999}) {
+      CAPTURE(std::string(c10::toString(dtype)));
+      CAPTURE(factor);
+      const auto expected = source.clone().mul_(torch::scalar_tensor(factor, at::kDouble));
+      auto scaled = source.clone();
+      kernels::scale(dtype, scaled.data_ptr(), scaled.numel(), factor);
+      CHECK(torch::equal(scaled.view(at::kShort), expected.view(at::kShort)));
+    }
+  }
+}
+
 TEST_CASE("the bfloat16 and float16 conversions of every path round as c10 does") {
   namespace kernels = torchkit::detail::clip;
   // Every 16-bit pattern (NaNs and infinities included), scaled by factors that round up, down
@@ -391,11 +411,16 @@ TEST_CASE("the bfloat16 and float16 conversions of every path round as c10 does"
       auto expected = source.clone();
       for (int64_t i = 0; i < expected.numel(); ++i) {
         auto* data = static_cast<std::uint16_t*>(expected.data_ptr()) + i;
+        // The factor rounded to the element type first on LibTorch up to 2.0, as a float on 2.1
+        // and newer (the next test checks that choice against LibTorch's own mul_).
+        const auto single = static_cast<float>(factor);
         if (dtype == at::kHalf) {
-          const float rounded = static_cast<float>(c10::Half(static_cast<float>(factor)));
+          const float rounded =
+              kernels::mul_rounds_factor_to_element_type ? static_cast<float>(c10::Half(single)) : single;
           *data = c10::Half(static_cast<float>(c10::Half(*data, c10::Half::from_bits())) * rounded).x;
         } else {
-          const float rounded = static_cast<float>(c10::BFloat16(static_cast<float>(factor)));
+          const float rounded =
+              kernels::mul_rounds_factor_to_element_type ? static_cast<float>(c10::BFloat16(single)) : single;
           *data = c10::BFloat16(static_cast<float>(c10::BFloat16(*data, c10::BFloat16::from_bits())) * rounded).x;
         }
       }
@@ -829,6 +854,16 @@ TEST_CASE("bad input throws torchkit::Error naming the value and changes nothing
   auto with_integer = params;
   with_integer.push_back(integer_param);
   expect_error([&] { (void)torchkit::clip_grad_norm_(with_integer, 1e-3); }, "has dtype Long");
+
+  // Meta tensors hold no values: refused by name, not by a dispatcher error.
+  at::Tensor meta_param = torch::zeros({3}, torch::TensorOptions().device(at::kMeta).requires_grad(true));
+  meta_param.mutable_grad() = torch::empty({3}, torch::TensorOptions().device(at::kMeta));
+  for (const bool foreach : {true, false}) {
+    expect_error([&] { (void)torchkit::clip_grad_norm_(std::vector<at::Tensor>{meta_param}, 1.0, 2.0, {.foreach = foreach}); },
+                 "clip_grad_norm_: the gradient of parameter 0 is on the meta device (a shape without values)");
+  }
+  expect_error([&] { (void)torchkit::grad_norm(std::vector<at::Tensor>{meta_param}); }, "is on the meta device");
+  expect_error([&] { torchkit::clip_grad_value_(std::vector<at::Tensor>{meta_param}, 1.0); }, "is on the meta device");
 }
 
 TEST_CASE("ClipGrad counts steps and clipped steps and remembers the last norm") {
@@ -867,6 +902,13 @@ TEST_CASE("ClipGrad counts steps and clipped steps and remembers the last norm")
   CHECK(infinity_clip(model.parameters()).item<double>() == largest);
   CHECK(close(torchkit::grad_norm(model, infinity).item<double>(), 0.25, 1e-5));
   CHECK(infinity_clip.clipped_steps() == (largest > 0.25 ? 1 : 0));
+
+  // A nan norm multiplies the gradients by nan (PyTorch's coefficient): counted as clipped.
+  torchkit::ClipGrad nan_clip(1.0);
+  backward_once(model, 10);
+  model.parameters()[0].mutable_grad()[0] = std::numeric_limits<float>::quiet_NaN();
+  CHECK(std::isnan(nan_clip(model).item<double>()));
+  CHECK(nan_clip.clipped_steps() == 1);
 }
 
 TEST_CASE("gradients that require grad (create_graph) are clipped without recording autograd") {

@@ -27,6 +27,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/core/DeviceType.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/core/ScalarType.h>
 #include <fmt/format.h>
 #include <torch/optim/optimizer.h>
@@ -142,12 +143,6 @@ namespace detail::amp {
 /// GradScaler's private state, for the scaler-aware clip_grad_norm_.
 struct ScalerAccess;
 
-/// Whether the clip coefficient (a float when the total norm is float) is rounded to a
-/// float16/bfloat16 gradient's type before multiplying. PyTorch 2.x's `grad.mul_(coefficient)`
-/// reads a 0-dim float CPU tensor in float (opmath); 1.13 rounded it first, but 1.13 has no CPU
-/// GradScaler, so PyTorch 2.x's recipe is the reference on every LibTorch version.
-inline constexpr bool round_factor_to_gradient_type = false;
-
 /// The inverse scale as PyTorch computes it: `scale.double().reciprocal().float()`.
 [[nodiscard]] inline float inverse_scale(float scale) noexcept {
   return static_cast<float>(1.0 / static_cast<double>(scale));
@@ -261,7 +256,7 @@ class ScaledPass {
     if (inv == 1.0f && factor == 1.0) return;  // changes no value
     const auto& runs = cpu_.runs();
     cpu_.for_each_share_after_read([&](std::int64_t begin, std::int64_t end) {
-      clip::unscale_scale_runs(runs.data() + begin, end - begin, inv, factor, round_factor_to_gradient_type);
+      clip::unscale_scale_runs(runs.data() + begin, end - begin, inv, factor);
     });
     cpu_.finish_writes();
   }
@@ -304,7 +299,8 @@ class ScaledPass {
 ///
 /// Where it differs from Python (by design): float16 gradients are unscaled (Python's
 /// unscale_ refuses them, for pure-float16 training); bad arguments throw torchkit::Error
-/// instead of asserting; `update(new_scale)` refuses a new scale <= 0 or non-finite.
+/// instead of asserting; `update(new_scale)` refuses a new scale <= 0, non-finite, or beyond
+/// what float32 holds. Not copyable (a copy would share the scale tensor); movable.
 ///
 ///     torchkit::GradScaler scaler;   // init_scale 65536, x2 every 2000 clean steps, x0.5 on inf
 ///     scaler.scale(loss).backward();
@@ -312,24 +308,37 @@ class ScaledPass {
 ///     scaler.update();
 class GradScaler {
  public:
-  /// @throws torchkit::Error for init_scale <= 0 or non-finite, growth_factor <= 1 or
-  ///         non-finite, backoff_factor outside (0, 1), growth_interval <= 0.
+  /// @throws torchkit::Error for an init_scale that is not a finite float32 > 0 (<= 0, nan, inf,
+  ///         above 3.4e38 or below 1.4e-45), growth_factor <= 1 or non-finite, backoff_factor
+  ///         outside (0, 1), growth_interval <= 0 or above 2^31 - 1 (the tracker is int32).
   explicit GradScaler(GradScalerOptions options = {}) : options_(options) {
     check_options(options, "GradScaler");
     init_scale_ = options.init_scale;
   }
 
+  /// Not copyable: a copy would share the scale and growth tracker tensors (updating one
+  /// scaler would change the other) but not the per-optimizer step state. Movable.
+  GradScaler(const GradScaler&) = delete;
+  GradScaler& operator=(const GradScaler&) = delete;
+  GradScaler(GradScaler&&) noexcept = default;
+  GradScaler& operator=(GradScaler&&) noexcept = default;
+  ~GradScaler() = default;
+
   /// `loss * scale` (PyTorch: `scaler.scale(loss)`), the scale made on the loss's device by the
-  /// first call. Returns `loss` itself when disabled.
-  /// @throws torchkit::Error for an undefined or non-floating-point loss.
+  /// first call (an ordinary tensor, also inside c10::InferenceMode). Returns `loss` itself,
+  /// unchecked, when disabled.
+  /// @throws torchkit::Error (when enabled) for an undefined or non-floating-point loss.
   [[nodiscard]] at::Tensor scale(const at::Tensor& loss) {
     constexpr std::string_view function = "GradScaler::scale";
+    if (!options_.enabled) return loss;  // (Python returns its argument untouched)
     TORCHKIT_CHECK(loss.defined(), "{}: the loss is an undefined tensor", function);
     TORCHKIT_CHECK(at::isFloatingType(loss.scalar_type()),
                    "{}: the loss has dtype {}; expected a floating-point tensor", function,
                    c10::toString(loss.scalar_type()));
-    if (!options_.enabled) return loss;
     if (!scale_.defined()) {
+      // Ordinary tensors even when the first call comes inside c10::InferenceMode: inference
+      // tensors could never be updated in place or saved for backward afterwards.
+      const c10::InferenceMode not_inference(/*enabled=*/false);
       const auto on = at::TensorOptions().device(loss.device());
       scale_ = at::full({}, init_scale_, on.dtype(at::kFloat));
       growth_tracker_ = at::full({}, init_growth_tracker_, on.dtype(at::kInt));
@@ -397,15 +406,15 @@ class GradScaler {
   /// 0); else the growth tracker counts up, and at growth_interval the scale grows by
   /// growth_factor (when the product is finite) and the tracker restarts. `new_scale` sets the
   /// scale instead. Starts a new step for every optimizer. No-op when disabled.
-  /// @throws torchkit::Error when `scale()` was never called, for a new_scale <= 0 or not finite,
+  /// @throws torchkit::Error when `scale()` was never called, for a new_scale that is not a
+  ///         finite float32 > 0 (as init_scale; nothing changes then),
   ///         and (without new_scale) when no optimizer was unscaled or stepped since the last update.
   void update(std::optional<double> new_scale = {}) {
     constexpr std::string_view function = "GradScaler::update";
     if (!options_.enabled) return;
     check_scaled(function);
     if (new_scale) {
-      TORCHKIT_CHECK(std::isfinite(*new_scale) && *new_scale > 0.0,
-                     "{}: new_scale must be a finite number > 0, got {}", function, *new_scale);
+      check_scale(*new_scale, "new_scale", function);
       scale_.fill_(*new_scale);
       states_.clear();
       return;
@@ -546,15 +555,25 @@ class GradScaler {
     std::vector<at::Tensor> found_device;  // one per accelerator device, on it
   };
 
+  /// The scale lives in a float32 tensor: it must be > 0 and finite as a float32 (a finite
+  /// double above float32's largest value would become inf, one below its smallest would be 0).
+  static void check_scale(double scale, std::string_view name, std::string_view function) {
+    TORCHKIT_CHECK(std::isfinite(scale) && scale >= static_cast<double>(std::numeric_limits<float>::denorm_min()) &&
+                       scale <= static_cast<double>(std::numeric_limits<float>::max()),
+                   "{}: {} must be a finite number > 0 that float32 holds (from {} to {}), got {}", function, name,
+                   std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::max(), scale);
+  }
+
   static void check_options(const GradScalerOptions& options, std::string_view function) {
-    TORCHKIT_CHECK(std::isfinite(options.init_scale) && options.init_scale > 0.0,
-                   "{}: init_scale (the scale) must be a finite number > 0, got {}", function, options.init_scale);
+    check_scale(options.init_scale, "init_scale (the scale)", function);
     TORCHKIT_CHECK(std::isfinite(options.growth_factor) && options.growth_factor > 1.0,
                    "{}: growth_factor must be a finite number > 1, got {}", function, options.growth_factor);
     TORCHKIT_CHECK(options.backoff_factor > 0.0 && options.backoff_factor < 1.0,
                    "{}: backoff_factor must be in (0, 1), got {}", function, options.backoff_factor);
-    TORCHKIT_CHECK(options.growth_interval > 0, "{}: growth_interval must be > 0, got {}", function,
-                   options.growth_interval);
+    // The growth tracker is an int32 tensor, as in PyTorch, counting up to growth_interval.
+    TORCHKIT_CHECK(options.growth_interval > 0 && options.growth_interval <= std::numeric_limits<std::int32_t>::max(),
+                   "{}: growth_interval must be in [1, {}] (the growth tracker is int32), got {}", function,
+                   std::numeric_limits<std::int32_t>::max(), options.growth_interval);
   }
 
   void check_scaled(std::string_view function) const {
@@ -575,15 +594,49 @@ class GradScaler {
     return states_.emplace_back(&optimizer, State{}).second;
   }
 
+  /// Whether `optimizer` lists some parameter more than once (Python's optimizers warn about
+  /// it). Remembered per optimizer across steps: the parameters are compared with those of the
+  /// last call (one read of each handle), and sorted only when they changed.
+  [[nodiscard]] bool lists_a_parameter_twice(const torch::optim::Optimizer& optimizer) {
+    auto found = std::find_if(parameter_checks_.begin(), parameter_checks_.end(),
+                              [&](const auto& entry) { return entry.first == &optimizer; });
+    if (found == parameter_checks_.end()) {
+      found = parameter_checks_.insert(parameter_checks_.end(), {&optimizer, ParameterCheck{}});
+    }
+    ParameterCheck& check = found->second;
+    std::size_t k = 0;
+    bool same = true;
+    for (const auto& group : optimizer.param_groups()) {  // (a plain loop per group: ~0.5 us for 2,000)
+      const std::vector<at::Tensor>& parameters = group.params();
+      same = same && k + parameters.size() <= check.parameters.size();
+      for (std::size_t i = 0; same && i < parameters.size(); ++i) {
+        same = check.parameters[k + i] == parameters[i].unsafeGetTensorImpl();
+      }
+      k += parameters.size();
+    }
+    if (same && k == check.parameters.size()) return check.duplicates;
+    check.parameters.clear();
+    for (const at::Tensor& parameter : detail::amp::parameters_of(optimizer)) {
+      check.parameters.push_back(parameter.unsafeGetTensorImpl());
+    }
+    std::vector<const c10::TensorImpl*> sorted = check.parameters;
+    std::sort(sorted.begin(), sorted.end());
+    check.duplicates = std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end();
+    return check.duplicates;
+  }
+
   /// The scale's float32 value on the host (CPU scale: no sync).
   [[nodiscard]] float host_scale() const { return scale_.item<float>(); }
+
+  /// Python: `self._scale.double().reciprocal().float()`, on the scale's device.
+  [[nodiscard]] at::Tensor inverse_scale_tensor() const { return at::reciprocal(scale_.to(at::kDouble)).to(at::kFloat); }
 
   void unscale_collected(const detail::clip::Collected& collected, State& state) {
     const at::NoGradGuard no_grad;
     detail::amp::ScaledPass pass(collected);
     // Python: `self._scale.double().reciprocal().float()`, on the scale's device; read on the
     // host only for CPU gradients (free when the scale is on the CPU).
-    const at::Tensor inv_tensor = at::reciprocal(scale_.to(at::kDouble)).to(at::kFloat);
+    const at::Tensor inv_tensor = inverse_scale_tensor();
     const float inv = pass.has_cpu_gradients() ? inv_tensor.item<float>() : 1.0f;
     state.found_cpu = pass.unscale(inv, inv_tensor, state.found_device) || state.found_cpu;
     state.recorded = state.recorded || !collected.gradients.empty();
@@ -615,6 +668,12 @@ class GradScaler {
   at::Tensor scale_;           // 0-dim float32, on the device of the first scaled loss
   at::Tensor growth_tracker_;  // 0-dim int32, beside it
   std::vector<std::pair<const torch::optim::Optimizer*, State>> states_;
+  /// lists_a_parameter_twice's memory: an optimizer's parameters at the last check.
+  struct ParameterCheck {
+    std::vector<const c10::TensorImpl*> parameters;
+    bool duplicates = false;
+  };
+  std::vector<std::pair<const torch::optim::Optimizer*, ParameterCheck>> parameter_checks_;
 };
 
 namespace detail {
@@ -624,6 +683,31 @@ inline constexpr bool formats_with_to_string<GradScaler> = true;
 }  // namespace detail
 
 namespace detail::amp {
+
+/// error_if_nonfinite for the scaler-aware clip: the same words on every path.
+inline void check_unscaled_total(double total, double norm_type, std::string_view function) {
+  TORCHKIT_CHECK(std::isfinite(total),
+                 "{}: the total norm of order {} of the unscaled gradients is {} (non-finite), so they cannot be "
+                 "clipped (error_if_nonfinite); no gradient was changed. Pass error_if_nonfinite = false to skip "
+                 "this step through scaler.step() instead, as PyTorch does",
+                 function, norm_type, std::isnan(total) ? std::string("nan") : fmt::format("{}", total));
+}
+
+/// The total norm of order p (PyTorch's algorithm, op by op) of `collected`'s gradients as
+/// unscale_ would leave them, `grad * inv` in each gradient's dtype, computed on copies.
+[[nodiscard]] inline double unscaled_total_of_copies(const clip::Collected& collected, double p,
+                                                     const at::Tensor& inv) {
+  std::vector<at::Tensor> copies;
+  copies.reserve(collected.gradients.size());
+  clip::Collected unscaled;
+  unscaled.gradients = collected.gradients;
+  for (auto& gradient : unscaled.gradients) {
+    copies.push_back(*gradient.grad * inv.to(gradient.grad->device()));
+  }
+  for (std::size_t k = 0; k < copies.size(); ++k) unscaled.gradients[k].grad = &copies[k];
+  std::vector<at::Tensor> norms;
+  return clip::reference_norms_and_total(unscaled, p, norms).item<double>();
+}
 
 struct ScalerAccess {
   /// The scaler-aware clip (see clip_grad_norm_ below).
@@ -650,17 +734,16 @@ struct ScalerAccess {
     }
     const at::NoGradGuard no_grad;
     ScaledPass pass(collected);
-    if (!pass.all_on_cpu() || !options.foreach) {
-      // Accelerators (or the reference path): PyTorch's recipe, op by op.
+    if (!pass.all_on_cpu() || !options.foreach || scaler.lists_a_parameter_twice(optimizer)) {
+      // Accelerators (or the reference path): PyTorch's recipe, op by op. Also for a parameter
+      // listed twice: Python's unscale_ then unscales its gradient twice, and the clip counts it
+      // twice, which one read pass and one write pass cannot reproduce.
       auto& state = scaler.state_of(optimizer);
       if (options.error_if_nonfinite) {
-        // Validate before unscaling, so that nothing changes when it throws.
-        const at::Tensor total = clip::norm_and_clip(collected, norm_type, std::nullopt, options, function);
-        const double value = total.item<double>() * static_cast<double>(inverse_scale(scaler.host_scale()));
-        TORCHKIT_CHECK(std::isfinite(value),
-                       "{}: the total norm of order {} of the unscaled gradients is not finite, so they cannot be "
-                       "clipped (error_if_nonfinite); no gradient was changed",
-                       function, norm_type);
+        // Validate before unscaling, so that nothing changes when it throws: the norm of the
+        // values unscale_ would leave (on copies; the scaled values' own norm may overflow).
+        check_unscaled_total(unscaled_total_of_copies(collected, norm_type, scaler.inverse_scale_tensor()), norm_type,
+                             function);
       }
       scaler.unscale_collected(collected, state);
       return clip::norm_and_clip(collected, norm_type, max_norm, {.error_if_nonfinite = false, .foreach = options.foreach},
@@ -670,10 +753,7 @@ struct ScalerAccess {
     bool found = false;
     at::ScalarType dtype = at::kFloat;
     const double total = pass.unscaled_norm(norm_type, inv, found, dtype);
-    TORCHKIT_CHECK(!options.error_if_nonfinite || std::isfinite(total),
-                   "{}: the total norm of order {} of the unscaled gradients is {} (non-finite), so they cannot be "
-                   "clipped (error_if_nonfinite); no gradient was changed",
-                   function, norm_type, total);
+    if (options.error_if_nonfinite) check_unscaled_total(total, norm_type, function);
     const at::Tensor total_tensor = at::scalar_tensor(total, at::TensorOptions().dtype(dtype));
     const double coefficient = dtype == at::kFloat || dtype == at::kDouble
                                    ? clip::host_clip_coefficient(total, max_norm, dtype)
@@ -695,7 +775,11 @@ struct ScalerAccess {
 /// recipe `scaler.unscale_(optimizer); torch.nn.utils.clip_grad_norm_(params, max_norm,
 /// norm_type)`; on the CPU it reads the gradients once (non-finite check and the norm of the
 /// unscaled values) and writes them once (the unscale factor and the clip coefficient applied
-/// together), instead of unscale's read and write plus clip's read and write.
+/// together), instead of unscale's read and write plus clip's read and write. The same bits as
+/// `scaler.unscale_(optimizer)` then `clip_grad_norm_` on the LibTorch at hand (float16 and
+/// bfloat16 gradients multiplied by the coefficient as its `mul_` does). Gradients on an
+/// accelerator, `foreach = false` and an optimizer that lists a parameter twice (Python's
+/// unscale_ then unscales that gradient twice) take that recipe op by op.
 ///
 /// With a disabled scaler this is clip_grad_norm_ over the optimizer's parameters.
 ///

@@ -272,6 +272,10 @@ class GradientWriter {
                  "{}: the gradient of {} has elements that share memory (strides {}, e.g. made by expand()); it "
                  "cannot be changed in place: give it its own memory first (grad = grad.clone())",
                  function, parameter_label(collected, index), detail::shape_string(grad.strides()));
+  TORCHKIT_CHECK(impl->device_type() != c10::DeviceType::Meta,
+                 "{}: the gradient of {} is on the meta device (a shape without values); expected gradients that "
+                 "hold values (CPU or an accelerator)",
+                 function, parameter_label(collected, index));
   const at::ScalarType dtype = c10::typeMetaToScalarType(impl->dtype());
   const bool is_cpu = impl->device_type() == c10::DeviceType::CPU;
   const std::int64_t numel = impl->numel();
@@ -987,7 +991,8 @@ class ClipGrad {
   }
   /// How many times the functor ran.
   [[nodiscard]] std::int64_t steps() const noexcept { return steps_; }
-  /// How many of those steps had a total norm above max_norm (and so scaled the gradients).
+  /// How many of those steps had a total norm above max_norm or nan (and so scaled the
+  /// gradients: by a coefficient below 1, or by nan).
   /// When the gradients live on an accelerator the count of the steps since the last read is
   /// on the device: reading it syncs once (then it is cached on the host).
   [[nodiscard]] std::int64_t clipped_steps() const {
@@ -1020,10 +1025,10 @@ class ClipGrad {
     if (total.device().is_cpu()) {
       last_norm_ = total.item<double>();
       last_norm_on_device_ = at::Tensor();
-      if (last_norm_ > max_norm_) ++clipped_steps_;
+      if (!(last_norm_ <= max_norm_)) ++clipped_steps_;  // above max_norm, or nan
     } else {
       last_norm_on_device_ = total;
-      const at::Tensor exceeded = total.gt(max_norm_).to(at::kLong);
+      const at::Tensor exceeded = at::logical_not(total.le(max_norm_)).to(at::kLong);  // above, or nan
       pending_clipped_ = pending_clipped_.defined() ? pending_clipped_.add(exceeded.to(pending_clipped_.device()))
                                                     : exceeded;
     }

@@ -4456,6 +4456,7 @@ class FeatureCapture {
 /// Accumulation follows PyTorch: in float for float, float16 and bfloat16 elements, in double
 /// for double elements. Partials of separate runs are combined in double by the caller.
 
+
 #include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -4953,8 +4954,21 @@ template <Isa isa>
   }
 }
 
-/// Multiplies by `factor` rounded to the element type first, in the element type's compute
-/// precision (float for float16/bfloat16), as `tensor.mul_(0-dim tensor)` does in LibTorch 1.13.
+/// Whether `tensor.mul_(0-dim tensor)` on a float16/bfloat16 CPU tensor rounds the factor to
+/// the tensor's type before multiplying in float (LibTorch up to 2.0), or multiplies by the
+/// factor as a float (LibTorch 2.1 on: pytorch/pytorch#98820). Checked with 1.13 and 2.6.
+inline constexpr bool mul_rounds_factor_to_element_type = !TORCHKIT_TORCH_AT_LEAST(2, 1);
+
+/// The float a float16 (`is_half`) or bfloat16 tensor's `mul_(factor)` multiplies by, on the
+/// LibTorch at hand (see mul_rounds_factor_to_element_type).
+[[nodiscard]] inline float factor_for_16_bit(bool is_half, double factor) noexcept {
+  const auto single = static_cast<float>(factor);
+  if (!mul_rounds_factor_to_element_type) return single;
+  return is_half ? static_cast<float>(c10::Half(single)) : static_cast<float>(c10::BFloat16(single));
+}
+
+/// Multiplies by `factor` in the element type's compute precision (float for float16/bfloat16,
+/// the factor as factor_for_16_bit gives it), as `tensor.mul_(0-dim tensor)` does.
 template <Isa isa>
 [[gnu::always_inline]] inline void scale_any(at::ScalarType dtype, void* data, std::int64_t size, double factor) {
   constexpr int bytes = vector_bytes<isa>;
@@ -4964,8 +4978,7 @@ template <Isa isa>
     case at::kHalf:
     case at::kBFloat16: {
       const bool is_half = dtype == at::kHalf;
-      const auto rounded = is_half ? static_cast<float>(c10::Half(static_cast<float>(factor)))
-                                   : static_cast<float>(c10::BFloat16(static_cast<float>(factor)));
+      const float rounded = factor_for_16_bit(is_half, factor);
       for_each_block<isa, true>(is_half, static_cast<std::uint16_t*>(data), size,
                                 [&](float* buffer, std::int64_t count) TORCHKIT_CLIP_INLINE {
                                   scale_run<float, bytes>(buffer, count, rounded);
@@ -5321,12 +5334,10 @@ template <Isa isa>
 }
 
 /// Unscales `size` elements of `dtype` and multiplies them by `factor` in place: both roundings
-/// of the two separate PyTorch ops. For float16/bfloat16 elements the factor is used as a float
-/// (LibTorch 2.x: `mul_` by a 0-dim float CPU tensor reads it in opmath precision), or first
-/// rounded to the element type with `round_factor` (LibTorch 1.13, as scale does).
+/// of the two separate PyTorch ops (the factor of a float16/bfloat16 one as scale_any uses it).
 template <Isa isa>
 [[gnu::always_inline]] inline void unscale_scale_any(at::ScalarType dtype, void* data, std::int64_t size, float inv,
-                                                     double factor, bool round_factor) {
+                                                     double factor) {
   constexpr int bytes = vector_bytes<isa>;
   const bool multiply = inv != 1.0f;
   switch (dtype) {
@@ -5339,10 +5350,7 @@ template <Isa isa>
     case at::kHalf:
     case at::kBFloat16: {
       const bool is_half = dtype == at::kHalf;
-      const auto single = static_cast<float>(factor);
-      const auto rounded = !round_factor ? single
-                           : is_half     ? static_cast<float>(c10::Half(single))
-                                         : static_cast<float>(c10::BFloat16(single));
+      const float rounded = factor_for_16_bit(is_half, factor);
       for_each_block<isa, true>(is_half, static_cast<std::uint16_t*>(data), size,
                                 [&](float* buffer, std::int64_t count) TORCHKIT_CLIP_INLINE {
                                   if (multiply) {
@@ -5393,10 +5401,10 @@ template <Isa isa>
 /// Unscales every run and multiplies it by `factor`, in place, in order.
 template <Isa isa>
 [[gnu::always_inline]] inline void unscale_scale_runs_any(const Run* runs, std::int64_t count, float inv,
-                                                          double factor, bool round_factor) {
+                                                          double factor) {
   for (std::int64_t r = 0; r < count; ++r) {
     if (r + prefetch_distance < count) prefetch_run<true>(runs[r + prefetch_distance]);
-    unscale_scale_any<isa>(runs[r].dtype, runs[r].data, runs[r].size, inv, factor, round_factor);
+    unscale_scale_any<isa>(runs[r].dtype, runs[r].data, runs[r].size, inv, factor);
   }
 }
 
@@ -5429,8 +5437,8 @@ template <Isa isa>
     unscale_reduce_runs_any<isa>(runs, count, kind, p, inv, partials, nonfinite);                                \
   }                                                                                                              \
   __VA_ARGS__ inline void unscale_scale_runs_##suffix(const Run* runs, std::int64_t count, float inv,            \
-                                                      double factor, bool round_factor) {                        \
-    unscale_scale_runs_any<isa>(runs, count, inv, factor, round_factor);                                         \
+                                                      double factor) {                                           \
+    unscale_scale_runs_any<isa>(runs, count, inv, factor);                                                       \
   }
 
 TORCHKIT_CLIP_ENTRY_POINTS(portable, Isa::portable)
@@ -5546,10 +5554,10 @@ inline void unscale_reduce_runs(const Run* runs, std::int64_t count, NormKind ki
   TORCHKIT_CLIP_DISPATCH(unscale_reduce_runs, runs, count, kind, p, inv, partials, nonfinite);
 }
 
-/// Unscales every run by `inv` and multiplies it by `factor` (for float16/bfloat16 runs rounded
-/// to their type first when `round_factor`), in place, in order.
-inline void unscale_scale_runs(const Run* runs, std::int64_t count, float inv, double factor, bool round_factor) {
-  TORCHKIT_CLIP_DISPATCH(unscale_scale_runs, runs, count, inv, factor, round_factor);
+/// Unscales every run by `inv` and multiplies it by `factor` (as scale_any uses it), in place,
+/// in order.
+inline void unscale_scale_runs(const Run* runs, std::int64_t count, float inv, double factor) {
+  TORCHKIT_CLIP_DISPATCH(unscale_scale_runs, runs, count, inv, factor);
 }
 
 #undef TORCHKIT_CLIP_DISPATCH
@@ -5821,6 +5829,10 @@ class GradientWriter {
                  "{}: the gradient of {} has elements that share memory (strides {}, e.g. made by expand()); it "
                  "cannot be changed in place: give it its own memory first (grad = grad.clone())",
                  function, parameter_label(collected, index), detail::shape_string(grad.strides()));
+  TORCHKIT_CHECK(impl->device_type() != c10::DeviceType::Meta,
+                 "{}: the gradient of {} is on the meta device (a shape without values); expected gradients that "
+                 "hold values (CPU or an accelerator)",
+                 function, parameter_label(collected, index));
   const at::ScalarType dtype = c10::typeMetaToScalarType(impl->dtype());
   const bool is_cpu = impl->device_type() == c10::DeviceType::CPU;
   const std::int64_t numel = impl->numel();
@@ -6536,7 +6548,8 @@ class ClipGrad {
   }
   /// How many times the functor ran.
   [[nodiscard]] std::int64_t steps() const noexcept { return steps_; }
-  /// How many of those steps had a total norm above max_norm (and so scaled the gradients).
+  /// How many of those steps had a total norm above max_norm or nan (and so scaled the
+  /// gradients: by a coefficient below 1, or by nan).
   /// When the gradients live on an accelerator the count of the steps since the last read is
   /// on the device: reading it syncs once (then it is cached on the host).
   [[nodiscard]] std::int64_t clipped_steps() const {
@@ -6569,10 +6582,10 @@ class ClipGrad {
     if (total.device().is_cpu()) {
       last_norm_ = total.item<double>();
       last_norm_on_device_ = at::Tensor();
-      if (last_norm_ > max_norm_) ++clipped_steps_;
+      if (!(last_norm_ <= max_norm_)) ++clipped_steps_;  // above max_norm, or nan
     } else {
       last_norm_on_device_ = total;
-      const at::Tensor exceeded = total.gt(max_norm_).to(at::kLong);
+      const at::Tensor exceeded = at::logical_not(total.le(max_norm_)).to(at::kLong);  // above, or nan
       pending_clipped_ = pending_clipped_.defined() ? pending_clipped_.add(exceeded.to(pending_clipped_.device()))
                                                     : exceeded;
     }
@@ -6702,6 +6715,7 @@ inline void clear_cache() { at::autocast::clear_cache(); }
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/core/DeviceType.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/core/ScalarType.h>
 #include <fmt/format.h>
 #include <torch/optim/optimizer.h>
@@ -6817,12 +6831,6 @@ namespace detail::amp {
 /// GradScaler's private state, for the scaler-aware clip_grad_norm_.
 struct ScalerAccess;
 
-/// Whether the clip coefficient (a float when the total norm is float) is rounded to a
-/// float16/bfloat16 gradient's type before multiplying. PyTorch 2.x's `grad.mul_(coefficient)`
-/// reads a 0-dim float CPU tensor in float (opmath); 1.13 rounded it first, but 1.13 has no CPU
-/// GradScaler, so PyTorch 2.x's recipe is the reference on every LibTorch version.
-inline constexpr bool round_factor_to_gradient_type = false;
-
 /// The inverse scale as PyTorch computes it: `scale.double().reciprocal().float()`.
 [[nodiscard]] inline float inverse_scale(float scale) noexcept {
   return static_cast<float>(1.0 / static_cast<double>(scale));
@@ -6936,7 +6944,7 @@ class ScaledPass {
     if (inv == 1.0f && factor == 1.0) return;  // changes no value
     const auto& runs = cpu_.runs();
     cpu_.for_each_share_after_read([&](std::int64_t begin, std::int64_t end) {
-      clip::unscale_scale_runs(runs.data() + begin, end - begin, inv, factor, round_factor_to_gradient_type);
+      clip::unscale_scale_runs(runs.data() + begin, end - begin, inv, factor);
     });
     cpu_.finish_writes();
   }
@@ -6979,7 +6987,8 @@ class ScaledPass {
 ///
 /// Where it differs from Python (by design): float16 gradients are unscaled (Python's
 /// unscale_ refuses them, for pure-float16 training); bad arguments throw torchkit::Error
-/// instead of asserting; `update(new_scale)` refuses a new scale <= 0 or non-finite.
+/// instead of asserting; `update(new_scale)` refuses a new scale <= 0, non-finite, or beyond
+/// what float32 holds. Not copyable (a copy would share the scale tensor); movable.
 ///
 ///     torchkit::GradScaler scaler;   // init_scale 65536, x2 every 2000 clean steps, x0.5 on inf
 ///     scaler.scale(loss).backward();
@@ -6987,24 +6996,37 @@ class ScaledPass {
 ///     scaler.update();
 class GradScaler {
  public:
-  /// @throws torchkit::Error for init_scale <= 0 or non-finite, growth_factor <= 1 or
-  ///         non-finite, backoff_factor outside (0, 1), growth_interval <= 0.
+  /// @throws torchkit::Error for an init_scale that is not a finite float32 > 0 (<= 0, nan, inf,
+  ///         above 3.4e38 or below 1.4e-45), growth_factor <= 1 or non-finite, backoff_factor
+  ///         outside (0, 1), growth_interval <= 0 or above 2^31 - 1 (the tracker is int32).
   explicit GradScaler(GradScalerOptions options = {}) : options_(options) {
     check_options(options, "GradScaler");
     init_scale_ = options.init_scale;
   }
 
+  /// Not copyable: a copy would share the scale and growth tracker tensors (updating one
+  /// scaler would change the other) but not the per-optimizer step state. Movable.
+  GradScaler(const GradScaler&) = delete;
+  GradScaler& operator=(const GradScaler&) = delete;
+  GradScaler(GradScaler&&) noexcept = default;
+  GradScaler& operator=(GradScaler&&) noexcept = default;
+  ~GradScaler() = default;
+
   /// `loss * scale` (PyTorch: `scaler.scale(loss)`), the scale made on the loss's device by the
-  /// first call. Returns `loss` itself when disabled.
-  /// @throws torchkit::Error for an undefined or non-floating-point loss.
+  /// first call (an ordinary tensor, also inside c10::InferenceMode). Returns `loss` itself,
+  /// unchecked, when disabled.
+  /// @throws torchkit::Error (when enabled) for an undefined or non-floating-point loss.
   [[nodiscard]] at::Tensor scale(const at::Tensor& loss) {
     constexpr std::string_view function = "GradScaler::scale";
+    if (!options_.enabled) return loss;  // (Python returns its argument untouched)
     TORCHKIT_CHECK(loss.defined(), "{}: the loss is an undefined tensor", function);
     TORCHKIT_CHECK(at::isFloatingType(loss.scalar_type()),
                    "{}: the loss has dtype {}; expected a floating-point tensor", function,
                    c10::toString(loss.scalar_type()));
-    if (!options_.enabled) return loss;
     if (!scale_.defined()) {
+      // Ordinary tensors even when the first call comes inside c10::InferenceMode: inference
+      // tensors could never be updated in place or saved for backward afterwards.
+      const c10::InferenceMode not_inference(/*enabled=*/false);
       const auto on = at::TensorOptions().device(loss.device());
       scale_ = at::full({}, init_scale_, on.dtype(at::kFloat));
       growth_tracker_ = at::full({}, init_growth_tracker_, on.dtype(at::kInt));
@@ -7072,15 +7094,15 @@ class GradScaler {
   /// 0); else the growth tracker counts up, and at growth_interval the scale grows by
   /// growth_factor (when the product is finite) and the tracker restarts. `new_scale` sets the
   /// scale instead. Starts a new step for every optimizer. No-op when disabled.
-  /// @throws torchkit::Error when `scale()` was never called, for a new_scale <= 0 or not finite,
+  /// @throws torchkit::Error when `scale()` was never called, for a new_scale that is not a
+  ///         finite float32 > 0 (as init_scale; nothing changes then),
   ///         and (without new_scale) when no optimizer was unscaled or stepped since the last update.
   void update(std::optional<double> new_scale = {}) {
     constexpr std::string_view function = "GradScaler::update";
     if (!options_.enabled) return;
     check_scaled(function);
     if (new_scale) {
-      TORCHKIT_CHECK(std::isfinite(*new_scale) && *new_scale > 0.0,
-                     "{}: new_scale must be a finite number > 0, got {}", function, *new_scale);
+      check_scale(*new_scale, "new_scale", function);
       scale_.fill_(*new_scale);
       states_.clear();
       return;
@@ -7221,15 +7243,25 @@ class GradScaler {
     std::vector<at::Tensor> found_device;  // one per accelerator device, on it
   };
 
+  /// The scale lives in a float32 tensor: it must be > 0 and finite as a float32 (a finite
+  /// double above float32's largest value would become inf, one below its smallest would be 0).
+  static void check_scale(double scale, std::string_view name, std::string_view function) {
+    TORCHKIT_CHECK(std::isfinite(scale) && scale >= static_cast<double>(std::numeric_limits<float>::denorm_min()) &&
+                       scale <= static_cast<double>(std::numeric_limits<float>::max()),
+                   "{}: {} must be a finite number > 0 that float32 holds (from {} to {}), got {}", function, name,
+                   std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::max(), scale);
+  }
+
   static void check_options(const GradScalerOptions& options, std::string_view function) {
-    TORCHKIT_CHECK(std::isfinite(options.init_scale) && options.init_scale > 0.0,
-                   "{}: init_scale (the scale) must be a finite number > 0, got {}", function, options.init_scale);
+    check_scale(options.init_scale, "init_scale (the scale)", function);
     TORCHKIT_CHECK(std::isfinite(options.growth_factor) && options.growth_factor > 1.0,
                    "{}: growth_factor must be a finite number > 1, got {}", function, options.growth_factor);
     TORCHKIT_CHECK(options.backoff_factor > 0.0 && options.backoff_factor < 1.0,
                    "{}: backoff_factor must be in (0, 1), got {}", function, options.backoff_factor);
-    TORCHKIT_CHECK(options.growth_interval > 0, "{}: growth_interval must be > 0, got {}", function,
-                   options.growth_interval);
+    // The growth tracker is an int32 tensor, as in PyTorch, counting up to growth_interval.
+    TORCHKIT_CHECK(options.growth_interval > 0 && options.growth_interval <= std::numeric_limits<std::int32_t>::max(),
+                   "{}: growth_interval must be in [1, {}] (the growth tracker is int32), got {}", function,
+                   std::numeric_limits<std::int32_t>::max(), options.growth_interval);
   }
 
   void check_scaled(std::string_view function) const {
@@ -7250,15 +7282,49 @@ class GradScaler {
     return states_.emplace_back(&optimizer, State{}).second;
   }
 
+  /// Whether `optimizer` lists some parameter more than once (Python's optimizers warn about
+  /// it). Remembered per optimizer across steps: the parameters are compared with those of the
+  /// last call (one read of each handle), and sorted only when they changed.
+  [[nodiscard]] bool lists_a_parameter_twice(const torch::optim::Optimizer& optimizer) {
+    auto found = std::find_if(parameter_checks_.begin(), parameter_checks_.end(),
+                              [&](const auto& entry) { return entry.first == &optimizer; });
+    if (found == parameter_checks_.end()) {
+      found = parameter_checks_.insert(parameter_checks_.end(), {&optimizer, ParameterCheck{}});
+    }
+    ParameterCheck& check = found->second;
+    std::size_t k = 0;
+    bool same = true;
+    for (const auto& group : optimizer.param_groups()) {  // (a plain loop per group: ~0.5 us for 2,000)
+      const std::vector<at::Tensor>& parameters = group.params();
+      same = same && k + parameters.size() <= check.parameters.size();
+      for (std::size_t i = 0; same && i < parameters.size(); ++i) {
+        same = check.parameters[k + i] == parameters[i].unsafeGetTensorImpl();
+      }
+      k += parameters.size();
+    }
+    if (same && k == check.parameters.size()) return check.duplicates;
+    check.parameters.clear();
+    for (const at::Tensor& parameter : detail::amp::parameters_of(optimizer)) {
+      check.parameters.push_back(parameter.unsafeGetTensorImpl());
+    }
+    std::vector<const c10::TensorImpl*> sorted = check.parameters;
+    std::sort(sorted.begin(), sorted.end());
+    check.duplicates = std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end();
+    return check.duplicates;
+  }
+
   /// The scale's float32 value on the host (CPU scale: no sync).
   [[nodiscard]] float host_scale() const { return scale_.item<float>(); }
+
+  /// Python: `self._scale.double().reciprocal().float()`, on the scale's device.
+  [[nodiscard]] at::Tensor inverse_scale_tensor() const { return at::reciprocal(scale_.to(at::kDouble)).to(at::kFloat); }
 
   void unscale_collected(const detail::clip::Collected& collected, State& state) {
     const at::NoGradGuard no_grad;
     detail::amp::ScaledPass pass(collected);
     // Python: `self._scale.double().reciprocal().float()`, on the scale's device; read on the
     // host only for CPU gradients (free when the scale is on the CPU).
-    const at::Tensor inv_tensor = at::reciprocal(scale_.to(at::kDouble)).to(at::kFloat);
+    const at::Tensor inv_tensor = inverse_scale_tensor();
     const float inv = pass.has_cpu_gradients() ? inv_tensor.item<float>() : 1.0f;
     state.found_cpu = pass.unscale(inv, inv_tensor, state.found_device) || state.found_cpu;
     state.recorded = state.recorded || !collected.gradients.empty();
@@ -7290,6 +7356,12 @@ class GradScaler {
   at::Tensor scale_;           // 0-dim float32, on the device of the first scaled loss
   at::Tensor growth_tracker_;  // 0-dim int32, beside it
   std::vector<std::pair<const torch::optim::Optimizer*, State>> states_;
+  /// lists_a_parameter_twice's memory: an optimizer's parameters at the last check.
+  struct ParameterCheck {
+    std::vector<const c10::TensorImpl*> parameters;
+    bool duplicates = false;
+  };
+  std::vector<std::pair<const torch::optim::Optimizer*, ParameterCheck>> parameter_checks_;
 };
 
 namespace detail {
@@ -7299,6 +7371,31 @@ inline constexpr bool formats_with_to_string<GradScaler> = true;
 }  // namespace detail
 
 namespace detail::amp {
+
+/// error_if_nonfinite for the scaler-aware clip: the same words on every path.
+inline void check_unscaled_total(double total, double norm_type, std::string_view function) {
+  TORCHKIT_CHECK(std::isfinite(total),
+                 "{}: the total norm of order {} of the unscaled gradients is {} (non-finite), so they cannot be "
+                 "clipped (error_if_nonfinite); no gradient was changed. Pass error_if_nonfinite = false to skip "
+                 "this step through scaler.step() instead, as PyTorch does",
+                 function, norm_type, std::isnan(total) ? std::string("nan") : fmt::format("{}", total));
+}
+
+/// The total norm of order p (PyTorch's algorithm, op by op) of `collected`'s gradients as
+/// unscale_ would leave them, `grad * inv` in each gradient's dtype, computed on copies.
+[[nodiscard]] inline double unscaled_total_of_copies(const clip::Collected& collected, double p,
+                                                     const at::Tensor& inv) {
+  std::vector<at::Tensor> copies;
+  copies.reserve(collected.gradients.size());
+  clip::Collected unscaled;
+  unscaled.gradients = collected.gradients;
+  for (auto& gradient : unscaled.gradients) {
+    copies.push_back(*gradient.grad * inv.to(gradient.grad->device()));
+  }
+  for (std::size_t k = 0; k < copies.size(); ++k) unscaled.gradients[k].grad = &copies[k];
+  std::vector<at::Tensor> norms;
+  return clip::reference_norms_and_total(unscaled, p, norms).item<double>();
+}
 
 struct ScalerAccess {
   /// The scaler-aware clip (see clip_grad_norm_ below).
@@ -7325,17 +7422,16 @@ struct ScalerAccess {
     }
     const at::NoGradGuard no_grad;
     ScaledPass pass(collected);
-    if (!pass.all_on_cpu() || !options.foreach) {
-      // Accelerators (or the reference path): PyTorch's recipe, op by op.
+    if (!pass.all_on_cpu() || !options.foreach || scaler.lists_a_parameter_twice(optimizer)) {
+      // Accelerators (or the reference path): PyTorch's recipe, op by op. Also for a parameter
+      // listed twice: Python's unscale_ then unscales its gradient twice, and the clip counts it
+      // twice, which one read pass and one write pass cannot reproduce.
       auto& state = scaler.state_of(optimizer);
       if (options.error_if_nonfinite) {
-        // Validate before unscaling, so that nothing changes when it throws.
-        const at::Tensor total = clip::norm_and_clip(collected, norm_type, std::nullopt, options, function);
-        const double value = total.item<double>() * static_cast<double>(inverse_scale(scaler.host_scale()));
-        TORCHKIT_CHECK(std::isfinite(value),
-                       "{}: the total norm of order {} of the unscaled gradients is not finite, so they cannot be "
-                       "clipped (error_if_nonfinite); no gradient was changed",
-                       function, norm_type);
+        // Validate before unscaling, so that nothing changes when it throws: the norm of the
+        // values unscale_ would leave (on copies; the scaled values' own norm may overflow).
+        check_unscaled_total(unscaled_total_of_copies(collected, norm_type, scaler.inverse_scale_tensor()), norm_type,
+                             function);
       }
       scaler.unscale_collected(collected, state);
       return clip::norm_and_clip(collected, norm_type, max_norm, {.error_if_nonfinite = false, .foreach = options.foreach},
@@ -7345,10 +7441,7 @@ struct ScalerAccess {
     bool found = false;
     at::ScalarType dtype = at::kFloat;
     const double total = pass.unscaled_norm(norm_type, inv, found, dtype);
-    TORCHKIT_CHECK(!options.error_if_nonfinite || std::isfinite(total),
-                   "{}: the total norm of order {} of the unscaled gradients is {} (non-finite), so they cannot be "
-                   "clipped (error_if_nonfinite); no gradient was changed",
-                   function, norm_type, total);
+    if (options.error_if_nonfinite) check_unscaled_total(total, norm_type, function);
     const at::Tensor total_tensor = at::scalar_tensor(total, at::TensorOptions().dtype(dtype));
     const double coefficient = dtype == at::kFloat || dtype == at::kDouble
                                    ? clip::host_clip_coefficient(total, max_norm, dtype)
@@ -7370,7 +7463,11 @@ struct ScalerAccess {
 /// recipe `scaler.unscale_(optimizer); torch.nn.utils.clip_grad_norm_(params, max_norm,
 /// norm_type)`; on the CPU it reads the gradients once (non-finite check and the norm of the
 /// unscaled values) and writes them once (the unscale factor and the clip coefficient applied
-/// together), instead of unscale's read and write plus clip's read and write.
+/// together), instead of unscale's read and write plus clip's read and write. The same bits as
+/// `scaler.unscale_(optimizer)` then `clip_grad_norm_` on the LibTorch at hand (float16 and
+/// bfloat16 gradients multiplied by the coefficient as its `mul_` does). Gradients on an
+/// accelerator, `foreach = false` and an optimizer that lists a parameter twice (Python's
+/// unscale_ then unscales that gradient twice) take that recipe op by op.
 ///
 /// With a disabled scaler this is clip_grad_norm_ over the optimizer's parameters.
 ///

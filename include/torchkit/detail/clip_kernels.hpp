@@ -16,6 +16,8 @@
 /// Accumulation follows PyTorch: in float for float, float16 and bfloat16 elements, in double
 /// for double elements. Partials of separate runs are combined in double by the caller.
 
+#include <torchkit/detail/config.hpp>
+
 #include <c10/core/ScalarType.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -513,8 +515,21 @@ template <Isa isa>
   }
 }
 
-/// Multiplies by `factor` rounded to the element type first, in the element type's compute
-/// precision (float for float16/bfloat16), as `tensor.mul_(0-dim tensor)` does in LibTorch 1.13.
+/// Whether `tensor.mul_(0-dim tensor)` on a float16/bfloat16 CPU tensor rounds the factor to
+/// the tensor's type before multiplying in float (LibTorch up to 2.0), or multiplies by the
+/// factor as a float (LibTorch 2.1 on: pytorch/pytorch#98820). Checked with 1.13 and 2.6.
+inline constexpr bool mul_rounds_factor_to_element_type = !TORCHKIT_TORCH_AT_LEAST(2, 1);
+
+/// The float a float16 (`is_half`) or bfloat16 tensor's `mul_(factor)` multiplies by, on the
+/// LibTorch at hand (see mul_rounds_factor_to_element_type).
+[[nodiscard]] inline float factor_for_16_bit(bool is_half, double factor) noexcept {
+  const auto single = static_cast<float>(factor);
+  if (!mul_rounds_factor_to_element_type) return single;
+  return is_half ? static_cast<float>(c10::Half(single)) : static_cast<float>(c10::BFloat16(single));
+}
+
+/// Multiplies by `factor` in the element type's compute precision (float for float16/bfloat16,
+/// the factor as factor_for_16_bit gives it), as `tensor.mul_(0-dim tensor)` does.
 template <Isa isa>
 [[gnu::always_inline]] inline void scale_any(at::ScalarType dtype, void* data, std::int64_t size, double factor) {
   constexpr int bytes = vector_bytes<isa>;
@@ -524,8 +539,7 @@ template <Isa isa>
     case at::kHalf:
     case at::kBFloat16: {
       const bool is_half = dtype == at::kHalf;
-      const auto rounded = is_half ? static_cast<float>(c10::Half(static_cast<float>(factor)))
-                                   : static_cast<float>(c10::BFloat16(static_cast<float>(factor)));
+      const float rounded = factor_for_16_bit(is_half, factor);
       for_each_block<isa, true>(is_half, static_cast<std::uint16_t*>(data), size,
                                 [&](float* buffer, std::int64_t count) TORCHKIT_CLIP_INLINE {
                                   scale_run<float, bytes>(buffer, count, rounded);
@@ -881,12 +895,10 @@ template <Isa isa>
 }
 
 /// Unscales `size` elements of `dtype` and multiplies them by `factor` in place: both roundings
-/// of the two separate PyTorch ops. For float16/bfloat16 elements the factor is used as a float
-/// (LibTorch 2.x: `mul_` by a 0-dim float CPU tensor reads it in opmath precision), or first
-/// rounded to the element type with `round_factor` (LibTorch 1.13, as scale does).
+/// of the two separate PyTorch ops (the factor of a float16/bfloat16 one as scale_any uses it).
 template <Isa isa>
 [[gnu::always_inline]] inline void unscale_scale_any(at::ScalarType dtype, void* data, std::int64_t size, float inv,
-                                                     double factor, bool round_factor) {
+                                                     double factor) {
   constexpr int bytes = vector_bytes<isa>;
   const bool multiply = inv != 1.0f;
   switch (dtype) {
@@ -899,10 +911,7 @@ template <Isa isa>
     case at::kHalf:
     case at::kBFloat16: {
       const bool is_half = dtype == at::kHalf;
-      const auto single = static_cast<float>(factor);
-      const auto rounded = !round_factor ? single
-                           : is_half     ? static_cast<float>(c10::Half(single))
-                                         : static_cast<float>(c10::BFloat16(single));
+      const float rounded = factor_for_16_bit(is_half, factor);
       for_each_block<isa, true>(is_half, static_cast<std::uint16_t*>(data), size,
                                 [&](float* buffer, std::int64_t count) TORCHKIT_CLIP_INLINE {
                                   if (multiply) {
@@ -953,10 +962,10 @@ template <Isa isa>
 /// Unscales every run and multiplies it by `factor`, in place, in order.
 template <Isa isa>
 [[gnu::always_inline]] inline void unscale_scale_runs_any(const Run* runs, std::int64_t count, float inv,
-                                                          double factor, bool round_factor) {
+                                                          double factor) {
   for (std::int64_t r = 0; r < count; ++r) {
     if (r + prefetch_distance < count) prefetch_run<true>(runs[r + prefetch_distance]);
-    unscale_scale_any<isa>(runs[r].dtype, runs[r].data, runs[r].size, inv, factor, round_factor);
+    unscale_scale_any<isa>(runs[r].dtype, runs[r].data, runs[r].size, inv, factor);
   }
 }
 
@@ -989,8 +998,8 @@ template <Isa isa>
     unscale_reduce_runs_any<isa>(runs, count, kind, p, inv, partials, nonfinite);                                \
   }                                                                                                              \
   __VA_ARGS__ inline void unscale_scale_runs_##suffix(const Run* runs, std::int64_t count, float inv,            \
-                                                      double factor, bool round_factor) {                        \
-    unscale_scale_runs_any<isa>(runs, count, inv, factor, round_factor);                                         \
+                                                      double factor) {                                           \
+    unscale_scale_runs_any<isa>(runs, count, inv, factor);                                                       \
   }
 
 TORCHKIT_CLIP_ENTRY_POINTS(portable, Isa::portable)
@@ -1106,10 +1115,10 @@ inline void unscale_reduce_runs(const Run* runs, std::int64_t count, NormKind ki
   TORCHKIT_CLIP_DISPATCH(unscale_reduce_runs, runs, count, kind, p, inv, partials, nonfinite);
 }
 
-/// Unscales every run by `inv` and multiplies it by `factor` (for float16/bfloat16 runs rounded
-/// to their type first when `round_factor`), in place, in order.
-inline void unscale_scale_runs(const Run* runs, std::int64_t count, float inv, double factor, bool round_factor) {
-  TORCHKIT_CLIP_DISPATCH(unscale_scale_runs, runs, count, inv, factor, round_factor);
+/// Unscales every run by `inv` and multiplies it by `factor` (as scale_any uses it), in place,
+/// in order.
+inline void unscale_scale_runs(const Run* runs, std::int64_t count, float inv, double factor) {
+  TORCHKIT_CLIP_DISPATCH(unscale_scale_runs, runs, count, inv, factor);
 }
 
 #undef TORCHKIT_CLIP_DISPATCH
