@@ -601,6 +601,8 @@ class GradScaler {
     auto found = std::find_if(parameter_checks_.begin(), parameter_checks_.end(),
                               [&](const auto& entry) { return entry.first == &optimizer; });
     if (found == parameter_checks_.end()) {
+      // A few optimizers at most: forget the oldest (a program may make a new one per epoch).
+      if (parameter_checks_.size() == 8) parameter_checks_.erase(parameter_checks_.begin());
       found = parameter_checks_.insert(parameter_checks_.end(), {&optimizer, ParameterCheck{}});
     }
     ParameterCheck& check = found->second;
