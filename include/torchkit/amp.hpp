@@ -244,7 +244,7 @@ class ScaledPass {
     });
     found = std::any_of(nonfinite.begin(), nonfinite.end(), [](unsigned char seen) { return seen != 0; });
     const auto& gradients = collected_.gradients;
-    result_dtype = clip::promoted_dtype(gradients);
+    result_dtype = collected_.promoted_dtype;
     std::vector<double> norms(gradients.size());
     const double total = clip::gradient_norms(kind, p, runs.data(), cpu_.run_begin().data(), gradients.size(),
                                               partials.data(), norms.data());

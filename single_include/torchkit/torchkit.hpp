@@ -5636,16 +5636,6 @@ struct Gradient {
   bool tracked;  // requires grad (made with create_graph): in-place writes must bump its version
 };
 
-/// The dtype of the total norm of `gradients` (not empty): their dtypes promoted
-/// (c10::promoteTypes), the dtype PyTorch's total norm has.
-[[nodiscard]] inline at::ScalarType promoted_dtype(const std::vector<Gradient>& gradients) {
-  at::ScalarType dtype = gradients.front().dtype;
-  for (const auto& gradient : gradients) {
-    if (gradient.dtype != dtype) dtype = c10::promoteTypes(dtype, gradient.dtype);
-  }
-  return dtype;
-}
-
 /// Runs are at most this long, so one large gradient spreads over threads.
 inline constexpr std::int64_t run_elements = std::int64_t{1} << 16;
 
@@ -5663,6 +5653,11 @@ struct Collected {
   /// Whether `runs` covers every gradient: all on the CPU and dense (else the passes lay out
   /// their own runs, with contiguous copies and device groups).
   bool runs_cover_all = true;
+  /// The dtype of the total norm: the gradients' dtypes promoted (c10::promoteTypes), the dtype
+  /// PyTorch's total norm has (Undefined when there are no gradients).
+  at::ScalarType promoted_dtype = at::ScalarType::Undefined;
+  /// Whether some gradient requires grad (made with create_graph): see Gradient::tracked.
+  bool any_tracked = false;
 };
 
 /// `parameter 3 ('fc.weight')`, or `parameter 3` when no names are known.
@@ -5739,7 +5734,9 @@ class GradientWriter {
   /// The usual gradient: on the CPU, dense, with 1 to run_elements elements from `data` on.
   [[gnu::always_inline]] void add_one_run(const at::Tensor& grad, c10::TensorImpl* impl, std::size_t index, void* data,
                                           std::int64_t numel, at::ScalarType dtype) {
-    gradients_[count_] = Gradient{&grad, impl, data, numel, index, dtype, true, is_tracked(impl)};
+    const bool tracked = is_tracked(impl);
+    note(dtype, tracked);
+    gradients_[count_] = Gradient{&grad, impl, data, numel, index, dtype, true, tracked};
     runs_[run_count_] = Run{data, numel, count_, dtype};
     ++count_;
     ++run_count_;
@@ -5753,7 +5750,9 @@ class GradientWriter {
   void add(const at::Tensor& grad, std::size_t index, void* data, std::int64_t numel, at::ScalarType dtype,
            bool is_cpu, std::size_t parameters_left) {
     c10::TensorImpl* impl = grad.unsafeGetTensorImpl();
-    gradients_[count_] = Gradient{&grad, impl, data, numel, index, dtype, is_cpu, is_tracked(impl)};
+    const bool tracked = is_tracked(impl);
+    note(dtype, tracked);
+    gradients_[count_] = Gradient{&grad, impl, data, numel, index, dtype, is_cpu, tracked};
     if (data != nullptr) {
       const auto runs = static_cast<std::size_t>((numel + run_elements - 1) / run_elements);
       if (run_count_ + runs + parameters_left > collected_.runs.size()) {
@@ -5777,6 +5776,8 @@ class GradientWriter {
     collected_.run_begin.resize(count_ + 1);
     collected_.runs.resize(run_count_);
     collected_.run_elements_total = elements_;
+    collected_.promoted_dtype = promoted_;
+    collected_.any_tracked = any_tracked_;
   }
 
  private:
@@ -5784,6 +5785,15 @@ class GradientWriter {
   /// version (autograd metadata first: no call for a plain gradient).
   [[nodiscard, gnu::always_inline]] static bool is_tracked(c10::TensorImpl* impl) {
     return impl->autograd_meta() != nullptr && impl->requires_grad();
+  }
+
+  /// Promotes the total's dtype with `dtype` and notes a tracked gradient, as the walk goes
+  /// (instead of a loop over every gradient afterwards).
+  [[gnu::always_inline]] void note(at::ScalarType dtype, bool tracked) {
+    if (dtype != promoted_) [[unlikely]] {
+      promoted_ = promoted_ == at::ScalarType::Undefined ? dtype : c10::promoteTypes(promoted_, dtype);
+    }
+    any_tracked_ = any_tracked_ || tracked;
   }
 
   void refresh() noexcept {
@@ -5799,6 +5809,8 @@ class GradientWriter {
   std::size_t count_ = 0;
   std::size_t run_count_ = 0;
   std::int64_t elements_ = 0;
+  at::ScalarType promoted_ = at::ScalarType::Undefined;
+  bool any_tracked_ = false;
 };
 
 /// Checks `grad`, the gradient of `parameter` (position `index`), when it is not the usual one
@@ -6094,6 +6106,7 @@ class CpuRuns {
   /// copy_ bumped the copied-back ones already.
   void finish_writes() const {
     for (const auto& copy : copies_) collected_.gradients[copy.gradient].grad->copy_(copy.tensor);
+    if (!collected_.any_tracked) return;
     const auto& run_begin = *run_begin_;
     std::size_t next_copy = 0;
     for (std::size_t k = 0; k < collected_.gradients.size(); ++k) {
@@ -6158,7 +6171,7 @@ class FastPass {
       : collected_(collected),
         p_(p),
         kind_(norm_kind_of(p)),
-        result_dtype_(promoted_dtype(collected.gradients)),
+        result_dtype_(collected.promoted_dtype),
         cpu_(collected, cpu_through_foreach, [this](std::size_t k) { add_to_device_group(k); }) {}
 
   FastPass(const FastPass&) = delete;
@@ -6932,7 +6945,7 @@ class ScaledPass {
     });
     found = std::any_of(nonfinite.begin(), nonfinite.end(), [](unsigned char seen) { return seen != 0; });
     const auto& gradients = collected_.gradients;
-    result_dtype = clip::promoted_dtype(gradients);
+    result_dtype = collected_.promoted_dtype;
     std::vector<double> norms(gradients.size());
     const double total = clip::gradient_norms(kind, p, runs.data(), cpu_.run_begin().data(), gradients.size(),
                                               partials.data(), norms.data());
