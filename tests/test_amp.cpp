@@ -739,6 +739,25 @@ TEST_CASE("GradScaler: not copyable (a copy would share the scale tensor), movab
   CHECK(moved.get_scale() == 4.0);
 }
 
+TEST_CASE("GradScaler: update() changes the scale in place, as Python's: a pending backward refuses it") {
+  for (const bool with_new_scale : {false, true}) {
+    CAPTURE(with_new_scale);
+    Small s;
+    torchkit::GradScaler scaler({.init_scale = 4.0});
+    (void)scaler.scale(torch::tensor(1.0f));
+    s.grad({1, 2, 3});
+    CHECK(scaler.step(s.optimizer));
+    const at::Tensor pending = scaler.scale((s.w * s.w).sum());  // saves the scale for backward
+    if (with_new_scale) {
+      scaler.update(8.0);
+    } else {
+      scaler.update();
+    }
+    CHECK(message_of<c10::Error>([&] { pending.backward(); }).find("modified by an inplace operation") !=
+          std::string::npos);
+  }
+}
+
 TEST_CASE("GradScaler: a first scale() inside InferenceMode still makes a scale that trains") {
   Small s;
   torchkit::GradScaler scaler({.init_scale = 4.0});

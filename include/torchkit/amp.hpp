@@ -662,6 +662,10 @@ class GradScaler {
         *tracker = static_cast<std::int32_t>(successful);
       }
     }
+    // In place, as `_amp_update_scale_` is: a scaled loss whose backward has not run yet saw
+    // the old scale, and autograd then refuses to use the changed one.
+    scale_.unsafeGetTensorImpl()->bump_version();
+    growth_tracker_.unsafeGetTensorImpl()->bump_version();
   }
 
   GradScalerOptions options_;
