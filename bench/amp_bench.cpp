@@ -225,13 +225,20 @@ void finish(benchmark::State& state, const Set& set, int accesses = 3) {
   state.counters["tensors"] = static_cast<double>(set.params.size());
 }
 
-void BM_libtorch_recipe(benchmark::State& state, const std::string& name) {
+/// A row without ratio counters: `step(set, value)` timed, `value` (the scale, inverse or
+/// factor a step alternates) starting at `first`, the gradients restored first.
+template <class T, class Step>
+void run_plain(benchmark::State& state, const std::string& name, int accesses, T first, Step step) {
   at::set_num_threads(static_cast<int>(state.range(0)));
   Set& set = set_named(name);
   set.restore();
-  double scale = 2.0;
-  for (auto _ : state) libtorch_step(set, scale);
-  finish(state, set);
+  T value = first;
+  for (auto _ : state) step(set, value);
+  finish(state, set, accesses);
+}
+
+void BM_libtorch_recipe(benchmark::State& state, const std::string& name) {
+  run_plain(state, name, 3, 2.0, libtorch_step);
 }
 
 /// torchkit's side of a family: `step(set, scaler, scale)` timed, then the ratio counters from
@@ -264,21 +271,10 @@ void BM_torchkit(benchmark::State& state, const std::string& name) {
   run_torchkit(state, "scaled_clip", name, torchkit_step, floor_step);
 }
 
-void BM_floor(benchmark::State& state, const std::string& name) {
-  at::set_num_threads(static_cast<int>(state.range(0)));
-  Set& set = set_named(name);
-  double factor = 0.5;
-  for (auto _ : state) floor_step(set, factor);
-  finish(state, set);
-}
+void BM_floor(benchmark::State& state, const std::string& name) { run_plain(state, name, 3, 0.5, floor_step); }
 
 void BM_unscale_libtorch(benchmark::State& state, const std::string& name) {
-  at::set_num_threads(static_cast<int>(state.range(0)));
-  Set& set = set_named(name);
-  set.restore();
-  float inv = 0.5f;
-  for (auto _ : state) libtorch_unscale(set, inv);
-  finish(state, set, 2);
+  run_plain(state, name, 2, 0.5f, libtorch_unscale);
 }
 
 void BM_unscale_torchkit(benchmark::State& state, const std::string& name) {
@@ -286,11 +282,7 @@ void BM_unscale_torchkit(benchmark::State& state, const std::string& name) {
 }
 
 void BM_unscale_floor(benchmark::State& state, const std::string& name) {
-  at::set_num_threads(static_cast<int>(state.range(0)));
-  Set& set = set_named(name);
-  double factor = 0.5;
-  for (auto _ : state) unscale_floor_step(set, factor);
-  finish(state, set, 2);
+  run_plain(state, name, 2, 0.5, unscale_floor_step);
 }
 
 using Benchmark = void (*)(benchmark::State&, const std::string&);
