@@ -7021,7 +7021,10 @@ class GradScaler {
   /// scaler would change the other) but not the per-optimizer step state. Movable.
   GradScaler(const GradScaler&) = delete;
   GradScaler& operator=(const GradScaler&) = delete;
+  /// Takes over the scale, the tracker and the per-optimizer step state (the moved-from
+  /// scaler is left without a scale: scale() makes a new one).
   GradScaler(GradScaler&&) noexcept = default;
+  /// As the move constructor.
   GradScaler& operator=(GradScaler&&) noexcept = default;
   ~GradScaler() = default;
 
