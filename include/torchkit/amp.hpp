@@ -634,7 +634,9 @@ class GradScaler {
   [[nodiscard]] float host_scale() const { return scale_.item<float>(); }
 
   /// Python: `self._scale.double().reciprocal().float()`, on the scale's device.
-  [[nodiscard]] at::Tensor inverse_scale_tensor() const { return at::reciprocal(scale_.to(at::kDouble)).to(at::kFloat); }
+  [[nodiscard]] at::Tensor inverse_scale_tensor() const {
+    return at::reciprocal(scale_.to(at::kDouble)).to(at::kFloat);
+  }
 
   void unscale_collected(const detail::clip::Collected& collected, State& state) {
     const at::NoGradGuard no_grad;
