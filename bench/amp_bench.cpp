@@ -111,10 +111,9 @@ Set& set_named(const std::string& name) {
   return *slot;
 }
 
-/// One scaled step of the LibTorch recipe: unscale by mul_, isfinite check, clip.
-void libtorch_step(Set& set, double& scale) {
-  const at::NoGradGuard no_grad;
-  const at::Tensor inv = at::scalar_tensor(static_cast<float>(1.0 / scale));
+/// Unscales every gradient by `inv` with `mul_` and checks each with `isfinite(g).all()`;
+/// returns whether all are finite (a bool tensor, not read on the host).
+at::Tensor unscale_by_ops(Set& set, const at::Tensor& inv) {
   std::vector<at::Tensor> finite;
   finite.reserve(set.params.size());
   for (auto& param : set.params) {
@@ -122,7 +121,14 @@ void libtorch_step(Set& set, double& scale) {
     grad.mul_(inv);
     finite.push_back(at::isfinite(grad).all());
   }
-  bool found_inf = !at::stack(finite).all().item<bool>();  // (not const: DoNotOptimize(const&) is deprecated)
+  return at::stack(finite).all();
+}
+
+/// One scaled step of the LibTorch recipe: unscale by mul_, isfinite check, clip.
+void libtorch_step(Set& set, double& scale) {
+  const at::NoGradGuard no_grad;
+  const at::Tensor inv = at::scalar_tensor(static_cast<float>(1.0 / scale));
+  bool found_inf = !unscale_by_ops(set, inv).item<bool>();  // (not const: DoNotOptimize(const&) is deprecated)
   benchmark::DoNotOptimize(found_inf);
   // Clip to 0.999 of the unscaled norm: the gradients then have norm max_norm.
   const double max_norm = set.norm / scale * shrink;
@@ -160,14 +166,7 @@ void libtorch_unscale(Set& set, float& inv) {
   at::_amp_foreach_non_finite_check_and_unscale_(grads, found, inv_tensor);
   benchmark::DoNotOptimize(found.data_ptr());
 #else
-  std::vector<at::Tensor> finite;
-  finite.reserve(set.params.size());
-  for (auto& param : set.params) {
-    at::Tensor& grad = param.mutable_grad();
-    grad.mul_(inv_tensor);
-    finite.push_back(at::isfinite(grad).all());
-  }
-  benchmark::DoNotOptimize(at::stack(finite).all().data_ptr());
+  benchmark::DoNotOptimize(unscale_by_ops(set, inv_tensor).data_ptr());
 #endif
   inv = 1.0f / inv;
 }
