@@ -9,6 +9,10 @@
 //   torchkit         the scaler-aware clip_grad_norm_
 //   floor            two passes over as many bytes in one contiguous tensor with torchkit's own
 //                    kernels: a norm read pass and a scale pass (the least the job can cost)
+//   floor_in_place   the scaled clip's own two fused passes over the set's gradients where they
+//                    lie, after visiting every parameter through LibTorch's accessors, and
+//                    nothing else (the least the scaled clip of that set can cost; its vs_floor
+//                    is the best ratio a scaled clip could show)
 //
 // on two float32 gradient sets (as bench/clip_bench.cpp): a_2000x512 (2,000 tensors of 512) and
 // b_bert (the 199 shapes of BERT-base scaled down 8x). torchkit's rows carry the ratios measured
@@ -27,6 +31,8 @@
 //   torchkit  scaler.unscale_(optimizer), then update(new_scale) (the scale alternates 2, 0.5)
 //   floor     one scale pass over as many bytes in one contiguous tensor (torchkit's kernel)
 #include <torchkit/amp.hpp>
+
+#include "gradient_sets.hpp"
 
 #include <benchmark/benchmark.h>
 #include <torch/nn/utils/clip_grad.h>
@@ -51,27 +57,7 @@
 
 namespace {
 
-using Shapes = std::vector<std::vector<int64_t>>;
-
-Shapes many_small_shapes() { return Shapes(2000, std::vector<int64_t>{512}); }
-
-Shapes bert_shapes() {
-  const int64_t hidden = 96, intermediate = 384, vocabulary = 3815, positions = 512;
-  Shapes shapes = {{vocabulary, hidden}, {positions, hidden}, {2, hidden}, {hidden}, {hidden}};
-  for (int layer = 0; layer < 12; ++layer) {
-    for (int projection = 0; projection < 3; ++projection) {
-      shapes.push_back({hidden, hidden});
-      shapes.push_back({hidden});
-    }
-    for (const auto& shape : Shapes{{hidden, hidden}, {hidden}, {hidden}, {hidden}, {intermediate, hidden},
-                                    {intermediate}, {hidden, intermediate}, {hidden}, {hidden}, {hidden}}) {
-      shapes.push_back(shape);
-    }
-  }
-  shapes.push_back({hidden, hidden});
-  shapes.push_back({hidden});
-  return shapes;
-}
+using Run = torchkit::detail::clip::Run;
 
 constexpr double shrink = 0.999;
 
@@ -97,7 +83,7 @@ Set& set_named(const std::string& name) {
   if (!slot) {
     slot = std::make_unique<Set>();
     torch::manual_seed(0);
-    for (const auto& shape : name == "a_2000x512" ? many_small_shapes() : bert_shapes()) {
+    for (const auto& shape : name == "a_2000x512" ? torchkit_bench::many_small_shapes() : torchkit_bench::bert_shapes()) {
       slot->params.push_back(torch::zeros(shape, torch::requires_grad()));
       slot->elements += slot->params.back().numel();
     }
@@ -151,6 +137,23 @@ void floor_step(Set& set, double& factor) {
   benchmark::DoNotOptimize(reduce(at::kFloat, NormKind::two, set.flat.data_ptr(), set.elements, 2.0));
   scale(at::kFloat, set.flat.data_ptr(), set.elements, factor);
   factor = 1.0 / factor;
+}
+
+/// The in-place floor of the scaled clip: its two fused passes (unscale + inf/nan check + norm,
+/// then unscale x clip) over the set's own gradients, wherever they lie, their pointers gathered
+/// each call through LibTorch's accessors (torchkit_bench::gather_runs), and nothing else: the
+/// least the scaled clip of this set costs on one thread. The inverse scale alternates 0.5, 2.
+void in_place_floor_step(Set& set, std::vector<Run>& runs, std::vector<double>& partials, float& inv) {
+  using namespace torchkit::detail::clip;
+  torchkit_bench::gather_runs(set.params, runs);
+  partials.resize(runs.size());
+  const auto count = static_cast<std::int64_t>(runs.size());
+  unsigned char nonfinite = 0;
+  unscale_reduce_runs(runs.data(), count, NormKind::two, 2.0, inv, partials.data(), &nonfinite);
+  benchmark::DoNotOptimize(partials.data());
+  benchmark::DoNotOptimize(nonfinite);
+  unscale_scale_runs(runs.data(), count, inv, 1.0);
+  inv = 1.0f / inv;
 }
 
 /// Python's `scaler.unscale_(opt)` the LibTorch way (see the top of this file); the inverse
@@ -272,6 +275,24 @@ void BM_torchkit(benchmark::State& state, const std::string& name) {
 
 void BM_floor(benchmark::State& state, const std::string& name) { run_plain(state, name, 3, 0.5, floor_step); }
 
+/// The in-place floor (in_place_floor_step), with its ratio to the floor: the best vs_floor the
+/// scaled clip could show on this set.
+void BM_floor_in_place(benchmark::State& state, const std::string& name) {
+  at::set_num_threads(static_cast<int>(state.range(0)));
+  Set& set = set_named(name);
+  set.restore();
+  std::vector<Run> runs;
+  std::vector<double> partials;
+  float inv = 0.5f;
+  const auto step = [&] { in_place_floor_step(set, runs, partials, inv); };
+  for (auto _ : state) step();
+  const int iterations = round_iterations(state, set);
+  const double seconds = seconds_per_call(step, iterations);
+  double factor = 0.5;
+  state.counters["vs_floor"] = seconds / seconds_per_call([&] { floor_step(set, factor); }, iterations);
+  finish(state, set);
+}
+
 void BM_unscale_libtorch(benchmark::State& state, const std::string& name) {
   run_plain(state, name, 2, 0.5f, libtorch_unscale);
 }
@@ -288,7 +309,9 @@ using Benchmark = void (*)(benchmark::State&, const std::string&);
 
 const bool registered = [] {
   const std::vector<std::pair<std::string, std::vector<std::pair<std::string, Benchmark>>>> families = {
-      {"scaled_clip", {{"libtorch_recipe", BM_libtorch_recipe}, {"torchkit", BM_torchkit}, {"floor", BM_floor}}},
+      {"scaled_clip", {{"libtorch_recipe", BM_libtorch_recipe}, {"torchkit", BM_torchkit},
+                       {"floor", BM_floor},
+                       {"floor_in_place", BM_floor_in_place}}},
       {"unscale",
        {{"libtorch", BM_unscale_libtorch}, {"torchkit", BM_unscale_torchkit}, {"floor", BM_unscale_floor}}},
   };

@@ -8,7 +8,10 @@
 //   d_8x4M      8 tensors of 4M floats
 // and, per set, the floor: one plain read pass and one scale pass over as many bytes in one
 // contiguous tensor, done by LibTorch (`at::norm` + `mul_`, floor_libtorch) and by torchkit's
-// own kernels (floor_kernels). Every CPU benchmark runs on 1 and 2 intra-op threads (/threads:N).
+// own kernels (floor_kernels); and the in-place floor (floor_in_place): the same two passes over
+// the set's own gradients, wherever they lie, after visiting every parameter through LibTorch's
+// accessors, and nothing else: the least any clip of the set costs (its vs_floor is the best a
+// clip could show). Every CPU benchmark runs on 1 and 2 intra-op threads (/threads:N).
 //
 // torchkit's rows carry the ratios directly, measured in the same run at the same thread count,
 // every time as the best of five rounds (the same statistic on both sides of a ratio; the floor
@@ -25,6 +28,8 @@
 //
 // With a CUDA device, the same sets run on it too (names ending in /cuda); skipped otherwise.
 #include <torchkit/clip.hpp>
+
+#include "gradient_sets.hpp"
 
 #include <benchmark/benchmark.h>
 #include <torch/cuda.h>
@@ -43,65 +48,8 @@
 
 namespace {
 
-using Shapes = std::vector<std::vector<int64_t>>;
-
-Shapes many_small_shapes() { return Shapes(2000, std::vector<int64_t>{512}); }
-
-Shapes bert_shapes() {
-  // BERT-base scaled down 8x so it fits in the L3 cache as a real model's gradients fit in a
-  // GPU's: hidden 768 -> 96, intermediate 3072 -> 384, vocabulary 30522 -> 3815.
-  const int64_t hidden = 96, intermediate = 384, vocabulary = 3815, positions = 512;
-  Shapes shapes = {{vocabulary, hidden}, {positions, hidden}, {2, hidden}, {hidden}, {hidden}};
-  for (int layer = 0; layer < 12; ++layer) {
-    for (int projection = 0; projection < 3; ++projection) {  // query, key, value
-      shapes.push_back({hidden, hidden});
-      shapes.push_back({hidden});
-    }
-    shapes.push_back({hidden, hidden});  // attention output
-    shapes.push_back({hidden});
-    shapes.push_back({hidden});  // attention LayerNorm
-    shapes.push_back({hidden});
-    shapes.push_back({intermediate, hidden});
-    shapes.push_back({intermediate});
-    shapes.push_back({hidden, intermediate});
-    shapes.push_back({hidden});
-    shapes.push_back({hidden});  // output LayerNorm
-    shapes.push_back({hidden});
-  }
-  shapes.push_back({hidden, hidden});  // pooler
-  shapes.push_back({hidden});
-  return shapes;
-}
-
-Shapes resnet50_shapes() {
-  Shapes shapes = {{64, 3, 7, 7}, {64}, {64}};
-  int64_t in_channels = 64;
-  const std::pair<int64_t, int> stages[] = {{64, 3}, {128, 4}, {256, 6}, {512, 3}};
-  for (const auto& [planes, blocks] : stages) {
-    for (int block = 0; block < blocks; ++block) {
-      shapes.push_back({planes, in_channels, 1, 1});
-      shapes.push_back({planes});
-      shapes.push_back({planes});
-      shapes.push_back({planes, planes, 3, 3});
-      shapes.push_back({planes});
-      shapes.push_back({planes});
-      shapes.push_back({planes * 4, planes, 1, 1});
-      shapes.push_back({planes * 4});
-      shapes.push_back({planes * 4});
-      if (block == 0) {  // downsample
-        shapes.push_back({planes * 4, in_channels, 1, 1});
-        shapes.push_back({planes * 4});
-        shapes.push_back({planes * 4});
-      }
-      in_channels = planes * 4;
-    }
-  }
-  shapes.push_back({1000, 2048});
-  shapes.push_back({1000});
-  return shapes;
-}
-
-Shapes large_shapes() { return Shapes(8, std::vector<int64_t>{int64_t{1} << 22}); }
+using torchkit_bench::Shapes;
+using Run = torchkit::detail::clip::Run;
 
 struct GradientSet {
   std::vector<at::Tensor> params;
@@ -121,11 +69,11 @@ constexpr double shrink = 0.999;
 
 const std::map<std::string, std::function<Shapes()>>& set_shapes() {
   static const std::map<std::string, std::function<Shapes()>> shapes = {
-      {"a_2000x512", many_small_shapes},
-      {"a_2000x512_interleaved", many_small_shapes},
-      {"b_bert", bert_shapes},
-      {"c_resnet50", resnet50_shapes},
-      {"d_8x4M", large_shapes},
+      {"a_2000x512", torchkit_bench::many_small_shapes},
+      {"a_2000x512_interleaved", torchkit_bench::many_small_shapes},
+      {"b_bert", torchkit_bench::bert_shapes},
+      {"c_resnet50", torchkit_bench::resnet50_shapes},
+      {"d_8x4M", torchkit_bench::large_shapes},
   };
   return shapes;
 }
@@ -202,6 +150,27 @@ void floor_pass(GradientSet& set, double& factor) {
   factor = 1 / factor;  // 0.5, 2, 0.5, ...: exact, no decay
 }
 
+/// floor_pass's time per call, measured as the ratio counters' reference.
+double floor_seconds(GradientSet& set) {
+  double factor = 0.5;
+  return seconds_per_call([&] { floor_pass(set, factor); }, round_iterations(set));
+}
+
+/// The in-place floor: the two passes over the gradients where they lie (separate allocations),
+/// their pointers gathered each call through LibTorch's accessors (torchkit_bench::gather_runs)
+/// and nothing else: no checks, no per-gradient norms, no result tensor. The least any clip of
+/// this set can cost on one thread; its ratio to floor_pass is the best vs_floor a clip could show.
+void in_place_floor_pass(GradientSet& set, std::vector<Run>& runs, std::vector<double>& partials, double& factor) {
+  using namespace torchkit::detail::clip;
+  torchkit_bench::gather_runs(set.params, runs);
+  partials.resize(runs.size());
+  const auto count = static_cast<std::int64_t>(runs.size());
+  reduce_runs(runs.data(), count, NormKind::two, 2.0, partials.data());
+  benchmark::DoNotOptimize(partials.data());
+  scale_runs(runs.data(), count, factor);
+  factor = 1 / factor;  // 0.5, 2, 0.5, ...: exact, no decay
+}
+
 const References& references(const std::string& name, int threads) {
   static std::map<std::pair<std::string, int>, References> cache;
   auto [slot, inserted] = cache.try_emplace({name, threads});
@@ -237,10 +206,8 @@ void torchkit_clip(benchmark::State& state, const std::string& name, c10::Device
   finish(state, set);
   if (reference != nullptr) {
     const double seconds = seconds_per_call(step, round_iterations(set));
-    double factor = 0.5;
-    const double floor = seconds_per_call([&] { floor_pass(set, factor); }, round_iterations(set));
     state.counters["vs_libtorch"] = reference->libtorch / seconds;
-    state.counters["vs_floor"] = seconds / floor;
+    state.counters["vs_floor"] = seconds / floor_seconds(set);
   }
 }
 
@@ -289,6 +256,23 @@ void floor_kernels(benchmark::State& state, const std::string& name) {
     floor_pass(set, factor);
   }
   finish(state, set);
+}
+
+// The in-place floor (see in_place_floor_pass), with its ratio to floor_kernels.
+void floor_in_place(benchmark::State& state, const std::string& name) {
+  at::set_num_threads(static_cast<int>(state.range(0)));
+  auto& set = gradient_set(name, at::kCPU);
+  set.restore();
+  std::vector<Run> runs;
+  std::vector<double> partials;
+  double factor = 0.5;
+  const auto step = [&] { in_place_floor_pass(set, runs, partials, factor); };
+  for (auto _ : state) {
+    step();
+  }
+  finish(state, set);
+  const double seconds = seconds_per_call(step, round_iterations(set));
+  state.counters["vs_floor"] = seconds / floor_seconds(set);
 }
 
 // What any clip of these parameters must do besides the two passes: visit every parameter and
@@ -352,6 +336,7 @@ void register_all() {
         add(prefix + "floor_kernels", cpu, floor_kernels, name);
         add(prefix + "torchkit_reference_path", cpu, torchkit_reference_clip, name, device);
         add(prefix + "floor_metadata", cpu, floor_metadata, name);
+        add(prefix + "floor_in_place", cpu, floor_in_place, name);
         for (int isa = 0; isa < static_cast<int>(best); ++isa) {
           add(prefix + "torchkit_isa_" + torchkit::detail::clip::isa_name(static_cast<Isa>(isa)), cpu, torchkit_clip,
               name, device, isa);

@@ -13,6 +13,8 @@
 // follows every iteration through a queue of commands.
 #include <torchkit/distributed.hpp>
 
+#include "gradient_sets.hpp"
+
 #include <benchmark/benchmark.h>
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -35,30 +37,7 @@
 #if TORCHKIT_WITH_GLOO
 namespace {
 
-using Shapes = std::vector<std::vector<int64_t>>;
-
-Shapes resnet50_shapes() {
-  Shapes shapes = {{64, 3, 7, 7}, {64}, {64}};
-  int64_t in_channels = 64;
-  const std::pair<int64_t, int> stages[] = {{64, 3}, {128, 4}, {256, 6}, {512, 3}};
-  for (const auto& [planes, blocks] : stages) {
-    for (int block = 0; block < blocks; ++block) {
-      for (const auto& shape : Shapes{{planes, in_channels, 1, 1}, {planes}, {planes}, {planes, planes, 3, 3},
-                                      {planes}, {planes}, {planes * 4, planes, 1, 1}, {planes * 4}, {planes * 4}}) {
-        shapes.push_back(shape);
-      }
-      if (block == 0) {  // downsample
-        shapes.push_back({planes * 4, in_channels, 1, 1});
-        shapes.push_back({planes * 4});
-        shapes.push_back({planes * 4});
-      }
-      in_channels = planes * 4;
-    }
-  }
-  shapes.push_back({1000, 2048});
-  shapes.push_back({1000});
-  return shapes;
-}
+using torchkit_bench::Shapes;
 
 /// A module holding one parameter per shape (no forward), each with a gradient.
 struct GradientsImpl : torch::nn::Module {
@@ -91,8 +70,8 @@ struct Job {
 struct Rank {
   Rank(const c10::intrusive_ptr<c10d::Store>& store, int rank)
       : group(torchkit::make_gloo_group(store, rank, 2, std::chrono::seconds(120))),
-        resnet50(resnet50_shapes(), rank, group),
-        small(Shapes(2000, std::vector<int64_t>{512}), rank, group) {}
+        resnet50(torchkit_bench::resnet50_shapes(), rank, group),
+        small(torchkit_bench::many_small_shapes(), rank, group) {}
 
   Job& job(Set set) { return set == Set::resnet50 ? resnet50 : small; }
 
