@@ -26,6 +26,9 @@
 // skip the multiply by 1 that LibTorch always does); the values shrink by 0.999 per call and
 // are restored before each benchmark and every 4,096 calls (before they could underflow).
 //
+// On a_2000x512 and b_bert also: clip_grad_value_ (the clamp kernels) and clip_grad_norm_ with
+// norm_type = inf and a max_norm above the norm (the max-magnitude kernels), each beside LibTorch's.
+//
 // With a CUDA device, the same sets run on it too (names ending in /cuda); skipped otherwise.
 #include <torchkit/clip.hpp>
 
@@ -39,6 +42,7 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <memory>
@@ -309,6 +313,29 @@ void libtorch_clip_value(benchmark::State& state, const std::string& name) {
   finish(state, set);
 }
 
+// The max-norm (norm_type = inf) with a max_norm above the norm: both sides compute the norm
+// and leave the gradients as they are (the comparison of magnitudes, not the scale pass).
+constexpr double unreachable_max_norm = 1e30;
+constexpr double infinity = std::numeric_limits<double>::infinity();
+
+void torchkit_clip_inf(benchmark::State& state, const std::string& name) {
+  at::set_num_threads(static_cast<int>(state.range(0)));
+  auto& set = gradient_set(name, at::kCPU);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(torchkit::clip_grad_norm_(set.params, unreachable_max_norm, infinity));
+  }
+  finish(state, set);
+}
+
+void libtorch_clip_inf(benchmark::State& state, const std::string& name) {
+  at::set_num_threads(static_cast<int>(state.range(0)));
+  auto& set = gradient_set(name, at::kCPU);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(torch::nn::utils::clip_grad_norm_(set.params, unreachable_max_norm, infinity));
+  }
+  finish(state, set);
+}
+
 template <class... Args>
 void add(const std::string& name, bool cpu, Args&&... args) {
   auto* benchmark = benchmark::RegisterBenchmark(name.c_str(), std::forward<Args>(args)...);
@@ -347,6 +374,8 @@ void register_all() {
   for (const std::string name : {"a_2000x512", "b_bert"}) {
     add("clip_grad_value/" + name + "/torchkit", true, torchkit_clip_value, name);
     add("clip_grad_value/" + name + "/libtorch", true, libtorch_clip_value, name);
+    add("clip_grad_norm_inf/" + name + "/torchkit", true, torchkit_clip_inf, name);
+    add("clip_grad_norm_inf/" + name + "/libtorch", true, libtorch_clip_inf, name);
   }
 }
 

@@ -382,6 +382,92 @@ TEST_CASE("every instruction set the CPU has gives the same bits as the portable
   }
 }
 
+TEST_CASE("every instruction set gives the same bits on NaN, infinities, signed zeros, subnormals and bounds") {
+  // The 64-byte (AVX-512) kernels compare magnitudes' bits as integers instead of the values
+  // (see lanes_above in detail/clip_kernels.hpp): every special value, at every lane position
+  // and in the scalar tail, must still give the portable kernels' bits.
+  namespace kernels = torchkit::detail::clip;
+  using kernels::Isa;
+  const auto best = kernels::cpu_isa();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double specials[] = {nan,  -nan,        infinity, -infinity, 0.0,    -0.0,   1e-310, -1e-310, 1e-40,
+                             -1e-40, 0.7,       -0.7,     0.69999,   0.70001, 1e30,  -1e30,  1.0,    -2.5};
+  const std::vector<double> bounds = {0.7, 0.0, -0.0, infinity, 1e-40, 1e30};
+  const std::vector<double> orders = {0.0, 1.0, 2.0, 3.5, infinity};
+  for (const auto dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
+    // 3 x 18 values: every special at many lane positions of a 64-byte vector, then a tail.
+    const int64_t size = 3 * static_cast<int64_t>(std::size(specials)) + 5;
+    auto values = torch::empty({size}, at::kDouble);
+    for (int64_t i = 0; i < size; ++i) {
+      values[i] = specials[(i * 7) % static_cast<int64_t>(std::size(specials))];
+    }
+    auto source = values.to(dtype);
+    if (dtype == at::kFloat) {  // a NaN with a payload: the clamp must keep it
+      source.view(at::kInt)[3] = 0x7FC12345;
+      source.view(at::kInt)[size - 2] = static_cast<int32_t>(0xFFA00001u);
+    }
+    for (const bool with_nan : {true, false}) {
+      const auto input = with_nan ? source : source.masked_fill(source.isnan(), 0.5);
+      std::vector<double> portable_partials;
+      std::vector<at::Tensor> portable_clamped;
+      at::Tensor portable_scaled;
+      for (int level = 0; level <= static_cast<int>(best); ++level) {
+        const auto isa = static_cast<Isa>(level);
+        CAPTURE(std::string(kernels::isa_name(isa)));
+        CAPTURE(std::string(c10::toString(dtype)));
+        CAPTURE(with_nan);
+        const kernels::ForceIsa pin(isa);
+        std::vector<double> partials;
+        for (const double p : orders) {
+          partials.push_back(kernels::reduce(dtype, kernels::norm_kind_of(p), input.data_ptr(), size, p));
+        }
+        auto scaled = input.clone();
+        kernels::scale(dtype, scaled.data_ptr(), size, 0.3);
+        std::vector<at::Tensor> clamped;
+        for (const double bound : bounds) {
+          clamped.push_back(input.clone());
+          kernels::clamp(dtype, clamped.back().data_ptr(), size, bound);
+        }
+        if (isa == Isa::portable) {
+          portable_partials = partials;
+          portable_scaled = scaled;
+          portable_clamped = clamped;
+          // The portable kernels against ATen in double.
+          const auto wide = input.to(at::kDouble);
+          CHECK(partials[0] == static_cast<double>(wide.ne(0).sum().item<int64_t>()));
+          if (with_nan) {
+            CHECK(std::isnan(partials[4]));
+          } else {
+            CHECK(partials[4] == wide.abs().max().item<double>());
+          }
+          if (dtype == at::kFloat || dtype == at::kDouble) {  // ATen's clamp keeps NaN payloads
+            for (std::size_t b = 0; b < bounds.size(); ++b) {
+              if (std::signbit(bounds[b])) continue;  // (limits +0.0 then -0.0: compared across paths)
+              CAPTURE(bounds[b]);
+              const double bound = at::scalar_tensor(bounds[b], at::kDouble).to(dtype).item<double>();
+              CHECK(torch::equal(bits_of(clamped[b]), bits_of(input.clamp(-bound, bound))));
+            }
+          }
+          continue;
+        }
+        for (std::size_t k = 0; k < orders.size(); ++k) {
+          CAPTURE(orders[k]);
+          if (std::isnan(portable_partials[k])) {  // (a sum's NaN keeps the payload of whichever came first)
+            CHECK(std::isnan(partials[k]));
+          } else {
+            CHECK(std::bit_cast<std::uint64_t>(partials[k]) == std::bit_cast<std::uint64_t>(portable_partials[k]));
+          }
+        }
+        CHECK(torch::equal(bits_of(scaled), bits_of(portable_scaled)));
+        for (std::size_t b = 0; b < bounds.size(); ++b) {
+          CAPTURE(bounds[b]);
+          CHECK(torch::equal(bits_of(clamped[b]), bits_of(portable_clamped[b])));
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("float16/bfloat16 gradients are scaled as this LibTorch's mul_ by a 0-dim double tensor scales them") {
   // clip_grad_norm_ multiplies each gradient by the coefficient, a 0-dim tensor of the total's
   // dtype (double for a set with a double gradient): LibTorch 1.13 rounds it to a 16-bit
