@@ -83,7 +83,8 @@ Set& set_named(const std::string& name) {
   if (!slot) {
     slot = std::make_unique<Set>();
     torch::manual_seed(0);
-    for (const auto& shape : name == "a_2000x512" ? torchkit_bench::many_small_shapes() : torchkit_bench::bert_shapes()) {
+    const auto shapes = name == "a_2000x512" ? torchkit_bench::many_small_shapes() : torchkit_bench::bert_shapes();
+    for (const auto& shape : shapes) {
       slot->params.push_back(torch::zeros(shape, torch::requires_grad()));
       slot->elements += slot->params.back().numel();
     }

@@ -178,8 +178,8 @@ template <bool nan, class Vector, class Mask>
 [[gnu::always_inline]] inline void lanes_where(const Vector& x, Mask& result) noexcept {
   using T = std::remove_cvref_t<decltype(x[0])>;
   if constexpr (sizeof(Vector) == 64) {
-    lanes_above(__builtin_bit_cast(Mask, x) & magnitude_bits<T>, nan ? infinity_bits<T> : decltype(magnitude_bits<T>){0},
-                result);
+    const auto limit = nan ? infinity_bits<T> : decltype(magnitude_bits<T>){0};
+    lanes_above(__builtin_bit_cast(Mask, x) & magnitude_bits<T>, limit, result);
   } else if constexpr (nan) {
     result = __builtin_bit_cast(Mask, x != x);
   } else {
@@ -353,9 +353,11 @@ template <class T, int Bytes>
       std::memcpy(&x, data + i, sizeof(Vector));
       // Comparisons with NaN are false, so NaN lanes keep their value.
       const Mask below = __builtin_bit_cast(Mask, x < lowers);
-      x = __builtin_bit_cast(Vector, (__builtin_bit_cast(Mask, lowers) & below) | (__builtin_bit_cast(Mask, x) & ~below));
+      x = __builtin_bit_cast(Vector,
+                             (__builtin_bit_cast(Mask, lowers) & below) | (__builtin_bit_cast(Mask, x) & ~below));
       const Mask above = __builtin_bit_cast(Mask, x > uppers);
-      x = __builtin_bit_cast(Vector, (__builtin_bit_cast(Mask, uppers) & above) | (__builtin_bit_cast(Mask, x) & ~above));
+      x = __builtin_bit_cast(Vector,
+                             (__builtin_bit_cast(Mask, uppers) & above) | (__builtin_bit_cast(Mask, x) & ~above));
       std::memcpy(data + i, &x, sizeof(Vector));
     }
   }
