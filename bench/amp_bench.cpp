@@ -198,6 +198,13 @@ double seconds_per_call(const std::function<void()>& step, int iterations) {
   return best / iterations;
 }
 
+/// `floor(set, factor)`'s time per call (factor alternating from 0.5), the vs_floor reference.
+template <class Floor>
+double floor_seconds(Set& set, Floor floor, int iterations) {
+  double factor = 0.5;
+  return seconds_per_call([&] { floor(set, factor); }, iterations);
+}
+
 /// Iterations per round of the ratio counters: rounds of ~20 ms (about 0.1 ns an element), or
 /// single calls in a smoke run.
 int round_iterations(const benchmark::State& state, const Set& set) {
@@ -263,10 +270,8 @@ void run_torchkit(benchmark::State& state, const std::string& family, const std:
   scale = 2.0;
   scaler.update(scale);
   const double seconds = seconds_per_call([&] { step(set, scaler, scale); }, iterations);
-  double factor = 0.5;
-  const double floor_seconds = seconds_per_call([&] { floor(set, factor); }, iterations);
   state.counters["vs_libtorch"] = libtorch / seconds;
-  state.counters["vs_floor"] = seconds / floor_seconds;
+  state.counters["vs_floor"] = seconds / floor_seconds(set, floor, iterations);
   finish(state, set, family == "unscale" ? 2 : 3);
 }
 
@@ -288,9 +293,8 @@ void BM_floor_in_place(benchmark::State& state, const std::string& name) {
   const auto step = [&] { in_place_floor_step(set, runs, partials, inv); };
   for (auto _ : state) step();
   const int iterations = round_iterations(state, set);
-  const double seconds = seconds_per_call(step, iterations);
-  double factor = 0.5;
-  state.counters["vs_floor"] = seconds / seconds_per_call([&] { floor_step(set, factor); }, iterations);
+  const double seconds = seconds_per_call(step, iterations);  // (then the floor, as in run_torchkit)
+  state.counters["vs_floor"] = seconds / floor_seconds(set, floor_step, iterations);
   finish(state, set);
 }
 

@@ -119,6 +119,18 @@ void finish(benchmark::State& state, const GradientSet& set) {
   state.counters["tensors"] = static_cast<double>(set.params.size());
 }
 
+/// A CPU row without ratio counters: `call(set)` once an iteration on `name`'s set, at the row's
+/// thread count.
+template <class Call>
+void each_call(benchmark::State& state, const std::string& name, Call call) {
+  at::set_num_threads(static_cast<int>(state.range(0)));
+  auto& set = gradient_set(name, at::kCPU);
+  for (auto _ : state) {
+    call(set);
+  }
+  finish(state, set);
+}
+
 /// Runs `step` `iterations` times after a warm-up and returns the fastest of five rounds, in
 /// seconds per call (the ratio counters' reference times).
 double seconds_per_call(const std::function<void()>& step, int iterations) {
@@ -253,13 +265,8 @@ void floor_libtorch(benchmark::State& state, const std::string& name, c10::Devic
 // The same two passes with torchkit's kernels over the one contiguous buffer (CPU, one thread:
 // the kernels themselves are single-threaded; the fast path splits the work).
 void floor_kernels(benchmark::State& state, const std::string& name) {
-  at::set_num_threads(static_cast<int>(state.range(0)));
-  auto& set = gradient_set(name, at::kCPU);
   double factor = 0.5;
-  for (auto _ : state) {
-    floor_pass(set, factor);
-  }
-  finish(state, set);
+  each_call(state, name, [&](GradientSet& set) { floor_pass(set, factor); });
 }
 
 // The in-place floor (see in_place_floor_pass), with its ratio to floor_kernels.
@@ -280,37 +287,23 @@ void floor_in_place(benchmark::State& state, const std::string& name) {
 }
 
 // What any clip of these parameters must do besides the two passes: visit every parameter and
-// read its gradient's data pointer, element count and dtype (LibTorch's own accessors).
+// read its gradient's data pointer, element count and dtype through LibTorch's own accessors
+// (torchkit_bench::gather_runs, the in-place floor's first step).
 void floor_metadata(benchmark::State& state, const std::string& name) {
-  at::set_num_threads(static_cast<int>(state.range(0)));
-  auto& set = gradient_set(name, at::kCPU);
-  for (auto _ : state) {
-    for (const auto& param : set.params) {
-      const at::Tensor& grad = param.grad();
-      benchmark::DoNotOptimize(grad.data_ptr());
-      benchmark::DoNotOptimize(grad.numel());
-      benchmark::DoNotOptimize(grad.scalar_type());
-    }
-  }
-  finish(state, set);
+  std::vector<Run> runs;
+  each_call(state, name, [&](GradientSet& set) {
+    torchkit_bench::gather_runs(set.params, runs);
+    benchmark::DoNotOptimize(runs.data());
+  });
 }
 
 void torchkit_clip_value(benchmark::State& state, const std::string& name) {
-  at::set_num_threads(static_cast<int>(state.range(0)));
-  auto& set = gradient_set(name, at::kCPU);
-  for (auto _ : state) {
-    torchkit::clip_grad_value_(set.params, 10.0);  // reads and writes every element, changes none
-  }
-  finish(state, set);
+  // Reads and writes every element, changes none.
+  each_call(state, name, [](GradientSet& set) { torchkit::clip_grad_value_(set.params, 10.0); });
 }
 
 void libtorch_clip_value(benchmark::State& state, const std::string& name) {
-  at::set_num_threads(static_cast<int>(state.range(0)));
-  auto& set = gradient_set(name, at::kCPU);
-  for (auto _ : state) {
-    torch::nn::utils::clip_grad_value_(set.params, 10.0);
-  }
-  finish(state, set);
+  each_call(state, name, [](GradientSet& set) { torch::nn::utils::clip_grad_value_(set.params, 10.0); });
 }
 
 // The max-norm (norm_type = inf) with a max_norm above the norm: both sides compute the norm
@@ -319,21 +312,15 @@ constexpr double unreachable_max_norm = 1e30;
 constexpr double infinity = std::numeric_limits<double>::infinity();
 
 void torchkit_clip_inf(benchmark::State& state, const std::string& name) {
-  at::set_num_threads(static_cast<int>(state.range(0)));
-  auto& set = gradient_set(name, at::kCPU);
-  for (auto _ : state) {
+  each_call(state, name, [](GradientSet& set) {
     benchmark::DoNotOptimize(torchkit::clip_grad_norm_(set.params, unreachable_max_norm, infinity));
-  }
-  finish(state, set);
+  });
 }
 
 void libtorch_clip_inf(benchmark::State& state, const std::string& name) {
-  at::set_num_threads(static_cast<int>(state.range(0)));
-  auto& set = gradient_set(name, at::kCPU);
-  for (auto _ : state) {
+  each_call(state, name, [](GradientSet& set) {
     benchmark::DoNotOptimize(torch::nn::utils::clip_grad_norm_(set.params, unreachable_max_norm, infinity));
-  }
-  finish(state, set);
+  });
 }
 
 template <class... Args>
